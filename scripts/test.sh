@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the whole keygate test suite. The integration tests start their own Postgres and Redis from
+# the server binaries on free loopback ports, so those binaries must be installed: as root on Debian
+# this script installs them; otherwise it says what is missing and stops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_postgres() {
+  [ -n "${KEYGATE_PG_BIN:-}" ] && [ -x "$KEYGATE_PG_BIN/initdb" ] && return 0
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+have_redis() { command -v redis-server >/dev/null 2>&1; }
+
+missing=()
+have_postgres || missing+=(postgresql)
+have_redis || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing ${missing[*]} from Debian packages" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "scripts/test.sh: missing ${missing[*]}: install the server binaries (Debian: apt-get install ${missing[*]}) or set KEYGATE_PG_BIN" >&2
+    exit 1
+  fi
+fi
+
+export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
+exec cargo test --workspace --locked "$@"

@@ -1,0 +1,304 @@
+//! Parsing of key imports: JSON, CSV (`key,balance`), plain text (one key a line, blank lines and
+//! `#` comments skipped). Everything is validated before anything is written, and every bad line is
+//! named, so an import either lands whole or not at all.
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedKey {
+    pub key: String,
+    pub label: Option<String>,
+    pub weight: i32,
+    pub balance: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+    Text,
+}
+
+impl Format {
+    /// From a Content-Type (parameters ignored), falling back to a file name's extension.
+    pub fn detect(content_type: Option<&str>, file_name: Option<&str>) -> Option<Self> {
+        let ct = content_type
+            .map(|c| {
+                c.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        match ct.as_str() {
+            "application/json" => return Some(Self::Json),
+            "text/csv" | "application/csv" => return Some(Self::Csv),
+            "text/plain" => return Some(Self::Text),
+            _ => {}
+        }
+        let ext = file_name?.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "json" => Some(Self::Json),
+            "csv" => Some(Self::Csv),
+            "txt" | "text" | "keys" => Some(Self::Text),
+            _ => None,
+        }
+    }
+}
+
+/// Checks one key: visible ASCII (it travels in an HTTP header), 4 to 1024 characters.
+pub fn check_key(k: &str) -> Result<(), String> {
+    if k.is_empty() {
+        return Err("key is empty".into());
+    }
+    if k.chars().any(|c| c.is_whitespace()) {
+        return Err("key contains whitespace".into());
+    }
+    if !k.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err("key contains characters that cannot be sent in a header".into());
+    }
+    if !(4..=1024).contains(&k.len()) {
+        return Err("key must be 4 to 1024 characters".into());
+    }
+    Ok(())
+}
+
+fn check_balance(b: Option<f64>) -> Result<Option<f64>, String> {
+    match b {
+        Some(v) if !v.is_finite() || v < 0.0 => Err("balance must be a non-negative number".into()),
+        other => Ok(other),
+    }
+}
+
+fn check_weight(w: Option<i64>) -> Result<i32, String> {
+    match w {
+        None => Ok(1),
+        Some(w @ 1..=1000) => Ok(w as i32),
+        Some(_) => Err("weight must be 1 to 1000".into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonDoc {
+    Wrapped { keys: Vec<serde_json::Value> },
+    Bare(Vec<serde_json::Value>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonKey {
+    key: String,
+    label: Option<String>,
+    weight: Option<i64>,
+    balance: Option<f64>,
+}
+
+/// Parses JSON items (`"sk-..."` or `{"key", "label"?, "weight"?, "balance"?}`).
+pub fn from_json_items(items: Vec<serde_json::Value>) -> Result<Vec<ParsedKey>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut errs = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let parsed = match item {
+            serde_json::Value::String(s) => check_key(s.trim()).map(|_| ParsedKey {
+                key: s.trim().to_string(),
+                label: None,
+                weight: 1,
+                balance: None,
+            }),
+            v => serde_json::from_value::<JsonKey>(v)
+                .map_err(|e| e.to_string())
+                .and_then(|k| {
+                    let key = k.key.trim().to_string();
+                    check_key(&key)?;
+                    Ok(ParsedKey {
+                        key,
+                        label: k.label.filter(|l| !l.trim().is_empty()),
+                        weight: check_weight(k.weight)?,
+                        balance: check_balance(k.balance)?,
+                    })
+                }),
+        };
+        match parsed {
+            Ok(p) => out.push(p),
+            Err(e) => errs.push(format!("keys[{i}]: {e}")),
+        }
+    }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+pub fn parse(format: Format, body: &[u8]) -> Result<Vec<ParsedKey>, Vec<String>> {
+    let text = std::str::from_utf8(body).map_err(|_| vec!["body: not UTF-8 text".to_string()])?;
+    match format {
+        Format::Json => {
+            let doc: JsonDoc = serde_json::from_str(text).map_err(|e| {
+                vec![format!(
+                    "body: expected {{\"keys\": [...]}} or a JSON array ({e})"
+                )]
+            })?;
+            let items = match doc {
+                JsonDoc::Wrapped { keys } | JsonDoc::Bare(keys) => keys,
+            };
+            from_json_items(items)
+        }
+        Format::Text => {
+            let mut out = Vec::new();
+            let mut errs = Vec::new();
+            for (i, line) in text.lines().enumerate() {
+                let l = line.trim();
+                if l.is_empty() || l.starts_with('#') {
+                    continue;
+                }
+                match check_key(l) {
+                    Ok(()) => out.push(ParsedKey {
+                        key: l.to_string(),
+                        label: None,
+                        weight: 1,
+                        balance: None,
+                    }),
+                    Err(e) => errs.push(format!("line {}: {e}", i + 1)),
+                }
+            }
+            if errs.is_empty() { Ok(out) } else { Err(errs) }
+        }
+        Format::Csv => parse_csv(text),
+    }
+}
+
+fn parse_csv(text: &str) -> Result<Vec<ParsedKey>, Vec<String>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .comment(Some(b'#'))
+        .from_reader(text.as_bytes());
+    let mut out = Vec::new();
+    let mut errs = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(i as u64 + 1);
+                errs.push(format!("line {line}: not valid CSV"));
+                continue;
+            }
+        };
+        let line = rec.position().map(|p| p.line()).unwrap_or(i as u64 + 1);
+        if rec.iter().all(|f| f.is_empty()) {
+            continue;
+        }
+        let key = rec.get(0).unwrap_or("");
+        if i == 0 && key.eq_ignore_ascii_case("key") {
+            continue; // header row
+        }
+        if rec.len() > 2 {
+            errs.push(format!(
+                "line {line}: expected key,balance but found {} fields",
+                rec.len()
+            ));
+            continue;
+        }
+        if let Err(e) = check_key(key) {
+            errs.push(format!("line {line}: {e}"));
+            continue;
+        }
+        let balance = match rec.get(1).filter(|b| !b.is_empty()) {
+            None => None,
+            Some(b) => match b
+                .parse::<f64>()
+                .map(Some)
+                .map_err(|_| ())
+                .and_then(|v| check_balance(v).map_err(|_| ()))
+            {
+                Ok(v) => v,
+                Err(()) => {
+                    errs.push(format!(
+                        "line {line}: balance '{b}' is not a non-negative number"
+                    ));
+                    continue;
+                }
+            },
+        };
+        out.push(ParsedKey {
+            key: key.to_string(),
+            label: None,
+            weight: 1,
+            balance,
+        });
+    }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_skips_blanks_and_comments_and_names_bad_lines() {
+        let ok = parse(Format::Text, b"# keys\nsk-aaaa1111\n\n  sk-bbbb2222  \n").unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].key, "sk-bbbb2222");
+        let err = parse(
+            Format::Text,
+            b"sk-aaaa1111\nsk bad key\nsk-cccc3333\n\x01x\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 2);
+        assert!(err[0].starts_with("line 2:"), "{err:?}");
+        assert!(err[1].starts_with("line 4:"), "{err:?}");
+    }
+
+    #[test]
+    fn csv_reads_key_and_balance_with_optional_header() {
+        let ok = parse(
+            Format::Csv,
+            b"key,balance\nsk-aaaa1111,12.5\nsk-bbbb2222,\n",
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].balance, Some(12.5));
+        assert_eq!(ok[1].balance, None);
+        let err = parse(
+            Format::Csv,
+            b"sk-aaaa1111,abc\nsk-bbbb2222,1,2\nsk-cccc3333,-1\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 3, "{err:?}");
+        assert!(err[0].starts_with("line 1:"));
+        assert!(err[1].starts_with("line 2:"));
+        assert!(err[2].starts_with("line 3:"));
+    }
+
+    #[test]
+    fn json_accepts_wrapped_and_bare_forms() {
+        let a = parse(
+            Format::Json,
+            br#"{"keys":[{"key":"sk-aaaa1111","weight":2,"balance":3}]}"#,
+        )
+        .unwrap();
+        assert_eq!(a[0].weight, 2);
+        let b = parse(Format::Json, br#"["sk-aaaa1111", {"key":"sk-bbbb2222"}]"#).unwrap();
+        assert_eq!(b.len(), 2);
+        let err = parse(
+            Format::Json,
+            br#"["sk-aaaa1111", {"key":""}, {"key":"sk-x1234","weight":0}]"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 2);
+        assert!(err[0].starts_with("keys[1]:"));
+        assert!(err[1].starts_with("keys[2]:"));
+    }
+
+    #[test]
+    fn format_comes_from_content_type_then_file_name() {
+        assert_eq!(
+            Format::detect(Some("text/csv; charset=utf-8"), None),
+            Some(Format::Csv)
+        );
+        assert_eq!(
+            Format::detect(Some("application/octet-stream"), Some("k.txt")),
+            Some(Format::Text)
+        );
+        assert_eq!(Format::detect(None, Some("k.bin")), None);
+    }
+}

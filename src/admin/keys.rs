@@ -1,0 +1,357 @@
+//! `/admin/services/{slug}/keys`: upstream keys. Secrets go in once and come out masked only.
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use sea_orm::ActiveValue::Set;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{AuthUser, Role};
+use super::error::{ApiError, ApiResult, Json, List, Page, Problem};
+use super::import::{self, ParsedKey};
+use super::services::find as find_service;
+use crate::coord::{LiveState, Outcome, now_ms};
+use crate::crypto::{mask, sha256_hex};
+use crate::db::{self, entity::upstream_key};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: i64,
+    /// Masked (`sk-ab...wxyz`); the full key is never returned.
+    pub key: String,
+    pub label: Option<String>,
+    pub weight: i32,
+    /// `active`, `cooling`, `exhausted`, `invalid` or `disabled`, live across replicas.
+    pub status: String,
+    /// When a cooling key returns to rotation (RFC 3339).
+    pub cooling_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub balance: Option<f64>,
+    pub consecutive_failures: u32,
+    pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) -> KeyView {
+    let masked = state
+        .cipher
+        .decrypt(&k.secret)
+        .map(|s| mask(&s))
+        .unwrap_or_else(|_| "(undecryptable)".into());
+    let status = match k.status.as_str() {
+        s @ ("invalid" | "exhausted" | "disabled") => s.to_string(),
+        _ => live.status(now).unwrap_or("active").to_string(),
+    };
+    let cooling_until = (live.until > now)
+        .then(|| chrono::DateTime::from_timestamp_millis(live.until))
+        .flatten();
+    KeyView {
+        id: k.id,
+        key: masked,
+        label: k.label,
+        weight: k.weight,
+        status,
+        cooling_until,
+        balance: k.balance,
+        consecutive_failures: live.fails,
+        last_used_at: k.last_used_at,
+        last_error: k.last_error,
+        created_at: k.created_at,
+    }
+}
+
+async fn views(state: &AppState, rows: Vec<upstream_key::Model>) -> ApiResult<Vec<KeyView>> {
+    let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
+    let live = state.coord.live_states(&ids).await?;
+    let now = now_ms();
+    Ok(rows
+        .into_iter()
+        .zip(live.iter())
+        .map(|(k, l)| view(state, k, l, now))
+        .collect())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddKeys {
+    /// Each item: `{"key", "label"?, "weight"?, "balance"?}` (or a bare string).
+    #[schema(value_type = Vec<Object>)]
+    pub keys: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AddKeysResult {
+    pub added: usize,
+    /// Keys already in the service (or repeated in the request): reported, not re-added.
+    pub duplicates: usize,
+    /// Always empty on success: a request with any bad item is refused whole (400).
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchKey {
+    pub label: Option<String>,
+    pub weight: Option<i32>,
+    pub balance: Option<f64>,
+    /// `active` (re-enable, clears cooldowns and failure counts) or `disabled`.
+    pub status: Option<String>,
+}
+
+/// List a service's upstream keys (masked).
+#[utoipa::path(get, path = "/admin/services/{slug}/keys", tag = "keys", params(("slug" = String, Path), Page),
+    security(("bearer" = [])), responses((status = 200, body = List<KeyView>), (status = 404, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+    Query(page): Query<Page>,
+) -> ApiResult<axum::Json<List<KeyView>>> {
+    let svc = find_service(&state, &user, &slug).await?;
+    let limit = page.limit()?;
+    let rows = db::keys::list(&state.db, svc.id, page.after()?, limit).await?;
+    let last = rows.last().map(|k| k.id);
+    Ok(axum::Json(List::page(
+        views(&state, rows).await?,
+        last,
+        limit,
+    )))
+}
+
+async fn store(
+    state: &AppState,
+    service_id: i64,
+    keys: Vec<ParsedKey>,
+) -> ApiResult<AddKeysResult> {
+    let new: Vec<db::keys::NewKey> = keys
+        .into_iter()
+        .map(|k| db::keys::NewKey {
+            secret_enc: state.cipher.encrypt(&k.key),
+            fingerprint: sha256_hex(&k.key),
+            label: k.label,
+            weight: k.weight,
+            balance: k.balance,
+        })
+        .collect();
+    let (added, duplicates) = db::keys::insert_new(&state.db, service_id, new).await?;
+    if added > 0 {
+        state.config_changed().await?;
+    }
+    Ok(AddKeysResult {
+        added,
+        duplicates,
+        errors: vec![],
+    })
+}
+
+fn bad_lines(errs: Vec<String>) -> ApiError {
+    const SHOWN: usize = 50;
+    let more = errs.len().saturating_sub(SHOWN);
+    let mut detail = format!(
+        "nothing imported; fix these and retry: {}",
+        errs[..errs.len().min(SHOWN)].join("; ")
+    );
+    if more > 0 {
+        detail.push_str(&format!("; and {more} more"));
+    }
+    ApiError::BadRequest(detail)
+}
+
+/// Add keys to a service (JSON).
+#[utoipa::path(post, path = "/admin/services/{slug}/keys", tag = "keys", request_body = AddKeys,
+    params(("slug" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = AddKeysResult), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn add(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+    Json(req): Json<AddKeys>,
+) -> ApiResult<axum::Json<AddKeysResult>> {
+    user.require(Role::Operator)?;
+    let svc = find_service(&state, &user, &slug).await?;
+    let keys = import::from_json_items(req.keys).map_err(bad_lines)?;
+    Ok(axum::Json(store(&state, svc.id, keys).await?))
+}
+
+/// Import keys: JSON, CSV (`key,balance`) or plain text (one key a line; blank lines and `#`
+/// comments skipped), by Content-Type, or a multipart upload of such a file. All or nothing.
+#[utoipa::path(post, path = "/admin/services/{slug}/keys/import", tag = "keys",
+    params(("slug" = String, Path)), security(("bearer" = [])),
+    request_body(content(
+        (String = "text/plain"), (String = "text/csv"), (AddKeys = "application/json"),
+        (Vec<u8> = "multipart/form-data"))),
+    responses((status = 200, body = AddKeysResult), (status = 400, body = Problem),
+        (status = 415, body = Problem)))]
+pub async fn import(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+    req: Request,
+) -> ApiResult<axum::Json<AddKeysResult>> {
+    user.require(Role::Operator)?;
+    let svc = find_service(&state, &user, &slug).await?;
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (format, bytes) = if ct
+        .as_deref()
+        .is_some_and(|c| c.starts_with("multipart/form-data"))
+    {
+        let mut mp = Multipart::from_request(req, &state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("body: {}", e.body_text())))?;
+        let mut found = None;
+        while let Some(field) = mp
+            .next_field()
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("body: {}", e.body_text())))?
+        {
+            let fmt = import::Format::detect(field.content_type(), field.file_name())
+                .or_else(|| (field.name() == Some("keys")).then_some(import::Format::Text));
+            if let Some(fmt) = fmt {
+                let data = field
+                    .bytes()
+                    .await
+                    .map_err(|e| ApiError::BadRequest(format!("body: {}", e.body_text())))?;
+                found = Some((fmt, data));
+                break;
+            }
+        }
+        found.ok_or_else(|| {
+            ApiError::BadRequest(
+                "file: no part with a .json, .csv or .txt file (or a text/csv, text/plain, application/json type)".into(),
+            )
+        })?
+    } else {
+        let fmt = import::Format::detect(ct.as_deref(), None).ok_or_else(|| {
+            ApiError::Unsupported(
+                "Content-Type: use application/json, text/csv, text/plain or multipart/form-data"
+                    .into(),
+            )
+        })?;
+        let bytes = axum::body::to_bytes(req.into_body(), 16 * 1024 * 1024)
+            .await
+            .map_err(|_| ApiError::TooLarge("body: larger than 16 MiB".into()))?;
+        (fmt, bytes)
+    };
+    let keys = import::parse(format, &bytes).map_err(bad_lines)?;
+    Ok(axum::Json(store(&state, svc.id, keys).await?))
+}
+
+/// Export a service's keys as CSV (masked: `id,key,label,status,balance,weight`).
+#[utoipa::path(get, path = "/admin/services/{slug}/keys/export", tag = "keys",
+    params(("slug" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, content_type = "text/csv", body = String), (status = 404, body = Problem)))]
+pub async fn export(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let svc = find_service(&state, &user, &slug).await?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(["id", "key", "label", "status", "balance", "weight"]);
+    let mut after = None;
+    loop {
+        let rows = db::keys::list(&state.db, svc.id, after, 1000).await?;
+        let Some(last) = rows.last().map(|k| k.id) else {
+            break;
+        };
+        for k in views(&state, rows).await? {
+            let _ = w.write_record([
+                k.id.to_string(),
+                k.key,
+                k.label.unwrap_or_default(),
+                k.status,
+                k.balance.map(|b| b.to_string()).unwrap_or_default(),
+                k.weight.to_string(),
+            ]);
+        }
+        after = Some(last);
+    }
+    let body = w
+        .into_inner()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("csv: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body))
+}
+
+/// Change a key's label, weight, balance or status (`active` re-enables it).
+#[utoipa::path(patch, path = "/admin/services/{slug}/keys/{id}", tag = "keys", request_body = PatchKey,
+    params(("slug" = String, Path), ("id" = i64, Path)), security(("bearer" = [])),
+    responses((status = 200, body = KeyView), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((slug, id)): Path<(String, i64)>,
+    Json(req): Json<PatchKey>,
+) -> ApiResult<axum::Json<KeyView>> {
+    user.require(Role::Operator)?;
+    let svc = find_service(&state, &user, &slug).await?;
+    let k = db::keys::by_id(&state.db, svc.id, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("key {id} not found in '{slug}'")))?;
+    let mut am: upstream_key::ActiveModel = k.into();
+    if let Some(l) = req.label {
+        am.label = Set(Some(l).filter(|l| !l.trim().is_empty()));
+    }
+    if let Some(w) = req.weight {
+        if !(1..=1000).contains(&w) {
+            return Err(ApiError::BadRequest("weight: must be 1 to 1000".into()));
+        }
+        am.weight = Set(w);
+    }
+    if let Some(b) = req.balance {
+        if !b.is_finite() || b < 0.0 {
+            return Err(ApiError::BadRequest(
+                "balance: must be a non-negative number".into(),
+            ));
+        }
+        am.balance = Set(Some(b));
+    }
+    let mut clear = false;
+    if let Some(s) = req.status {
+        match s.as_str() {
+            "active" => {
+                clear = true;
+                am.status = Set("active".into());
+                am.last_error = Set(None);
+                am.consecutive_failures = Set(0);
+            }
+            "disabled" => am.status = Set("disabled".into()),
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "status: must be active or disabled".into(),
+                ));
+            }
+        }
+    }
+    let k = db::keys::update(&state.db, am).await?;
+    if clear {
+        state.coord.report(k.id, &Outcome::Clear, "").await?;
+    }
+    state.config_changed().await?;
+    let mut v = views(&state, vec![k]).await?;
+    Ok(axum::Json(v.remove(0)))
+}
+
+/// Delete a key.
+#[utoipa::path(delete, path = "/admin/services/{slug}/keys/{id}", tag = "keys",
+    params(("slug" = String, Path), ("id" = i64, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = Problem)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((slug, id)): Path<(String, i64)>,
+) -> ApiResult<StatusCode> {
+    user.require(Role::Operator)?;
+    let svc = find_service(&state, &user, &slug).await?;
+    if !db::keys::delete(&state.db, svc.id, id).await? {
+        return Err(ApiError::NotFound(format!(
+            "key {id} not found in '{slug}'"
+        )));
+    }
+    state.coord.report(id, &Outcome::Clear, "").await?;
+    state.config_changed().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

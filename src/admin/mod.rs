@@ -1,0 +1,67 @@
+//! CONTROL PLANE: the admin route table and the OpenAPI document it produces. No logic here.
+mod access_keys;
+pub mod auth;
+pub mod error;
+mod import;
+mod keys;
+mod services;
+mod users;
+
+use axum::extract::DefaultBodyLimit;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "keygate admin API", description = "Control plane of the keygate LLM API gateway."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Log in for a bearer token"),
+        (name = "users", description = "Admin API users (admin role)"),
+        (name = "services", description = "Services: one slug per upstream API"),
+        (name = "keys", description = "Upstream keys of a service (always masked)"),
+        (name = "access-keys", description = "Keys clients use to call the data plane"),
+        (name = "ops", description = "Health, readiness and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::login))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::get, users::patch, users::delete))
+        .routes(routes!(services::list, services::create))
+        .routes(routes!(services::get, services::patch, services::delete))
+        .routes(routes!(keys::list, keys::add))
+        .routes(routes!(keys::import))
+        .routes(routes!(keys::export))
+        .routes(routes!(keys::patch, keys::delete))
+        .routes(routes!(access_keys::list, access_keys::create))
+        .routes(routes!(
+            access_keys::get,
+            access_keys::patch,
+            access_keys::delete
+        ))
+        .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+}

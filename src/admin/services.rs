@@ -1,0 +1,329 @@
+//! `/admin/services`: the slugs. Writes need the operator role and announce a config change.
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use sea_orm::ActiveValue::Set;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{AuthUser, Role};
+use super::error::{ApiError, ApiResult, Json, List, Page, Problem};
+use crate::db::{self, entity::service};
+use crate::snapshot::Kind;
+use crate::state::AppState;
+
+/// Strategies the key pool implements today.
+pub const STRATEGIES: [&str; 1] = ["round_robin"];
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceView {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub slug: String,
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub auth_header: Option<String>,
+    pub auth_format: Option<String>,
+    pub strategy: String,
+    pub request_timeout_ms: i32,
+    pub max_attempts: i32,
+    pub enabled: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<service::Model> for ServiceView {
+    fn from(s: service::Model) -> Self {
+        Self {
+            id: s.id,
+            tenant_id: s.tenant_id,
+            slug: s.slug,
+            name: s.name,
+            kind: s.kind,
+            base_url: s.base_url,
+            auth_header: s.auth_header,
+            auth_format: s.auth_format,
+            strategy: s.strategy,
+            request_timeout_ms: s.request_timeout_ms,
+            max_attempts: s.max_attempts,
+            enabled: s.enabled,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateService {
+    /// `[a-z0-9][a-z0-9-]{0,62}`
+    pub slug: String,
+    /// `openai`, `anthropic`, `gemini` or `rest`.
+    pub kind: String,
+    /// For LLM kinds, includes the version segment (`https://api.openai.com/v1`).
+    pub base_url: String,
+    /// `round_robin` (default).
+    pub strategy: Option<String>,
+    pub name: Option<String>,
+    /// Header that carries the upstream key (default per kind).
+    pub auth_header: Option<String>,
+    /// Value template with `{key}` (default per kind, e.g. `Bearer {key}`).
+    pub auth_format: Option<String>,
+    /// Time to the upstream's response head per attempt (default 60000).
+    pub request_timeout_ms: Option<i32>,
+    /// Keys tried per request at most (default 3).
+    pub max_attempts: Option<i32>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchService {
+    pub name: Option<String>,
+    pub base_url: Option<String>,
+    pub strategy: Option<String>,
+    pub auth_header: Option<String>,
+    pub auth_format: Option<String>,
+    pub request_timeout_ms: Option<i32>,
+    pub max_attempts: Option<i32>,
+    pub enabled: Option<bool>,
+}
+
+pub fn valid_slug(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn check_base_url(u: &str) -> ApiResult<String> {
+    let parsed = url::Url::parse(u)
+        .map_err(|e| ApiError::BadRequest(format!("base_url: not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(ApiError::BadRequest(
+            "base_url: must be an http(s) URL with a host".into(),
+        ));
+    }
+    if parsed.query().is_some() || !parsed.username().is_empty() {
+        return Err(ApiError::BadRequest(
+            "base_url: must not carry a query or credentials".into(),
+        ));
+    }
+    Ok(u.trim_end_matches('/').to_string())
+}
+
+fn check_strategy(s: &str) -> ApiResult<()> {
+    if STRATEGIES.contains(&s) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "strategy: '{s}' is not available; supported: {}",
+            STRATEGIES.join(", ")
+        )))
+    }
+}
+
+fn check_auth(header: Option<&str>, format: Option<&str>) -> ApiResult<()> {
+    if let Some(h) = header {
+        axum::http::HeaderName::try_from(h)
+            .map_err(|_| ApiError::BadRequest("auth_header: not a valid header name".into()))?;
+    }
+    if let Some(f) = format
+        && !f.contains("{key}")
+    {
+        return Err(ApiError::BadRequest(
+            "auth_format: must contain {key}".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_limits(timeout: Option<i32>, attempts: Option<i32>) -> ApiResult<()> {
+    if timeout.is_some_and(|t| !(100..=3_600_000).contains(&t)) {
+        return Err(ApiError::BadRequest(
+            "request_timeout_ms: must be 100 to 3600000".into(),
+        ));
+    }
+    if attempts.is_some_and(|a| !(1..=20).contains(&a)) {
+        return Err(ApiError::BadRequest("max_attempts: must be 1 to 20".into()));
+    }
+    Ok(())
+}
+
+pub async fn find(state: &AppState, user: &AuthUser, slug: &str) -> ApiResult<service::Model> {
+    db::services::by_slug(&state.db, slug)
+        .await?
+        .filter(|s| user.tenant_scope().is_none_or(|t| t == s.tenant_id))
+        .ok_or_else(|| ApiError::NotFound(format!("service '{slug}' not found")))
+}
+
+/// List services.
+#[utoipa::path(get, path = "/admin/services", tag = "services", params(Page),
+    security(("bearer" = [])), responses((status = 200, body = List<ServiceView>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(page): Query<Page>,
+) -> ApiResult<axum::Json<List<ServiceView>>> {
+    let limit = page.limit()?;
+    let rows = db::services::list(&state.db, user.tenant_scope(), page.after()?, limit).await?;
+    let last = rows.last().map(|s| s.id);
+    Ok(axum::Json(List::page(
+        rows.into_iter().map(Into::into).collect(),
+        last,
+        limit,
+    )))
+}
+
+/// Create a service (a slug).
+#[utoipa::path(post, path = "/admin/services", tag = "services", request_body = CreateService,
+    security(("bearer" = [])),
+    responses((status = 201, body = ServiceView), (status = 400, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(req): Json<CreateService>,
+) -> ApiResult<(StatusCode, axum::Json<ServiceView>)> {
+    user.require(Role::Operator)?;
+    if !valid_slug(&req.slug) {
+        return Err(ApiError::BadRequest(
+            "slug: must match [a-z0-9][a-z0-9-]{0,62}".into(),
+        ));
+    }
+    if Kind::parse(&req.kind).is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "kind: must be one of {}",
+            Kind::ALL.join(", ")
+        )));
+    }
+    let base_url = check_base_url(&req.base_url)?;
+    let strategy = req.strategy.unwrap_or_else(|| "round_robin".into());
+    check_strategy(&strategy)?;
+    check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
+    check_limits(req.request_timeout_ms, req.max_attempts)?;
+    let am = service::ActiveModel {
+        tenant_id: Set(user.write_tenant()),
+        name: Set(req.name.unwrap_or_else(|| req.slug.clone())),
+        slug: Set(req.slug.clone()),
+        kind: Set(req.kind),
+        base_url: Set(base_url),
+        auth_header: Set(req.auth_header.map(|h| h.to_ascii_lowercase())),
+        auth_format: Set(req.auth_format),
+        strategy: Set(strategy),
+        model_aliases: Set(serde_json::json!({})),
+        model_allow: Set(serde_json::json!([])),
+        connect_timeout_ms: Set(10_000),
+        request_timeout_ms: Set(req.request_timeout_ms.unwrap_or(60_000)),
+        max_attempts: Set(req.max_attempts.unwrap_or(3)),
+        key_concurrency: Set(None),
+        enabled: Set(req.enabled.unwrap_or(true)),
+        ..Default::default()
+    };
+    let s = db::services::insert(&state.db, am)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            ApiError::Conflict(_) => {
+                ApiError::Conflict(format!("slug: '{}' already exists", req.slug))
+            }
+            other => other,
+        })?;
+    state.config_changed().await?;
+    Ok((StatusCode::CREATED, axum::Json(s.into())))
+}
+
+/// Get a service.
+#[utoipa::path(get, path = "/admin/services/{slug}", tag = "services", security(("bearer" = [])),
+    params(("slug" = String, Path)),
+    responses((status = 200, body = ServiceView), (status = 404, body = Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+) -> ApiResult<axum::Json<ServiceView>> {
+    Ok(axum::Json(find(&state, &user, &slug).await?.into()))
+}
+
+/// Update a service.
+#[utoipa::path(patch, path = "/admin/services/{slug}", tag = "services",
+    request_body = PatchService, security(("bearer" = [])), params(("slug" = String, Path)),
+    responses((status = 200, body = ServiceView), (status = 400, body = Problem),
+        (status = 404, body = Problem)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+    Json(req): Json<PatchService>,
+) -> ApiResult<axum::Json<ServiceView>> {
+    user.require(Role::Operator)?;
+    check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
+    check_limits(req.request_timeout_ms, req.max_attempts)?;
+    let existing = find(&state, &user, &slug).await?;
+    let mut am: service::ActiveModel = existing.into();
+    if let Some(n) = req.name {
+        am.name = Set(n);
+    }
+    if let Some(u) = req.base_url {
+        am.base_url = Set(check_base_url(&u)?);
+    }
+    if let Some(s) = req.strategy {
+        check_strategy(&s)?;
+        am.strategy = Set(s);
+    }
+    if let Some(h) = req.auth_header {
+        am.auth_header = Set(Some(h.to_ascii_lowercase()));
+    }
+    if let Some(f) = req.auth_format {
+        am.auth_format = Set(Some(f));
+    }
+    if let Some(t) = req.request_timeout_ms {
+        am.request_timeout_ms = Set(t);
+    }
+    if let Some(a) = req.max_attempts {
+        am.max_attempts = Set(a);
+    }
+    if let Some(e) = req.enabled {
+        am.enabled = Set(e);
+    }
+    let s = db::services::update(&state.db, am).await?;
+    state.config_changed().await?;
+    Ok(axum::Json(s.into()))
+}
+
+/// Delete a service and its keys.
+#[utoipa::path(delete, path = "/admin/services/{slug}", tag = "services",
+    security(("bearer" = [])), params(("slug" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+) -> ApiResult<StatusCode> {
+    user.require(Role::Operator)?;
+    let s = find(&state, &user, &slug).await?;
+    let key_ids = db::keys::ids_of_service(&state.db, s.id).await?;
+    db::services::delete(&state.db, s.id).await?;
+    for id in key_ids {
+        state
+            .coord
+            .report(id, &crate::coord::Outcome::Clear, "")
+            .await?;
+    }
+    state.config_changed().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slugs_follow_the_contract() {
+        for ok in ["a", "openai", "my-slug-1", "0x"] {
+            assert!(super::valid_slug(ok), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a_b", "a/b", &"a".repeat(64)] {
+            assert!(!super::valid_slug(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `/admin/users`: admin role only.
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{AuthUser, Role};
+use super::error::{ApiError, ApiResult, Json, List, Page, Problem};
+use crate::db::{self, entity::user};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub tenant_id: Option<i64>,
+    pub username: String,
+    pub role: String,
+    pub disabled: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<user::Model> for UserView {
+    fn from(u: user::Model) -> Self {
+        Self {
+            id: u.id,
+            tenant_id: u.tenant_id,
+            username: u.username,
+            role: u.role,
+            disabled: u.disabled,
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub username: String,
+    pub password: String,
+    /// `admin`, `operator` or `viewer`.
+    pub role: String,
+    pub tenant_id: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchUser {
+    pub password: Option<String>,
+    pub role: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+fn check_password(p: &str) -> ApiResult<()> {
+    if p.chars().count() < 8 {
+        return Err(ApiError::BadRequest(
+            "password: must be at least 8 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_role(r: &str) -> ApiResult<()> {
+    Role::parse(r).map(|_| ()).ok_or_else(|| {
+        ApiError::BadRequest(format!("role: must be one of {}", Role::ALL.join(", ")))
+    })
+}
+
+/// List users.
+#[utoipa::path(get, path = "/admin/users", tag = "users", params(Page),
+    security(("bearer" = [])),
+    responses((status = 200, body = List<UserView>), (status = 403, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(page): Query<Page>,
+) -> ApiResult<axum::Json<List<UserView>>> {
+    user.require(Role::Admin)?;
+    let limit = page.limit()?;
+    let rows = db::users::list(&state.db, page.after()?, limit).await?;
+    let last = rows.last().map(|u| u.id);
+    Ok(axum::Json(List::page(
+        rows.into_iter().map(UserView::from).collect(),
+        last,
+        limit,
+    )))
+}
+
+/// Create a user.
+#[utoipa::path(post, path = "/admin/users", tag = "users", request_body = CreateUser,
+    security(("bearer" = [])),
+    responses((status = 201, body = UserView), (status = 400, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Json(req): Json<CreateUser>,
+) -> ApiResult<(StatusCode, axum::Json<UserView>)> {
+    user.require(Role::Admin)?;
+    let name = req.username.trim();
+    if name.is_empty() || name.len() > 64 {
+        return Err(ApiError::BadRequest(
+            "username: must be 1 to 64 characters".into(),
+        ));
+    }
+    check_password(&req.password)?;
+    check_role(&req.role)?;
+    let hash = crate::crypto::hash_password(&req.password)?;
+    let u = db::users::create(&state.db, req.tenant_id, name, hash, &req.role)
+        .await
+        .map_err(|e| match ApiError::from(e) {
+            ApiError::Conflict(_) => ApiError::Conflict(format!("username: '{name}' is taken")),
+            other => other,
+        })?;
+    Ok((StatusCode::CREATED, axum::Json(u.into())))
+}
+
+async fn find(state: &AppState, id: i64) -> ApiResult<user::Model> {
+    db::users::by_id(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))
+}
+
+/// Get a user.
+#[utoipa::path(get, path = "/admin/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 200, body = UserView), (status = 404, body = Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> ApiResult<axum::Json<UserView>> {
+    if user.id != id {
+        user.require(Role::Admin)?;
+    }
+    Ok(axum::Json(find(&state, id).await?.into()))
+}
+
+/// Change a user's password, role or disabled flag.
+#[utoipa::path(patch, path = "/admin/users/{id}", tag = "users", request_body = PatchUser,
+    security(("bearer" = [])), params(("id" = i64, Path)),
+    responses((status = 200, body = UserView), (status = 400, body = Problem),
+        (status = 404, body = Problem)))]
+pub async fn patch(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+    Json(req): Json<PatchUser>,
+) -> ApiResult<axum::Json<UserView>> {
+    // Anyone may change their own password; everything else is for admins.
+    let own_password_only = user.id == id && req.role.is_none() && req.disabled.is_none();
+    if !own_password_only {
+        user.require(Role::Admin)?;
+    }
+    if let Some(p) = &req.password {
+        check_password(p)?;
+    }
+    if let Some(r) = &req.role {
+        check_role(r)?;
+    }
+    if user.id == id && req.disabled == Some(true) {
+        return Err(ApiError::BadRequest(
+            "disabled: you cannot disable yourself".into(),
+        ));
+    }
+    let existing = find(&state, id).await?;
+    let password_hash = req
+        .password
+        .as_deref()
+        .map(crate::crypto::hash_password)
+        .transpose()?;
+    let u = db::users::update(
+        &state.db,
+        existing,
+        db::users::UserPatch {
+            password_hash,
+            role: req.role,
+            disabled: req.disabled,
+        },
+    )
+    .await?;
+    Ok(axum::Json(u.into()))
+}
+
+/// Delete a user.
+#[utoipa::path(delete, path = "/admin/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = i64, Path)),
+    responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    user.require(Role::Admin)?;
+    if user.id == id {
+        return Err(ApiError::BadRequest(
+            "id: you cannot delete yourself".into(),
+        ));
+    }
+    if !db::users::delete(&state.db, id).await? {
+        return Err(ApiError::NotFound(format!("user {id} not found")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,234 @@
+//! Builds the whole gateway from a `Config`: stores, state, background tasks and listeners.
+//! `App::build` binds (port 0 works, for tests) and `run_until` serves until shutdown.
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::http::HeaderName;
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Config;
+use crate::coord::{Coord, memory::MemoryStore, redis::RedisStore};
+use crate::crypto::sha256_hex;
+use crate::snapshot::Snapshot;
+use crate::state::{AppState, Inner};
+use crate::{admin, bootstrap, db, ops, proxy, telemetry};
+
+pub struct App {
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    router: Router,
+    admin_router: Option<Router>,
+    state: AppState,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The OpenAPI document of the control plane (what `/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    control_routes().split_for_parts().1
+}
+
+fn control_routes() -> OpenApiRouter<AppState> {
+    admin::routes()
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let metrics = telemetry::metrics::handle();
+
+        let db = db::connect(&config.database).await?;
+        let cipher = bootstrap::cipher(&config)?;
+        let jwt = bootstrap::jwt_secret(&config)?;
+        bootstrap::ensure_admin(&db, &config).await?;
+
+        let coord = match config.redis.url.as_ref().map(|u| u.expose_secret()) {
+            Some(url) if !url.is_empty() => Coord::Redis(
+                RedisStore::connect(url, &config.redis.prefix, config.redis.pool_size)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot connect to Redis {}: {e}", db::redacted_url(url))
+                    })?,
+            ),
+            _ => {
+                if config.is_enterprise() {
+                    tracing::warn!(
+                        "Postgres without REDIS_URL: key rotation and cooldowns are per replica"
+                    );
+                }
+                Coord::Memory(MemoryStore::new())
+            }
+        };
+
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+
+        let global_keys: HashSet<String> = config
+            .proxy
+            .global_proxy_keys
+            .as_ref()
+            .map(|k| {
+                k.expose_secret()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(sha256_hex)
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let (log_tx, log_rx) = tokio::sync::mpsc::channel(10_000);
+        let version = coord.config_version().await?;
+        let snapshot = Snapshot::load(&db, &cipher, version).await?;
+
+        let state = AppState::new(Inner {
+            jwt_encoding: EncodingKey::from_secret(jwt.expose_secret().as_bytes()),
+            jwt_decoding: DecodingKey::from_secret(jwt.expose_secret().as_bytes()),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            reload_lock: tokio::sync::Mutex::new(()),
+            global_keys,
+            logs: log_tx,
+            metrics,
+            http,
+            cipher,
+            coord,
+            db: db.clone(),
+            config: config.clone(),
+        });
+
+        let tasks = vec![
+            tokio::spawn(db::logs::run_writer(db, log_rx, config.log.retention_days)),
+            tokio::spawn(refresh_loop(state.clone())),
+        ];
+
+        let (control, api) = control_routes().split_for_parts();
+        let control = control
+            .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+            .with_state(state.clone());
+        let data = proxy::routes().with_state(state.clone());
+
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        let (router, admin_router, admin_listener) = match config.server.admin_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+                // Probes answer on the data port too, where the load balancer looks.
+                let probes = Router::new()
+                    .route("/healthz", axum::routing::get(ops::healthz))
+                    .route("/readyz", axum::routing::get(ops::readyz))
+                    .with_state(state.clone());
+                (layers(data.merge(probes)), Some(layers(control)), Some(l))
+            }
+            None => (layers(data.merge(control)), None, None),
+        };
+        Ok(Self {
+            listener,
+            admin_listener,
+            router,
+            admin_router,
+            state,
+            tasks,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The control-plane port (the same as `port()` unless `admin_listen` is set).
+    pub fn admin_port(&self) -> u16 {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+            .unwrap_or_else(|| self.port())
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut rx2 = rx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        });
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+        let data = axum::serve(self.listener, self.router).with_graceful_shutdown(wait(rx));
+        let res = match (self.admin_listener, self.admin_router) {
+            (Some(l), Some(r)) => {
+                let admin = axum::serve(l, r).with_graceful_shutdown(async move {
+                    let _ = rx2.wait_for(|v| *v).await;
+                });
+                tokio::try_join!(data, admin).map(|_| ())
+            }
+            _ => data.await,
+        };
+        for t in self.tasks {
+            t.abort();
+        }
+        Ok(res?)
+    }
+}
+
+fn layers(router: Router) -> Router {
+    let sensitive: Arc<[HeaderName]> = Arc::from(vec![
+        HeaderName::from_static("authorization"),
+        HeaderName::from_static("x-api-key"),
+        HeaderName::from_static("x-goog-api-key"),
+        HeaderName::from_static("x-proxy-key"),
+    ]);
+    let request_id = HeaderName::from_static("x-request-id");
+    router
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+}
+
+/// Every replica checks the shared config version and reloads its snapshot when it moved.
+async fn refresh_loop(state: AppState) {
+    let every = Duration::from_millis(state.config.proxy.refresh_interval_ms.max(50));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match state.coord.config_version().await {
+            Ok(v) if v != state.snapshot.load().version => {
+                if let Err(e) = state.reload_to(v, "remote").await {
+                    tracing::warn!(error = %e, "snapshot reload failed; serving the previous one");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read config version"),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Configuration: built-in defaults -> optional `keygate.toml` (or `KEYGATE_CONFIG`) -> environment
+//! `KEYGATE__SECTION__FIELD` -> the short names operators expect (`DATABASE_URL`, `REDIS_URL`, ...).
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub crypto: CryptoConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Data plane and (unless `admin_listen` is set) control plane.
+    pub listen: SocketAddr,
+    /// Optional separate address for `/admin`, `/docs`, `/openapi.json` and `/metrics`.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...` for enterprise mode; `sqlite://path?mode=rwc` or empty for the embedded default.
+    pub url: Option<SecretString>,
+    /// Directory for the embedded default: the SQLite file and generated secrets live here.
+    pub data_dir: PathBuf,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Empty: the in-process coordination store (one replica only).
+    pub url: Option<SecretString>,
+    /// Every Redis key keygate writes starts with this prefix.
+    pub prefix: String,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_secret: Option<SecretString>,
+    pub jwt_ttl_secs: u64,
+    pub admin_username: String,
+    pub admin_password: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Slug served under `/v1/...`.
+    pub default_slug: Option<String>,
+    /// Comma-separated keys accepted on every slug, in addition to access keys from the database.
+    pub global_proxy_keys: Option<SecretString>,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// Request bodies up to this size are buffered so a failed attempt can be retried on another key;
+    /// larger ones stream straight through with a single attempt.
+    pub retry_buffer_bytes: usize,
+    /// How often each replica checks the shared config version (ms).
+    pub refresh_interval_ms: u64,
+    /// Consecutive 5xx/connect failures before a key is taken out of rotation.
+    pub failure_threshold: u32,
+    /// How long a key that hit the failure threshold stays out (ms).
+    pub failure_cooldown_ms: u64,
+    /// Cooldown after a 429 without Retry-After (ms).
+    pub default_cooldown_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoConfig {
+    /// 32 bytes, base64 or hex; encrypts upstream key secrets at rest.
+    pub encryption_key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// Days of request logs to keep; 0 keeps them forever.
+    pub retention_days: u32,
+}
+
+impl Config {
+    /// Loads the layered configuration from the process environment.
+    pub fn load() -> anyhow::Result<Self> {
+        let file = std::env::var("KEYGATE_CONFIG").unwrap_or_else(|_| "keygate.toml".into());
+        Self::load_from(Some(file.as_str()), |k| std::env::var(k).ok())
+    }
+
+    /// The built-in defaults alone (tests start from these).
+    pub fn defaults() -> Self {
+        Self::load_from(None, |_| None).expect("built-in defaults are valid")
+    }
+
+    pub fn load_from(
+        file: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
+        let mut b = config::Config::builder()
+            .set_default("server.listen", "0.0.0.0:8000")?
+            .set_default("database.data_dir", "./data")?
+            .set_default("database.max_connections", 20)?
+            .set_default("redis.prefix", "keygate:")?
+            .set_default("redis.pool_size", 32)?
+            .set_default("auth.jwt_ttl_secs", 3600)?
+            .set_default("auth.admin_username", "admin")?
+            .set_default("proxy.max_body_bytes", 32 * 1024 * 1024)?
+            .set_default("proxy.retry_buffer_bytes", 4 * 1024 * 1024)?
+            .set_default("proxy.refresh_interval_ms", 500)?
+            .set_default("proxy.failure_threshold", 3)?
+            .set_default("proxy.failure_cooldown_ms", 30_000)?
+            .set_default("proxy.default_cooldown_ms", 60_000)?
+            .set_default("log.format", "text")?
+            .set_default("log.retention_days", 30)?;
+        if let Some(f) = file {
+            b = b.add_source(config::File::with_name(f).required(false));
+        }
+        let env_map: std::collections::HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("KEYGATE__"))
+            .filter_map(|(k, _)| env(&k).map(|v| (k, v)))
+            .collect();
+        b = b.add_source(
+            config::Environment::with_prefix("KEYGATE")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env_map)),
+        );
+        let short = [
+            ("DATABASE_URL", "database.url"),
+            ("REDIS_URL", "redis.url"),
+            ("JWT_SECRET", "auth.jwt_secret"),
+            ("ADMIN_USERNAME", "auth.admin_username"),
+            ("ADMIN_PASSWORD", "auth.admin_password"),
+            ("GLOBAL_PROXY_KEYS", "proxy.global_proxy_keys"),
+            ("KEYGATE_ENCRYPTION_KEY", "crypto.encryption_key"),
+            ("KEYGATE_DEFAULT_SLUG", "proxy.default_slug"),
+        ];
+        for (var, key) in short {
+            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+                b = b.set_override(key, v)?;
+            }
+        }
+        if let Some(port) = env("PORT").filter(|v| !v.is_empty()) {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| anyhow::anyhow!("PORT must be a port number, got {port:?}"))?;
+            b = b.set_override("server.listen", format!("0.0.0.0:{port}"))?;
+        }
+        Ok(b.build()?.try_deserialize()?)
+    }
+
+    /// Enterprise mode: shared Postgres. Secrets must then be given, not generated per replica.
+    pub fn is_enterprise(&self) -> bool {
+        use secrecy::ExposeSecret;
+        self.database
+            .url
+            .as_ref()
+            .is_some_and(|u| u.expose_secret().starts_with("postgres"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn short_env_names_override_defaults() {
+        let env = |k: &str| match k {
+            "DATABASE_URL" => Some("postgres://u:p@h/db".to_string()),
+            "PORT" => Some("9001".to_string()),
+            "GLOBAL_PROXY_KEYS" => Some("a,b".to_string()),
+            _ => None,
+        };
+        let c = Config::load_from(None, env).unwrap();
+        assert_eq!(c.server.listen.port(), 9001);
+        assert!(c.is_enterprise());
+        assert_eq!(c.proxy.global_proxy_keys.unwrap().expose_secret(), "a,b");
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let env = |k: &str| match k {
+            "JWT_SECRET" => Some("super-secret-jwt".to_string()),
+            "ADMIN_PASSWORD" => Some("hunter2hunter2".to_string()),
+            _ => None,
+        };
+        let c = Config::load_from(None, env).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("super-secret-jwt"));
+        assert!(!dbg.contains("hunter2hunter2"));
+    }
+
+    #[test]
+    fn bad_port_is_a_clear_error() {
+        let env = |k: &str| (k == "PORT").then(|| "eighty".to_string());
+        let err = Config::load_from(None, env).unwrap_err().to_string();
+        assert!(err.contains("PORT"), "{err}");
+    }
+}

@@ -1,0 +1,39 @@
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "upstream_keys")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub service_id: i64,
+    /// AES-256-GCM ciphertext (`v1:` + base64 of nonce and ciphertext).
+    pub secret: String,
+    pub fingerprint: String,
+    pub label: Option<String>,
+    pub weight: i32,
+    pub status: String,
+    pub balance: Option<f64>,
+    pub quota_total: Option<f64>,
+    pub quota_used: f64,
+    pub rpm: Option<i32>,
+    pub tpm: Option<i32>,
+    pub last_used_at: Option<DateTimeUtc>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: i32,
+    pub created_at: DateTimeUtc,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamKey")
+            .field("id", &self.id)
+            .field("service_id", &self.service_id)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

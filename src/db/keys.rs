@@ -1,0 +1,165 @@
+//! Upstream keys of a service. Secrets arrive here already encrypted.
+use std::collections::HashSet;
+
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr};
+use sea_orm::{EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+
+use super::entity::upstream_key;
+
+/// Statuses that keep a key in the snapshot used by the data plane.
+pub const ROUTABLE: [&str; 2] = ["active", "cooling"];
+
+pub async fn routable(db: &DatabaseConnection) -> Result<Vec<upstream_key::Model>, DbErr> {
+    upstream_key::Entity::find()
+        .filter(upstream_key::Column::Status.is_in(ROUTABLE))
+        .order_by_asc(upstream_key::Column::Id)
+        .all(db)
+        .await
+}
+
+pub async fn list(
+    db: &DatabaseConnection,
+    service_id: i64,
+    after: Option<i64>,
+    limit: u64,
+) -> Result<Vec<upstream_key::Model>, DbErr> {
+    let mut q = upstream_key::Entity::find()
+        .filter(upstream_key::Column::ServiceId.eq(service_id))
+        .order_by_asc(upstream_key::Column::Id);
+    if let Some(a) = after {
+        q = q.filter(upstream_key::Column::Id.gt(a));
+    }
+    q.limit(limit).all(db).await
+}
+
+pub async fn by_id(
+    db: &DatabaseConnection,
+    service_id: i64,
+    id: i64,
+) -> Result<Option<upstream_key::Model>, DbErr> {
+    upstream_key::Entity::find_by_id(id)
+        .filter(upstream_key::Column::ServiceId.eq(service_id))
+        .one(db)
+        .await
+}
+
+/// A key ready to insert: encrypted secret and its fingerprint.
+pub struct NewKey {
+    pub secret_enc: String,
+    pub fingerprint: String,
+    pub label: Option<String>,
+    pub weight: i32,
+    pub balance: Option<f64>,
+}
+
+/// Inserts keys whose fingerprint is not yet in the service, in one transaction.
+/// Returns (added, duplicates).
+pub async fn insert_new(
+    db: &DatabaseConnection,
+    service_id: i64,
+    keys: Vec<NewKey>,
+) -> Result<(usize, usize), DbErr> {
+    let txn = db.begin().await?;
+    let fps: Vec<String> = keys.iter().map(|k| k.fingerprint.clone()).collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    for chunk in fps.chunks(500) {
+        let existing: Vec<String> = upstream_key::Entity::find()
+            .select_only()
+            .column(upstream_key::Column::Fingerprint)
+            .filter(upstream_key::Column::ServiceId.eq(service_id))
+            .filter(upstream_key::Column::Fingerprint.is_in(chunk.to_vec()))
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        seen.extend(existing);
+    }
+    let now = Utc::now();
+    let (mut added, mut dup) = (0, 0);
+    let mut batch = Vec::new();
+    for k in keys {
+        if !seen.insert(k.fingerprint.clone()) {
+            dup += 1;
+            continue;
+        }
+        added += 1;
+        batch.push(upstream_key::ActiveModel {
+            service_id: Set(service_id),
+            secret: Set(k.secret_enc),
+            fingerprint: Set(k.fingerprint),
+            label: Set(k.label),
+            weight: Set(k.weight),
+            status: Set("active".into()),
+            balance: Set(k.balance),
+            quota_total: Set(None),
+            quota_used: Set(0.0),
+            rpm: Set(None),
+            tpm: Set(None),
+            last_used_at: Set(None),
+            last_error: Set(None),
+            consecutive_failures: Set(0),
+            created_at: Set(now),
+            ..Default::default()
+        });
+        if batch.len() >= 200 {
+            upstream_key::Entity::insert_many(std::mem::take(&mut batch))
+                .exec_without_returning(&txn)
+                .await?;
+        }
+    }
+    if !batch.is_empty() {
+        upstream_key::Entity::insert_many(batch)
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok((added, dup))
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    am: upstream_key::ActiveModel,
+) -> Result<upstream_key::Model, DbErr> {
+    am.update(db).await
+}
+
+/// Records a health transition decided by the data plane (off the hot path).
+pub async fn set_status(
+    db: &DatabaseConnection,
+    id: i64,
+    status: Option<&str>,
+    error: &str,
+) -> Result<(), DbErr> {
+    let mut am = upstream_key::ActiveModel {
+        id: sea_orm::ActiveValue::Unchanged(id),
+        last_error: Set(Some(error.to_string())),
+        last_used_at: Set(Some(Utc::now())),
+        ..Default::default()
+    };
+    if let Some(s) = status {
+        am.status = Set(s.to_string());
+    }
+    match am.update(db).await {
+        Ok(_) | Err(DbErr::RecordNotUpdated) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn delete(db: &DatabaseConnection, service_id: i64, id: i64) -> Result<bool, DbErr> {
+    let r = upstream_key::Entity::delete_many()
+        .filter(upstream_key::Column::Id.eq(id))
+        .filter(upstream_key::Column::ServiceId.eq(service_id))
+        .exec(db)
+        .await?;
+    Ok(r.rows_affected > 0)
+}
+
+pub async fn ids_of_service(db: &DatabaseConnection, service_id: i64) -> Result<Vec<i64>, DbErr> {
+    upstream_key::Entity::find()
+        .select_only()
+        .column(upstream_key::Column::Id)
+        .filter(upstream_key::Column::ServiceId.eq(service_id))
+        .into_tuple()
+        .all(db)
+        .await
+}

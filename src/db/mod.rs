@@ -1,0 +1,93 @@
+//! Relational store (SeaORM): Postgres in enterprise mode, a SQLite file by default. Handlers call the
+//! per-aggregate query functions here and never build SQL themselves.
+pub mod access_keys;
+pub mod entity;
+pub mod keys;
+pub mod logs;
+pub mod services;
+pub mod users;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, RuntimeErr};
+use secrecy::ExposeSecret;
+
+use crate::config::DatabaseConfig;
+
+/// The default tenant created by the first migration.
+pub const DEFAULT_TENANT: i64 = 1;
+
+/// Where the embedded default keeps its SQLite file.
+pub fn sqlite_url(cfg: &DatabaseConfig) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        cfg.data_dir.join("keygate.db").display()
+    )
+}
+
+/// The URL in use, without any password, for log lines.
+pub fn redacted_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// Connects and runs pending migrations.
+pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {
+    let db = connect_only(cfg).await?;
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+pub async fn connect_only(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {
+    let url = match &cfg.url {
+        Some(u) if !u.expose_secret().is_empty() => u.expose_secret().to_string(),
+        _ => {
+            std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+                anyhow::anyhow!("cannot create data dir {}: {e}", cfg.data_dir.display())
+            })?;
+            sqlite_url(cfg)
+        }
+    };
+    let sqlite = url.starts_with("sqlite:");
+    let mut opts = ConnectOptions::new(url.clone());
+    opts.max_connections(if sqlite { 8 } else { cfg.max_connections })
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    let db = Database::connect(opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", redacted_url(&url)))?;
+    if sqlite {
+        // WAL lets the request-log writer and admin reads proceed side by side.
+        db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+    }
+    Ok(db)
+}
+
+/// True when the error is a unique-constraint violation (both backends).
+pub fn is_unique_violation(e: &DbErr) -> bool {
+    matches!(
+        e.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
+/// True when the pool could not hand out a connection in time.
+pub fn is_pool_exhausted(e: &DbErr) -> bool {
+    match e {
+        DbErr::ConnectionAcquire(_) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(_)) => true,
+        _ => false,
+    }
+}
+
+pub async fn ping(db: &DatabaseConnection) -> bool {
+    db.ping().await.is_ok()
+}

@@ -1,0 +1,62 @@
+//! Services (slugs).
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr};
+use sea_orm::{EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::entity::service;
+
+pub async fn all(db: &DatabaseConnection) -> Result<Vec<service::Model>, DbErr> {
+    service::Entity::find()
+        .order_by_asc(service::Column::Id)
+        .all(db)
+        .await
+}
+
+pub async fn list(
+    db: &DatabaseConnection,
+    tenant: Option<i64>,
+    after: Option<i64>,
+    limit: u64,
+) -> Result<Vec<service::Model>, DbErr> {
+    let mut q = service::Entity::find().order_by_asc(service::Column::Id);
+    if let Some(t) = tenant {
+        q = q.filter(service::Column::TenantId.eq(t));
+    }
+    if let Some(a) = after {
+        q = q.filter(service::Column::Id.gt(a));
+    }
+    q.limit(limit).all(db).await
+}
+
+pub async fn by_slug(db: &DatabaseConnection, slug: &str) -> Result<Option<service::Model>, DbErr> {
+    service::Entity::find()
+        .filter(service::Column::Slug.eq(slug))
+        .one(db)
+        .await
+}
+
+pub async fn insert(
+    db: &DatabaseConnection,
+    mut am: service::ActiveModel,
+) -> Result<service::Model, DbErr> {
+    let now = Utc::now();
+    am.created_at = Set(now);
+    am.updated_at = Set(now);
+    am.insert(db).await
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    mut am: service::ActiveModel,
+) -> Result<service::Model, DbErr> {
+    am.updated_at = Set(Utc::now());
+    am.update(db).await
+}
+
+pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, DbErr> {
+    Ok(service::Entity::delete_by_id(id)
+        .exec(db)
+        .await?
+        .rows_affected
+        > 0)
+}

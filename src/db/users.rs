@@ -1,0 +1,84 @@
+//! Users of the admin API.
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr};
+use sea_orm::{EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::entity::user;
+
+pub async fn by_username(
+    db: &DatabaseConnection,
+    name: &str,
+) -> Result<Option<user::Model>, DbErr> {
+    user::Entity::find()
+        .filter(user::Column::Username.eq(name))
+        .one(db)
+        .await
+}
+
+pub async fn by_id(db: &DatabaseConnection, id: i64) -> Result<Option<user::Model>, DbErr> {
+    user::Entity::find_by_id(id).one(db).await
+}
+
+pub async fn list(
+    db: &DatabaseConnection,
+    after: Option<i64>,
+    limit: u64,
+) -> Result<Vec<user::Model>, DbErr> {
+    let mut q = user::Entity::find().order_by_asc(user::Column::Id);
+    if let Some(a) = after {
+        q = q.filter(user::Column::Id.gt(a));
+    }
+    q.limit(limit).all(db).await
+}
+
+pub async fn count(db: &DatabaseConnection) -> Result<u64, DbErr> {
+    user::Entity::find().count(db).await
+}
+
+pub async fn create(
+    db: &DatabaseConnection,
+    tenant_id: Option<i64>,
+    username: &str,
+    password_hash: String,
+    role: &str,
+) -> Result<user::Model, DbErr> {
+    user::ActiveModel {
+        tenant_id: Set(tenant_id),
+        username: Set(username.to_string()),
+        password_hash: Set(password_hash),
+        role: Set(role.to_string()),
+        disabled: Set(false),
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    }
+    .insert(db)
+    .await
+}
+
+pub struct UserPatch {
+    pub password_hash: Option<String>,
+    pub role: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    existing: user::Model,
+    p: UserPatch,
+) -> Result<user::Model, DbErr> {
+    let mut am: user::ActiveModel = existing.into();
+    if let Some(h) = p.password_hash {
+        am.password_hash = Set(h);
+    }
+    if let Some(r) = p.role {
+        am.role = Set(r);
+    }
+    if let Some(d) = p.disabled {
+        am.disabled = Set(d);
+    }
+    am.update(db).await
+}
+
+pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, DbErr> {
+    Ok(user::Entity::delete_by_id(id).exec(db).await?.rows_affected > 0)
+}

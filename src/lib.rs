@@ -1,0 +1,18 @@
+//! keygate: an LLM API gateway. One binary, two planes: the data plane (`proxy`) forwards client
+//! calls to upstream keys it picks through the coordination store (`coord`); the control plane
+//! (`admin`) manages services, keys, access keys and users in the relational store (`db`).
+pub mod admin;
+pub mod app;
+pub mod bootstrap;
+pub mod config;
+pub mod coord;
+pub mod crypto;
+pub mod db;
+pub mod ops;
+pub mod proxy;
+pub mod snapshot;
+pub mod state;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

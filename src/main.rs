@@ -1,0 +1,69 @@
+//! The `keygate` command: serve (default), migrate, openapi.
+use clap::{Parser, Subcommand};
+use keygate::{App, Config};
+
+#[derive(Parser)]
+#[command(name = "keygate", version, about = "LLM API gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print the admin API's OpenAPI document (JSON) and exit.
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        println!("{}", keygate::app::openapi().to_pretty_json()?);
+        return Ok(());
+    }
+    let config = Config::load()?;
+    keygate::telemetry::init_tracing(&config.log.format);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => {
+            keygate::db::connect(&config.database).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Serve => {
+            let app = App::build(config.clone()).await?;
+            tracing::info!(
+                address = %config.server.listen,
+                port = app.port(),
+                admin_port = app.admin_port(),
+                database = if config.is_enterprise() { "postgres" } else { "sqlite" },
+                coordination = app.state().coord.backend(),
+                "keygate listening"
+            );
+            app.run_until(shutdown_signal()).await?;
+        }
+        Command::Openapi => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

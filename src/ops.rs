@@ -1,0 +1,61 @@
+//! Operations endpoints: liveness, readiness (database and coordination store), Prometheus metrics.
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::state::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: &'static str,
+    /// `ok`/`down`, absent for /healthz.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<&'static str>,
+}
+
+/// Liveness: the process is up and serving.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok",
+        database: None,
+        coordination: None,
+    })
+}
+
+/// Readiness: the database and the coordination store (Redis) answer.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
+    let (db_ok, coord_ok) = tokio::join!(crate::db::ping(&state.db), state.coord.ping());
+    let word = |ok: bool| if ok { "ok" } else { "down" };
+    let ready = db_ok && coord_ok;
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(Health {
+            status: if ready { "ok" } else { "unavailable" },
+            database: Some(word(db_ok)),
+            coordination: Some(word(coord_ok)),
+        }),
+    )
+}
+
+/// Prometheus metrics in text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

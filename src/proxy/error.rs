@@ -1,0 +1,157 @@
+//! Errors the gateway itself returns on the data plane, in the error shape of the client's format
+//! (OpenAI, Anthropic or Gemini), so that SDKs surface them properly.
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadAccessKey,
+    SlugNotAllowed,
+    UnknownSlug,
+    BodyTooLarge,
+    BadRequest,
+    UpstreamFailed,
+    UpstreamRateLimited,
+    NoUsableKey,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::BadAccessKey => StatusCode::UNAUTHORIZED,
+            Self::SlugNotAllowed => StatusCode::FORBIDDEN,
+            Self::UnknownSlug => StatusCode::NOT_FOUND,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Self::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::NoUsableKey => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Low-cardinality label (metrics, request logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BadAccessKey => "bad_access_key",
+            Self::SlugNotAllowed => "slug_not_allowed",
+            Self::UnknownSlug => "unknown_slug",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BadRequest => "bad_request",
+            Self::UpstreamFailed => "upstream_failed",
+            Self::UpstreamRateLimited => "upstream_rate_limited",
+            Self::NoUsableKey => "no_usable_key",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::Internal => "internal",
+        }
+    }
+
+    fn openai_type(self) -> &'static str {
+        match self {
+            Self::BadAccessKey => "authentication_error",
+            Self::SlugNotAllowed => "permission_error",
+            Self::UnknownSlug => "not_found_error",
+            Self::BodyTooLarge | Self::BadRequest => "invalid_request_error",
+            Self::NoUsableKey => "service_unavailable",
+            Self::UpstreamRateLimited => "rate_limit_error",
+            Self::UpstreamFailed | Self::UpstreamTimeout | Self::Internal => "api_error",
+        }
+    }
+
+    fn gemini_status(self) -> &'static str {
+        match self {
+            Self::BadAccessKey => "UNAUTHENTICATED",
+            Self::SlugNotAllowed => "PERMISSION_DENIED",
+            Self::UnknownSlug => "NOT_FOUND",
+            Self::BodyTooLarge | Self::BadRequest => "INVALID_ARGUMENT",
+            Self::NoUsableKey => "UNAVAILABLE",
+            Self::UpstreamRateLimited => "RESOURCE_EXHAUSTED",
+            Self::UpstreamTimeout => "DEADLINE_EXCEEDED",
+            Self::UpstreamFailed | Self::Internal => "INTERNAL",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ProxyError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub format: Format,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind, format: Format, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            format,
+            retry_after_secs: None,
+        }
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let status = self.kind.status();
+        let body = match self.format {
+            Format::OpenAi => json!({"error": {
+                "message": self.message, "type": self.kind.openai_type(),
+                "code": self.kind.label(), "param": null}}),
+            Format::Anthropic => json!({"type": "error", "error": {
+                "type": self.kind.openai_type(), "message": self.message}}),
+            Format::Gemini => json!({"error": {
+                "code": status.as_u16(), "message": self.message,
+                "status": self.kind.gemini_status()}}),
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: ProxyError) -> (StatusCode, serde_json::Value) {
+        let r = e.into_response();
+        let s = r.status();
+        let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (s, serde_json::from_slice(&b).unwrap())
+    }
+
+    #[tokio::test]
+    async fn each_format_has_its_own_error_shape() {
+        let (s, v) = body(ProxyError::new(ErrorKind::NoUsableKey, Format::OpenAi, "m")).await;
+        assert_eq!(s, 503);
+        assert_eq!(v["error"]["message"], "m");
+        assert_eq!(v["error"]["code"], "no_usable_key");
+        assert!(v["error"].get("param").is_some());
+        let (_, v) = body(ProxyError::new(
+            ErrorKind::BadAccessKey,
+            Format::Anthropic,
+            "m",
+        ))
+        .await;
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        let (_, v) = body(ProxyError::new(ErrorKind::UnknownSlug, Format::Gemini, "m")).await;
+        assert_eq!(v["error"]["code"], 404);
+        assert_eq!(v["error"]["status"], "NOT_FOUND");
+    }
+}

@@ -1,0 +1,68 @@
+//! The one shared state, cheap to clone; handlers of both planes extract it directly.
+use std::collections::HashSet;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use sea_orm::DatabaseConnection;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::coord::Coord;
+use crate::crypto::Cipher;
+use crate::db::entity::request_log;
+use crate::snapshot::Snapshot;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    pub coord: Coord,
+    pub snapshot: ArcSwap<Snapshot>,
+    pub cipher: Cipher,
+    pub jwt_encoding: EncodingKey,
+    pub jwt_decoding: DecodingKey,
+    pub http: reqwest::Client,
+    /// Hex SHA-256 of each `GLOBAL_PROXY_KEYS` entry.
+    pub global_keys: HashSet<String>,
+    pub logs: mpsc::Sender<request_log::ActiveModel>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Serialises snapshot reloads so an older load never replaces a newer one.
+    pub reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    /// Reloads the snapshot unless it is already at `version`. The load reads the database after
+    /// the version was read, so a snapshot is never older than the version it carries.
+    pub async fn reload_to(&self, version: u64, trigger: &'static str) -> anyhow::Result<()> {
+        let _g = self.reload_lock.lock().await;
+        if self.snapshot.load().version == version {
+            return Ok(());
+        }
+        let snap = Snapshot::load(&self.db, &self.cipher, version).await?;
+        self.snapshot.store(Arc::new(snap));
+        metrics::counter!(crate::telemetry::metrics::SNAPSHOT_RELOADS_TOTAL, "trigger" => trigger)
+            .increment(1);
+        Ok(())
+    }
+
+    /// Called by the control plane after every write: announce to all replicas, reload here now.
+    pub async fn config_changed(&self) -> anyhow::Result<()> {
+        let v = self.coord.bump_config_version().await?;
+        self.reload_to(v, "local").await
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

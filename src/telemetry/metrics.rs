@@ -1,0 +1,50 @@
+//! Every metric name keygate emits, in one place, and the Prometheus recorder.
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Data-plane requests, by `slug` and `status` (HTTP status returned to the client).
+pub const REQUESTS_TOTAL: &str = "keygate_requests_total";
+/// Time from request to response head, by `slug`.
+pub const REQUEST_DURATION: &str = "keygate_request_duration_seconds";
+/// Upstream attempts, by `slug` and `outcome` (ok, client_error, invalid, exhausted, cooling,
+/// server_error, connect_error, timeout).
+pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "keygate_upstream_attempts_total";
+/// Key health transitions, by `slug` and `to` (invalid, exhausted, cooling, failing).
+pub const KEY_TRANSITIONS_TOTAL: &str = "keygate_key_transitions_total";
+/// Coordination store errors on the hot path, by `kind`.
+pub const COORD_ERRORS_TOTAL: &str = "keygate_coord_errors_total";
+/// Snapshot reloads, by `trigger` (local, remote).
+pub const SNAPSHOT_RELOADS_TOTAL: &str = "keygate_snapshot_reloads_total";
+
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once per process and returns the handle that renders it.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), BUCKETS)
+                .expect("static bucket list is non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (embedding); ours still renders.
+            let _ = metrics::set_global_recorder(recorder);
+            metrics::describe_counter!(REQUESTS_TOTAL, "Data-plane requests by slug and status");
+            metrics::describe_histogram!(
+                REQUEST_DURATION,
+                metrics::Unit::Seconds,
+                "Time from request to response head"
+            );
+            metrics::describe_counter!(UPSTREAM_ATTEMPTS_TOTAL, "Upstream attempts by outcome");
+            metrics::describe_counter!(KEY_TRANSITIONS_TOTAL, "Upstream key health transitions");
+            metrics::describe_counter!(COORD_ERRORS_TOTAL, "Coordination store errors");
+            metrics::describe_counter!(SNAPSHOT_RELOADS_TOTAL, "Config snapshot reloads");
+            handle
+        })
+        .clone()
+}

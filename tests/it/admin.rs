@@ -1,0 +1,327 @@
+//! Control plane: login, roles, validation, key import in every format, masking.
+use serde_json::{Value, json};
+
+use crate::both;
+use crate::harness::{Backend, TestApp};
+
+both!(
+    login_rejects_a_wrong_password_and_tokens_are_required,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        let r = app
+            .http
+            .post(app.url("/admin/auth/login"))
+            .json(&json!({"username": "admin", "password": "wrong-password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let (s, _) = app
+            .admin_as("not-a-token", "GET", "/admin/services", None)
+            .await;
+        assert_eq!(s, 401);
+        let (s, v) = app.admin("GET", "/admin/services", None).await;
+        assert_eq!(s, 200);
+        assert!(v["items"].as_array().unwrap().is_empty());
+    }
+);
+
+both!(viewer_can_read_but_not_write, |b: Backend| async move {
+    let app = TestApp::spawn(b).await;
+    let (s, v) = app
+        .admin(
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "vera", "password": "viewer-pass-1", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(v.get("password_hash").is_none());
+    let viewer = app.login("vera", "viewer-pass-1").await;
+    let (s, _) = app.admin_as(&viewer, "GET", "/admin/services", None).await;
+    assert_eq!(s, 200);
+    let (s, v) = app
+        .admin_as(
+            &viewer,
+            "POST",
+            "/admin/services",
+            Some(json!({"slug": "x", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["status"], 403);
+    let (s, _) = app
+        .admin_as(
+            &viewer,
+            "POST",
+            "/admin/access-keys",
+            Some(json!({"name": "n"})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = app.admin_as(&viewer, "GET", "/admin/users", None).await;
+    assert_eq!(s, 403, "only admins see users");
+    // Disabling a user locks them out at once, even with a valid token.
+    let id = v_id(&app, "vera").await;
+    let (s, _) = app
+        .admin(
+            "PATCH",
+            &format!("/admin/users/{id}"),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = app.admin_as(&viewer, "GET", "/admin/services", None).await;
+    assert_eq!(s, 401);
+});
+
+async fn v_id(app: &TestApp, name: &str) -> i64 {
+    let (_, v) = app.admin("GET", "/admin/users", None).await;
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == name)
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap()
+}
+
+both!(
+    validation_errors_are_problem_json_naming_the_field,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        for (body, field) in [
+            (
+                json!({"slug": "Bad Slug", "kind": "openai", "base_url": "http://h/v1"}),
+                "slug",
+            ),
+            (
+                json!({"slug": "ok", "kind": "cohere", "base_url": "http://h/v1"}),
+                "kind",
+            ),
+            (
+                json!({"slug": "ok", "kind": "openai", "base_url": "not a url"}),
+                "base_url",
+            ),
+            (
+                json!({"slug": "ok", "kind": "openai", "base_url": "http://h/v1", "strategy": "fastest"}),
+                "strategy",
+            ),
+        ] {
+            let (s, v) = app.admin("POST", "/admin/services", Some(body)).await;
+            assert_eq!(s, 400, "{v}");
+            assert!(v["detail"].as_str().unwrap().starts_with(field), "{v}");
+            assert_eq!(v["status"], 400);
+            assert!(v["type"].as_str().is_some() && v["title"].as_str().is_some());
+        }
+        let (s, v) = app
+            .admin("POST", "/admin/services", Some(json!({"slug": "ok"})))
+            .await;
+        assert_eq!(s, 400);
+        assert!(v["detail"].as_str().unwrap().contains("kind"), "{v}");
+        app.create_service("dup", "openai", "http://127.0.0.1:9/v1")
+            .await;
+        let (s, v) = app
+            .admin(
+                "POST",
+                "/admin/services",
+                Some(json!({"slug": "dup", "kind": "openai", "base_url": "http://h/v1"})),
+            )
+            .await;
+        assert_eq!(s, 409, "{v}");
+    }
+);
+
+async fn import(app: &TestApp, slug: &str, ct: &str, body: &str) -> (u16, Value) {
+    let r = app
+        .http
+        .post(app.url(&format!("/admin/services/{slug}/keys/import")))
+        .bearer_auth(&app.token)
+        .header("content-type", ct)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn key_count(app: &TestApp, slug: &str) -> usize {
+    let (_, v) = app
+        .admin("GET", &format!("/admin/services/{slug}/keys"), None)
+        .await;
+    v["items"].as_array().unwrap().len()
+}
+
+both!(
+    imports_plain_text_csv_json_and_multipart_reporting_duplicates,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        app.create_service("imp", "openai", "http://127.0.0.1:9/v1")
+            .await;
+        let (s, v) = import(
+            &app,
+            "imp",
+            "text/plain",
+            "# my keys\nsk-text-0001\n\nsk-text-0002\nsk-text-0001\n",
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            (v["added"].as_u64(), v["duplicates"].as_u64()),
+            (Some(2), Some(1))
+        );
+        let (s, v) = import(
+            &app,
+            "imp",
+            "text/csv",
+            "key,balance\nsk-csv-00001,10.5\nsk-text-0002,1\n",
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            (v["added"].as_u64(), v["duplicates"].as_u64()),
+            (Some(1), Some(1))
+        );
+        let (s, v) = import(
+            &app,
+            "imp",
+            "application/json",
+            r#"{"keys":[{"key":"sk-json-0001","label":"j","weight":2}]}"#,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["added"], 1);
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::text("sk-multi-0001\nsk-multi-0002\n").file_name("keys.txt"),
+        );
+        let r = app
+            .http
+            .post(app.url("/admin/services/imp/keys/import"))
+            .bearer_auth(&app.token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["added"], 2);
+        assert_eq!(key_count(&app, "imp").await, 6);
+        let (s, v) = import(&app, "imp", "application/xml", "<keys/>").await;
+        assert_eq!(s, 415, "{v}");
+    }
+);
+
+both!(
+    malformed_import_is_400_naming_every_bad_line_and_imports_nothing,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        app.create_service("bad", "openai", "http://127.0.0.1:9/v1")
+            .await;
+        let (s, v) = import(
+            &app,
+            "bad",
+            "text/plain",
+            "sk-fine-00001\nsk has spaces\nsk-fine-00002\n\u{7}bell\n",
+        )
+        .await;
+        assert_eq!(s, 400, "{v}");
+        let detail = v["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("line 2") && detail.contains("line 4"),
+            "{detail}"
+        );
+        assert!(
+            !detail.contains("line 1") && !detail.contains("line 3"),
+            "{detail}"
+        );
+        let (s, v) = import(
+            &app,
+            "bad",
+            "text/csv",
+            "sk-fine-00001,5\nsk-fine-00002,lots\n",
+        )
+        .await;
+        assert_eq!(s, 400);
+        assert!(v["detail"].as_str().unwrap().contains("line 2"), "{v}");
+        let (s, v) = app
+            .admin(
+                "POST",
+                "/admin/services/bad/keys",
+                Some(json!({"keys": [{"key": "sk-fine-00001"}, {"key": ""}]})),
+            )
+            .await;
+        assert_eq!(s, 400);
+        assert!(v["detail"].as_str().unwrap().contains("keys[1]"), "{v}");
+        assert_eq!(key_count(&app, "bad").await, 0, "nothing half-imported");
+    }
+);
+
+both!(
+    keys_are_masked_everywhere_after_creation,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        app.create_service("m", "openai", "http://127.0.0.1:9/v1")
+            .await;
+        let secret = "sk-very-secret-value-0123456789";
+        app.add_keys("m", &[secret]).await;
+        let (s, v) = app.admin("GET", "/admin/services/m/keys", None).await;
+        assert_eq!(s, 200);
+        let text = v.to_string();
+        assert!(!text.contains(secret), "{text}");
+        assert_eq!(v["items"][0]["key"], "sk-ve...6789");
+        let r = app
+            .http
+            .get(app.url("/admin/services/m/keys/export"))
+            .bearer_auth(&app.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let csv = r.text().await.unwrap();
+        assert!(
+            csv.contains("sk-ve...6789") && !csv.contains(secret),
+            "{csv}"
+        );
+        // The access key is shown once, then only its prefix.
+        let (_, created) = app
+            .admin("POST", "/admin/access-keys", Some(json!({"name": "n"})))
+            .await;
+        let full = created["key"].as_str().unwrap();
+        assert!(full.starts_with("kg-"));
+        let (_, listed) = app.admin("GET", "/admin/access-keys", None).await;
+        assert!(!listed.to_string().contains(full));
+        assert_eq!(listed["items"][0]["prefix"], &full[..8]);
+        // Stored encrypted: the database never holds the plain secret.
+        let rows = keygate::db::keys::list(&app.state.db, 1, None, 10)
+            .await
+            .unwrap();
+        assert!(
+            !rows.is_empty()
+                && rows
+                    .iter()
+                    .all(|r| !r.secret.contains(secret) && r.secret.starts_with("v1:"))
+        );
+    }
+);
+
+both!(deleted_access_key_stops_working, |b: Backend| async move {
+    let up = crate::mock::start().await;
+    let app = TestApp::spawn(b).await;
+    let ak = app.with_service("del", &up.base, &["sk-del-key-001"]).await;
+    assert_eq!(app.chat("del", &ak).await.status(), 200);
+    let (_, v) = app.admin("GET", "/admin/access-keys", None).await;
+    let id = v["items"][0]["id"].as_i64().unwrap();
+    let (s, _) = app
+        .admin("DELETE", &format!("/admin/access-keys/{id}"), None)
+        .await;
+    assert_eq!(s, 204);
+    assert_eq!(app.chat("del", &ak).await.status(), 401);
+    let (s, _) = app
+        .admin("DELETE", &format!("/admin/access-keys/{id}"), None)
+        .await;
+    assert_eq!(s, 404);
+});

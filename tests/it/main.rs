@@ -1,0 +1,11 @@
+//! keygate integration tests: the real `App` on loopback ports against a real SQLite file + memory
+//! store and a real Postgres + Redis (started by `servers`), with only the upstream LLM mocked.
+mod harness;
+mod mock;
+mod servers;
+
+mod admin;
+mod binary;
+mod cluster;
+mod ops;
+mod proxy;

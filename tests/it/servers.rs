@@ -1,0 +1,187 @@
+//! Real Postgres and Redis for the tests, started once per test process from their binaries on free
+//! loopback ports. Each runs under a small shell watchdog that holds a pipe from this process: when
+//! the test process exits (pass, fail or crash), the pipe closes and the watchdog stops the server
+//! and removes its directory.
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub struct Servers {
+    /// `postgres://postgres@127.0.0.1:PORT` (trust auth; append `/dbname`).
+    pub pg_base: String,
+    /// `redis://127.0.0.1:PORT`
+    pub redis_url: String,
+    _children: Mutex<Vec<Child>>,
+}
+
+static SERVERS: OnceLock<Servers> = OnceLock::new();
+
+pub fn servers() -> &'static Servers {
+    SERVERS.get_or_init(|| {
+        let (pg_base, pg) = start_postgres();
+        let (redis_url, redis) = start_redis();
+        Servers {
+            pg_base,
+            redis_url,
+            _children: Mutex::new(vec![pg, redis]),
+        }
+    })
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn pg_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("KEYGATE_PG_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.join("initdb").exists());
+    versions.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions.pop().unwrap_or_else(|| {
+        panic!("Postgres server binaries not found: install postgresql or set KEYGATE_PG_BIN")
+    })
+}
+
+/// Runs `script` (sh) under a watchdog: it must print `ready` once the server is up, then wait on
+/// `read`; the server is stopped when our end of its stdin closes.
+fn spawn_watchdog(script: &str, dir: &Path, as_postgres: bool) -> Child {
+    let path = dir.join("run.sh");
+    std::fs::write(&path, script).expect("write watchdog script");
+    let mut cmd = if as_postgres {
+        let mut c = Command::new("su");
+        c.args(["postgres", "-s", "/bin/sh", "-c"])
+            .arg(format!("sh {}", path.display()));
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.arg(&path);
+        c
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn watchdog");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        let _ = tx.send(first);
+        for _ in lines {}
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(l) if l.trim() == "ready" => child,
+        other => {
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            panic!("server did not start ({other:?}); log:\n{log}");
+        }
+    }
+}
+
+fn start_postgres() -> (String, Child) {
+    let bin = pg_bin();
+    let root = is_root();
+    let dir = tempfile::Builder::new()
+        .prefix("keygate-pg-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    if root {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "chown of the Postgres test dir failed (is there a postgres user?)"
+        );
+    }
+    let port = free_port();
+    let d = dir.display();
+    let b = bin.display();
+    let script = format!(
+        r#"set -e
+"{b}/initdb" -D "{d}/data" -U postgres --auth=trust -E UTF8 --no-locale >"{d}/server.log" 2>&1
+"{b}/pg_ctl" -D "{d}/data" -l "{d}/server.log" -w -t 60 -o "-p {port} -c listen_addresses=127.0.0.1 -k {d} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" start >/dev/null
+echo ready
+read _ || true
+"{b}/pg_ctl" -D "{d}/data" -m immediate -w stop >/dev/null 2>&1 || true
+rm -rf "{d}"
+"#
+    );
+    let child = spawn_watchdog(&script, &dir, root);
+    (format!("postgres://postgres@127.0.0.1:{port}"), child)
+}
+
+fn start_redis() -> (String, Child) {
+    let dir = tempfile::Builder::new()
+        .prefix("keygate-redis-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let port = free_port();
+    let d = dir.display();
+    let script = format!(
+        r#"redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --dir "{d}" --logfile "{d}/server.log" &
+pid=$!
+i=0
+until (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null || [ $i -ge 200 ]; do i=$((i+1)); sleep 0.05; done
+echo ready
+read _ || true
+kill $pid 2>/dev/null
+wait $pid 2>/dev/null
+rm -rf "{d}"
+"#
+    );
+    // /dev/tcp needs bash.
+    let script = format!("exec bash -c {}", shell_quote(&script));
+    let child = spawn_watchdog(&script, &dir, false);
+    // Keep our end of the pipe open for the life of the process (the OnceLock holds the Child).
+    let _ = std::io::stdout().flush();
+    wait_for_port(port);
+    (format!("redis://127.0.0.1:{port}"), child)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} did not open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
