@@ -1,0 +1,67 @@
+{{/* Chart name, truncated to the 63 characters Kubernetes allows in names and labels. */}}
+{{- define "keygate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: <release>-keygate, or the release name if it already says keygate. */}}
+{{- define "keygate.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "keygate.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "keygate.labels" -}}
+helm.sh/chart: {{ include "keygate.chart" . }}
+{{ include "keygate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "keygate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "keygate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "keygate.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The Secret the pods read their environment from. */}}
+{{- define "keygate.secretName" -}}
+{{- if .Values.existingSecret }}
+{{- .Values.existingSecret }}
+{{- else }}
+{{- include "keygate.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* More than one pod can run at once (replicas or autoscaling). */}}
+{{- define "keygate.multiReplica" -}}
+{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
+
+{{/* Refuses value combinations that cannot work. Included from deployment.yaml. */}}
+{{- define "keygate.validate" -}}
+{{- if and .Values.persistence.enabled (include "keygate.multiReplica" .) }}
+{{- fail "persistence.enabled (embedded SQLite mode) runs exactly one replica: set replicaCount=1 and autoscaling.enabled=false, or use Postgres + Redis" }}
+{{- end }}
+{{- if and (not .Values.persistence.enabled) (not .Values.existingSecret) }}
+{{- $_ := required "secrets.databaseUrl is required (postgres://...), or set existingSecret, or persistence.enabled=true for the single-replica embedded mode" .Values.secrets.databaseUrl }}
+{{- $_ := required "secrets.jwtSecret is required in enterprise mode (openssl rand -base64 48)" .Values.secrets.jwtSecret }}
+{{- $_ := required "secrets.encryptionKey is required in enterprise mode (openssl rand -base64 32)" .Values.secrets.encryptionKey }}
+{{- if include "keygate.multiReplica" . }}
+{{- $_ := required "secrets.redisUrl is required when more than one replica runs (redis://...)" .Values.secrets.redisUrl }}
+{{- end }}
+{{- end }}
+{{- end }}
