@@ -58,11 +58,16 @@ impl App {
 
         let coord = match config.redis.url.as_ref().map(|u| u.expose_secret()) {
             Some(url) if !url.is_empty() => Coord::Redis(
-                RedisStore::connect(url, &config.redis.prefix, config.redis.pool_size)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("cannot connect to Redis {}: {e}", db::redacted_url(url))
-                    })?,
+                RedisStore::connect(
+                    url,
+                    &config.redis.prefix,
+                    config.redis.pool_size,
+                    config.policy(),
+                )
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot connect to Redis {}: {e}", db::redacted_url(url))
+                })?,
             ),
             _ => {
                 if config.is_enterprise() {
@@ -70,7 +75,7 @@ impl App {
                         "Postgres without REDIS_URL: key rotation and cooldowns are per replica"
                     );
                 }
-                Coord::Memory(MemoryStore::new())
+                Coord::Memory(MemoryStore::new(config.policy()))
             }
         };
 
@@ -103,6 +108,7 @@ impl App {
             jwt_decoding: DecodingKey::from_secret(jwt.expose_secret().as_bytes()),
             snapshot: ArcSwap::from_pointee(snapshot),
             reload_lock: tokio::sync::Mutex::new(()),
+            lease_released: tokio::sync::Notify::new(),
             global_keys,
             logs: log_tx,
             metrics,

@@ -71,12 +71,18 @@ pub struct ProxyConfig {
     pub retry_buffer_bytes: usize,
     /// How often each replica checks the shared config version (ms).
     pub refresh_interval_ms: u64,
-    /// Consecutive 5xx/connect failures before a key is taken out of rotation.
+    /// Consecutive 5xx/timeout/connect failures before a key is taken out of rotation.
     pub failure_threshold: u32,
-    /// How long a key that hit the failure threshold stays out (ms).
-    pub failure_cooldown_ms: u64,
-    /// Cooldown after a 429 without Retry-After (ms).
-    pub default_cooldown_ms: u64,
+    /// How long a tripped key stays out before one trial request (half-open) may use it (ms).
+    pub recovery_ms: u64,
+    /// Cooldown after a first 429 without Retry-After; doubles per 429 in a row (ms).
+    pub backoff_base_ms: u64,
+    /// Longest 429 backoff (ms).
+    pub backoff_max_ms: u64,
+    /// 429s from this share (percent) of a service's keys within the window below are treated as
+    /// an upstream-wide limit: the service backs off instead of cooling every key.
+    pub upstream_wide_percent: u32,
+    pub upstream_wide_window_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -123,8 +129,11 @@ impl Config {
             .set_default("proxy.retry_buffer_bytes", 4 * 1024 * 1024)?
             .set_default("proxy.refresh_interval_ms", 500)?
             .set_default("proxy.failure_threshold", 3)?
-            .set_default("proxy.failure_cooldown_ms", 30_000)?
-            .set_default("proxy.default_cooldown_ms", 60_000)?
+            .set_default("proxy.recovery_ms", 30_000)?
+            .set_default("proxy.backoff_base_ms", 1_000)?
+            .set_default("proxy.backoff_max_ms", 300_000)?
+            .set_default("proxy.upstream_wide_percent", 60)?
+            .set_default("proxy.upstream_wide_window_ms", 10_000)?
             .set_default("log.format", "text")?
             .set_default("log.retention_days", 30)?;
         if let Some(f) = file {
@@ -162,6 +171,20 @@ impl Config {
             b = b.set_override("server.listen", format!("0.0.0.0:{port}"))?;
         }
         Ok(b.build()?.try_deserialize()?)
+    }
+
+    /// Key health settings for the coordination store.
+    pub fn policy(&self) -> crate::coord::Policy {
+        let p = &self.proxy;
+        crate::coord::Policy {
+            failure_threshold: p.failure_threshold.max(1),
+            recovery_ms: p.recovery_ms,
+            backoff_base_ms: p.backoff_base_ms.max(1),
+            backoff_max_ms: p.backoff_max_ms.max(p.backoff_base_ms),
+            upstream_wide_window_ms: p.upstream_wide_window_ms,
+            upstream_wide_percent: p.upstream_wide_percent.clamp(1, 100),
+            probe_lock_ms: p.recovery_ms.max(1_000),
+        }
     }
 
     /// Enterprise mode: shared Postgres. Secrets must then be given, not generated per replica.

@@ -8,6 +8,7 @@ use http::HeaderName;
 use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 
+use crate::coord::{ClientLimits, KeySpec, Strategy};
 use crate::crypto::{Cipher, mask};
 use crate::db;
 
@@ -48,6 +49,38 @@ pub struct KeyRt {
     pub masked: String,
 }
 
+/// Which upstream statuses are retried on another key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOn {
+    codes: Vec<u16>,
+    any_5xx: bool,
+}
+
+impl RetryOn {
+    /// Parses `401,429,5xx`; None names the first bad item.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut r = RetryOn {
+            codes: Vec::new(),
+            any_5xx: false,
+        };
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if item.eq_ignore_ascii_case("5xx") {
+                r.any_5xx = true;
+            } else {
+                match item.parse::<u16>() {
+                    Ok(c) if (400..=599).contains(&c) => r.codes.push(c),
+                    _ => return Err(format!("'{item}' is not a status 400-599 or 5xx")),
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    pub fn retries(&self, status: u16) -> bool {
+        (self.any_5xx && (500..=599).contains(&status)) || self.codes.contains(&status)
+    }
+}
+
 pub struct ServiceRt {
     pub id: i64,
     pub tenant_id: i64,
@@ -58,11 +91,20 @@ pub struct ServiceRt {
     pub auth_header: HeaderName,
     pub auth_format: String,
     pub request_timeout: std::time::Duration,
+    /// Deadline for the whole request across attempts (to the response head).
+    pub total_timeout: std::time::Duration,
+    /// How long a request waits for a key under its concurrency cap.
+    pub queue_timeout: std::time::Duration,
+    pub lease_ttl_ms: u64,
     pub max_attempts: u32,
+    pub retry_on: RetryOn,
+    pub strategy: Strategy,
+    /// Per-key concurrency cap.
+    pub cap: Option<u32>,
     pub enabled: bool,
     pub keys: Vec<KeyRt>,
-    /// Key ids in the order of `keys` (what the coordination store is given).
-    pub key_ids: Vec<i64>,
+    /// What the coordination store is given, in the order of `keys`.
+    pub specs: Vec<KeySpec>,
 }
 
 pub struct AccessKeyRt {
@@ -70,6 +112,7 @@ pub struct AccessKeyRt {
     pub tenant_id: i64,
     pub slugs: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub limits: ClientLimits,
 }
 
 #[derive(Default)]
@@ -90,14 +133,24 @@ impl Snapshot {
         let keys = db::keys::routable(db).await?;
         let access = db::access_keys::all_enabled(db).await?;
 
-        let mut by_service: HashMap<i64, Vec<KeyRt>> = HashMap::new();
+        let mut by_service: HashMap<i64, Vec<(KeyRt, KeySpec)>> = HashMap::new();
+        let limit = |v: Option<i32>| v.filter(|v| *v > 0).map(|v| v as u32);
         for k in keys {
             match cipher.decrypt(&k.secret) {
-                Ok(plain) => by_service.entry(k.service_id).or_default().push(KeyRt {
-                    id: k.id,
-                    masked: mask(&plain),
-                    secret: SecretString::from(plain),
-                }),
+                Ok(plain) => by_service.entry(k.service_id).or_default().push((
+                    KeyRt {
+                        id: k.id,
+                        masked: mask(&plain),
+                        secret: SecretString::from(plain),
+                    },
+                    KeySpec {
+                        id: k.id,
+                        weight: k.weight.max(1) as u32,
+                        rpm: limit(k.rpm),
+                        tpm: limit(k.tpm),
+                        balance: k.balance,
+                    },
+                )),
                 Err(e) => tracing::error!(key_id = k.id, error = %e, "upstream key skipped"),
             }
         }
@@ -116,8 +169,16 @@ impl Snapshot {
                 .as_deref()
                 .and_then(|h| HeaderName::try_from(h).ok())
                 .unwrap_or_else(|| HeaderName::from_static(dh));
-            let keys = by_service.remove(&s.id).unwrap_or_default();
-            let key_ids = keys.iter().map(|k| k.id).collect();
+            let (keys, specs): (Vec<KeyRt>, Vec<KeySpec>) = by_service
+                .remove(&s.id)
+                .unwrap_or_default()
+                .into_iter()
+                .unzip();
+            let retry_on = RetryOn::parse(&s.retry_on).unwrap_or_else(|e| {
+                tracing::error!(slug = %s.slug, error = %e, "bad retry_on; using the default");
+                RetryOn::parse("401,402,403,429,5xx").expect("default parses")
+            });
+            let ms = |v: i32| std::time::Duration::from_millis(v.max(1) as u64);
             out.services.insert(
                 s.slug.clone(),
                 Arc::new(ServiceRt {
@@ -128,13 +189,17 @@ impl Snapshot {
                     base_url: s.base_url.trim_end_matches('/').to_string(),
                     auth_header,
                     auth_format: s.auth_format.unwrap_or_else(|| df.to_string()),
-                    request_timeout: std::time::Duration::from_millis(
-                        s.request_timeout_ms.max(1) as u64
-                    ),
+                    request_timeout: ms(s.request_timeout_ms),
+                    total_timeout: ms(s.total_timeout_ms),
+                    queue_timeout: ms(s.queue_timeout_ms),
+                    lease_ttl_ms: s.lease_ttl_ms.max(1000) as u64,
                     max_attempts: s.max_attempts.max(1) as u32,
+                    retry_on,
+                    strategy: Strategy::parse(&s.strategy).unwrap_or(Strategy::RoundRobin),
+                    cap: limit(s.key_concurrency),
                     enabled: s.enabled,
                     keys,
-                    key_ids,
+                    specs,
                 }),
             );
         }
@@ -147,6 +212,12 @@ impl Snapshot {
                     tenant_id: a.tenant_id,
                     slugs,
                     expires_at: a.expires_at,
+                    limits: ClientLimits {
+                        access_key_id: a.id,
+                        rpm: limit(a.rpm),
+                        rpd: limit(a.rpd),
+                        tpm: limit(a.tpm),
+                    },
                 }),
             );
         }

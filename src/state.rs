@@ -30,6 +30,8 @@ pub struct Inner {
     pub global_keys: HashSet<String>,
     pub logs: mpsc::Sender<request_log::ActiveModel>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Woken whenever this replica releases a lease, so requests queued at a cap retry at once.
+    pub lease_released: tokio::sync::Notify,
     /// Serialises snapshot reloads so an older load never replaces a newer one.
     pub reload_lock: tokio::sync::Mutex<()>,
 }

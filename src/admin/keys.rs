@@ -10,7 +10,7 @@ use super::auth::{AuthUser, Role};
 use super::error::{ApiError, ApiResult, Json, List, Page, Problem};
 use super::import::{self, ParsedKey};
 use super::services::find as find_service;
-use crate::coord::{LiveState, Outcome, now_ms};
+use crate::coord::{Fault, LiveState, now_ms};
 use crate::crypto::{mask, sha256_hex};
 use crate::db::{self, entity::upstream_key};
 use crate::state::AppState;
@@ -27,6 +27,12 @@ pub struct KeyView {
     /// When a cooling key returns to rotation (RFC 3339).
     pub cooling_until: Option<chrono::DateTime<chrono::Utc>>,
     pub balance: Option<f64>,
+    /// Requests per minute this key accepts (unset = unlimited).
+    pub rpm: Option<i32>,
+    /// Tokens per minute this key accepts (unset = unlimited).
+    pub tpm: Option<i32>,
+    /// Requests holding a lease on this key right now, across replicas.
+    pub in_flight: u32,
     pub consecutive_failures: u32,
     pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_error: Option<String>,
@@ -54,6 +60,9 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
         status,
         cooling_until,
         balance: k.balance,
+        rpm: k.rpm,
+        tpm: k.tpm,
+        in_flight: live.inflight,
         consecutive_failures: live.fails,
         last_used_at: k.last_used_at,
         last_error: k.last_error,
@@ -94,6 +103,10 @@ pub struct PatchKey {
     pub label: Option<String>,
     pub weight: Option<i32>,
     pub balance: Option<f64>,
+    /// Requests per minute for this key (0 = unlimited).
+    pub rpm: Option<i32>,
+    /// Tokens per minute for this key (0 = unlimited).
+    pub tpm: Option<i32>,
     /// `active` (re-enable, clears cooldowns and failure counts) or `disabled`.
     pub status: Option<String>,
 }
@@ -309,6 +322,20 @@ pub async fn patch(
         }
         am.balance = Set(Some(b));
     }
+    let balance_changed = req.balance.is_some();
+    for (field, v) in [("rpm", req.rpm), ("tpm", req.tpm)] {
+        if v.is_some_and(|v| v < 0) {
+            return Err(ApiError::BadRequest(format!(
+                "{field}: must be 0 (unlimited) or more"
+            )));
+        }
+    }
+    if let Some(v) = req.rpm {
+        am.rpm = Set((v > 0).then_some(v));
+    }
+    if let Some(v) = req.tpm {
+        am.tpm = Set((v > 0).then_some(v));
+    }
     let mut clear = false;
     if let Some(s) = req.status {
         match s.as_str() {
@@ -328,7 +355,13 @@ pub async fn patch(
     }
     let k = db::keys::update(&state.db, am).await?;
     if clear {
-        state.coord.report(k.id, &Outcome::Clear, "").await?;
+        state
+            .coord
+            .report(svc.id, k.id, None, Fault::Clear, 0)
+            .await?;
+    }
+    if balance_changed {
+        state.coord.set_balance(k.id, k.balance).await?;
     }
     state.config_changed().await?;
     let mut v = views(&state, vec![k]).await?;
@@ -351,7 +384,10 @@ pub async fn delete(
             "key {id} not found in '{slug}'"
         )));
     }
-    state.coord.report(id, &Outcome::Clear, "").await?;
+    state
+        .coord
+        .report(svc.id, id, None, Fault::Clear, 0)
+        .await?;
     state.config_changed().await?;
     Ok(StatusCode::NO_CONTENT)
 }

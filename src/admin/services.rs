@@ -11,8 +11,8 @@ use crate::db::{self, entity::service};
 use crate::snapshot::Kind;
 use crate::state::AppState;
 
-/// Strategies the key pool implements today.
-pub const STRATEGIES: [&str; 1] = ["round_robin"];
+use crate::coord::Strategy;
+use crate::snapshot::RetryOn;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServiceView {
@@ -26,7 +26,12 @@ pub struct ServiceView {
     pub auth_format: Option<String>,
     pub strategy: String,
     pub request_timeout_ms: i32,
+    pub total_timeout_ms: i32,
     pub max_attempts: i32,
+    pub retry_on: String,
+    pub key_concurrency: Option<i32>,
+    pub queue_timeout_ms: i32,
+    pub lease_ttl_ms: i32,
     pub enabled: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
@@ -45,7 +50,12 @@ impl From<service::Model> for ServiceView {
             auth_format: s.auth_format,
             strategy: s.strategy,
             request_timeout_ms: s.request_timeout_ms,
+            total_timeout_ms: s.total_timeout_ms,
             max_attempts: s.max_attempts,
+            retry_on: s.retry_on,
+            key_concurrency: s.key_concurrency,
+            queue_timeout_ms: s.queue_timeout_ms,
+            lease_ttl_ms: s.lease_ttl_ms,
             enabled: s.enabled,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -62,7 +72,7 @@ pub struct CreateService {
     pub kind: String,
     /// For LLM kinds, includes the version segment (`https://api.openai.com/v1`).
     pub base_url: String,
-    /// `round_robin` (default).
+    /// `round_robin` (default), `weighted`, `least_used`, `random` or `balance`.
     pub strategy: Option<String>,
     pub name: Option<String>,
     /// Header that carries the upstream key (default per kind).
@@ -73,7 +83,39 @@ pub struct CreateService {
     pub request_timeout_ms: Option<i32>,
     /// Keys tried per request at most (default 3).
     pub max_attempts: Option<i32>,
+    /// Deadline for a whole request across attempts, to the response head (default 300000).
+    pub total_timeout_ms: Option<i32>,
+    /// Upstream statuses retried on another key (default `401,402,403,429,5xx`).
+    pub retry_on: Option<String>,
+    /// Requests in flight per key at most (unset = unlimited; 0 clears it).
+    pub key_concurrency: Option<i32>,
+    /// How long a request waits for a key when all are at their cap (default 5000).
+    pub queue_timeout_ms: Option<i32>,
+    /// Lease lifetime, renewed while the request lives (default 60000).
+    pub lease_ttl_ms: Option<i32>,
     pub enabled: Option<bool>,
+}
+
+/// Key pool settings shared by create and update.
+#[derive(Debug, Default)]
+pub struct PoolSettings {
+    pub total_timeout_ms: Option<i32>,
+    pub retry_on: Option<String>,
+    pub key_concurrency: Option<i32>,
+    pub queue_timeout_ms: Option<i32>,
+    pub lease_ttl_ms: Option<i32>,
+}
+
+macro_rules! pool_of {
+    ($req:expr) => {
+        PoolSettings {
+            total_timeout_ms: $req.total_timeout_ms,
+            retry_on: $req.retry_on.take(),
+            key_concurrency: $req.key_concurrency,
+            queue_timeout_ms: $req.queue_timeout_ms,
+            lease_ttl_ms: $req.lease_ttl_ms,
+        }
+    };
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -86,6 +128,16 @@ pub struct PatchService {
     pub auth_format: Option<String>,
     pub request_timeout_ms: Option<i32>,
     pub max_attempts: Option<i32>,
+    /// Deadline for a whole request across attempts, to the response head (default 300000).
+    pub total_timeout_ms: Option<i32>,
+    /// Upstream statuses retried on another key (default `401,402,403,429,5xx`).
+    pub retry_on: Option<String>,
+    /// Requests in flight per key at most (unset = unlimited; 0 clears it).
+    pub key_concurrency: Option<i32>,
+    /// How long a request waits for a key when all are at their cap (default 5000).
+    pub queue_timeout_ms: Option<i32>,
+    /// Lease lifetime, renewed while the request lives (default 60000).
+    pub lease_ttl_ms: Option<i32>,
     pub enabled: Option<bool>,
 }
 
@@ -115,13 +167,65 @@ fn check_base_url(u: &str) -> ApiResult<String> {
 }
 
 fn check_strategy(s: &str) -> ApiResult<()> {
-    if STRATEGIES.contains(&s) {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "strategy: '{s}' is not available; supported: {}",
-            STRATEGIES.join(", ")
-        )))
+    match Strategy::parse(s) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::BadRequest(format!(
+            "strategy: '{s}' is not one of {}",
+            Strategy::ALL.join(", ")
+        ))),
+    }
+}
+
+fn check_pool(p: &PoolSettings) -> ApiResult<()> {
+    if p.total_timeout_ms
+        .is_some_and(|t| !(100..=3_600_000).contains(&t))
+    {
+        return Err(ApiError::BadRequest(
+            "total_timeout_ms: must be 100 to 3600000".into(),
+        ));
+    }
+    if let Some(r) = &p.retry_on {
+        RetryOn::parse(r).map_err(|e| ApiError::BadRequest(format!("retry_on: {e}")))?;
+    }
+    if p.key_concurrency
+        .is_some_and(|c| !(0..=100_000).contains(&c))
+    {
+        return Err(ApiError::BadRequest(
+            "key_concurrency: must be 0 to 100000".into(),
+        ));
+    }
+    if p.queue_timeout_ms
+        .is_some_and(|t| !(0..=600_000).contains(&t))
+    {
+        return Err(ApiError::BadRequest(
+            "queue_timeout_ms: must be 0 to 600000".into(),
+        ));
+    }
+    if p.lease_ttl_ms
+        .is_some_and(|t| !(1_000..=3_600_000).contains(&t))
+    {
+        return Err(ApiError::BadRequest(
+            "lease_ttl_ms: must be 1000 to 3600000".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn apply_pool(am: &mut service::ActiveModel, p: PoolSettings) {
+    if let Some(t) = p.total_timeout_ms {
+        am.total_timeout_ms = Set(t);
+    }
+    if let Some(r) = p.retry_on {
+        am.retry_on = Set(r.replace(' ', ""));
+    }
+    if let Some(c) = p.key_concurrency {
+        am.key_concurrency = Set((c > 0).then_some(c));
+    }
+    if let Some(t) = p.queue_timeout_ms {
+        am.queue_timeout_ms = Set(t);
+    }
+    if let Some(t) = p.lease_ttl_ms {
+        am.lease_ttl_ms = Set(t);
     }
 }
 
@@ -185,7 +289,7 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
-    Json(req): Json<CreateService>,
+    Json(mut req): Json<CreateService>,
 ) -> ApiResult<(StatusCode, axum::Json<ServiceView>)> {
     user.require(Role::Operator)?;
     if !valid_slug(&req.slug) {
@@ -204,7 +308,9 @@ pub async fn create(
     check_strategy(&strategy)?;
     check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
     check_limits(req.request_timeout_ms, req.max_attempts)?;
-    let am = service::ActiveModel {
+    let pool = pool_of!(req);
+    check_pool(&pool)?;
+    let mut am = service::ActiveModel {
         tenant_id: Set(user.write_tenant()),
         name: Set(req.name.unwrap_or_else(|| req.slug.clone())),
         slug: Set(req.slug.clone()),
@@ -219,9 +325,14 @@ pub async fn create(
         request_timeout_ms: Set(req.request_timeout_ms.unwrap_or(60_000)),
         max_attempts: Set(req.max_attempts.unwrap_or(3)),
         key_concurrency: Set(None),
+        total_timeout_ms: Set(300_000),
+        queue_timeout_ms: Set(5_000),
+        lease_ttl_ms: Set(60_000),
+        retry_on: Set("401,402,403,429,5xx".into()),
         enabled: Set(req.enabled.unwrap_or(true)),
         ..Default::default()
     };
+    apply_pool(&mut am, pool);
     let s = db::services::insert(&state.db, am)
         .await
         .map_err(|e| match ApiError::from(e) {
@@ -255,13 +366,16 @@ pub async fn patch(
     State(state): State<AppState>,
     user: AuthUser,
     Path(slug): Path<String>,
-    Json(req): Json<PatchService>,
+    Json(mut req): Json<PatchService>,
 ) -> ApiResult<axum::Json<ServiceView>> {
     user.require(Role::Operator)?;
     check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
     check_limits(req.request_timeout_ms, req.max_attempts)?;
+    let pool = pool_of!(req);
+    check_pool(&pool)?;
     let existing = find(&state, &user, &slug).await?;
     let mut am: service::ActiveModel = existing.into();
+    apply_pool(&mut am, pool);
     if let Some(n) = req.name {
         am.name = Set(n);
     }
@@ -308,7 +422,7 @@ pub async fn delete(
     for id in key_ids {
         state
             .coord
-            .report(id, &crate::coord::Outcome::Clear, "")
+            .report(s.id, id, None, crate::coord::Fault::Clear, 0)
             .await?;
     }
     state.config_changed().await?;

@@ -1,12 +1,15 @@
-//! In-process coordination store for a single replica: the same semantics as the Redis scripts,
-//! under one mutex (every operation is a handful of map lookups).
+//! In-process coordination store for a single replica: the same semantics as the Lua scripts in
+//! `lua/`, step for step, under one mutex (every operation is a handful of map lookups).
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{LiveState, Outcome, Pick, Report, now_ms};
+use super::{
+    Acquire, AcquireReq, DAY_MS, Fault, Lease, LiveState, MINUTE_MS, Policy, Remaining, Report,
+    Strategy, Usage, gcra, new_lease_id, now_ms,
+};
 
 #[derive(Clone, Default)]
 pub struct MemoryStore {
@@ -17,82 +20,420 @@ pub struct MemoryStore {
 struct Inner {
     state: Mutex<State>,
     version: AtomicU64,
+    policy: Policy,
 }
 
 #[derive(Default)]
 struct State {
-    cursors: HashMap<i64, u64>,
-    keys: HashMap<i64, LiveState>,
+    services: HashMap<i64, SvcState>,
+    keys: HashMap<i64, KeyState>,
+    clients: HashMap<i64, ClientState>,
+}
+
+#[derive(Default)]
+struct SvcState {
+    rr: u64,
+    backoff: i64,
+    backoff_n: u32,
+    /// lease member -> (key id, expiry ms)
+    leases: HashMap<String, (i64, i64)>,
+    /// key id -> ms of its last 429
+    recent_429: HashMap<i64, i64>,
+}
+
+#[derive(Default, Clone)]
+struct KeyState {
+    until: i64,
+    reason: Option<String>,
+    fails: u32,
+    cool_n: u32,
+    inflight: u32,
+    last: i64,
+    cw: i64,
+    probe: i64,
+    halfopen: bool,
+    bal: Option<f64>,
+    tat_rpm: f64,
+    tat_tpm: f64,
+}
+
+#[derive(Default)]
+struct ClientState {
+    tat_rpm: f64,
+    tat_rpd: f64,
+    tat_tpm: f64,
 }
 
 impl MemoryStore {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                policy,
+                ..Default::default()
+            }),
+        }
     }
 
-    pub fn select_round_robin(&self, service_id: i64, key_ids: &[i64]) -> Option<Pick> {
-        let n = key_ids.len();
-        if n == 0 {
-            return None;
+    pub fn acquire(&self, req: &AcquireReq<'_>) -> Acquire {
+        if req.keys.is_empty() {
+            return Acquire::NoKey;
         }
         let now = now_ms();
-        let mut st = self.inner.state.lock();
-        let c = st.cursors.entry(service_id).or_insert(0);
-        *c += 1;
-        let start = (*c - 1) as usize;
-        for i in 0..n {
-            let idx = (start + i) % n;
-            match st.keys.get(&key_ids[idx]) {
-                None => {
-                    return Some(Pick {
-                        index: idx,
-                        fails: 0,
-                    });
-                }
-                Some(s) if s.until >= 0 && s.until <= now => {
-                    return Some(Pick {
-                        index: idx,
-                        fails: s.fails,
-                    });
-                }
-                Some(_) => {}
+        let nowf = now as f64;
+        let mut guard = self.inner.state.lock();
+        let st = &mut *guard;
+        let svc = st.services.entry(req.service_id).or_default();
+        if svc.backoff > now {
+            return Acquire::ServiceBackoff {
+                retry_after_ms: (svc.backoff - now) as u64,
+            };
+        }
+        // Expired leases (a request that died without releasing) give their slot back.
+        let expired: Vec<String> = svc
+            .leases
+            .iter()
+            .filter(|(_, (_, exp))| *exp <= now)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in expired {
+            if let Some((kid, _)) = svc.leases.remove(&m)
+                && let Some(k) = st.keys.get_mut(&kid)
+            {
+                k.inflight = k.inflight.saturating_sub(1);
             }
         }
-        None
+
+        let mut rem = Remaining::default();
+        let (mut new_rpm, mut new_rpd) = (None, None);
+        if let Some(c) = req.client {
+            let cl = st.clients.entry(c.access_key_id).or_default();
+            let mut worst = 0u64;
+            if let Some(l) = c.rpm {
+                let (ok, tat, ra, r) = gcra(cl.tat_rpm, nowf, MINUTE_MS, l, 1.0);
+                new_rpm = Some(tat);
+                rem.rpm = Some(r);
+                if !ok {
+                    worst = worst.max(ra);
+                }
+            }
+            if let Some(l) = c.rpd {
+                let (ok, tat, ra, r) = gcra(cl.tat_rpd, nowf, DAY_MS, l, 1.0);
+                new_rpd = Some(tat);
+                rem.rpd = Some(r);
+                if !ok {
+                    worst = worst.max(ra);
+                }
+            }
+            if let Some(l) = c.tpm {
+                let (ok, _, ra, r) = gcra(cl.tat_tpm, nowf, MINUTE_MS, l, 0.0);
+                rem.tpm = Some(r);
+                if !ok {
+                    worst = worst.max(ra);
+                }
+            }
+            if worst > 0 {
+                return Acquire::ClientLimited {
+                    retry_after_ms: worst,
+                    remaining: rem,
+                };
+            }
+        }
+
+        struct Cand {
+            i: usize,
+            fails: u32,
+            inflight: u32,
+            last: i64,
+            cw: i64,
+            bal: Option<f64>,
+            probe: bool,
+            new_krpm: Option<f64>,
+        }
+        let cap = req.cap.unwrap_or(0);
+        let price = req.price.unwrap_or(0.0);
+        let mut cands: Vec<Cand> = Vec::new();
+        let mut at_cap = false;
+        for (i, spec) in req.keys.iter().enumerate() {
+            if req.excluded.contains(&spec.id) {
+                continue;
+            }
+            let k = st.keys.get(&spec.id).cloned().unwrap_or_default();
+            let mut usable = k.until == 0 || (k.until > 0 && k.until <= now);
+            let mut probe = false;
+            if usable && k.halfopen {
+                if k.probe > now {
+                    usable = false;
+                } else {
+                    probe = true;
+                }
+            }
+            let mut new_krpm = None;
+            if usable && let Some(l) = spec.rpm {
+                let (ok, tat, _, _) = gcra(k.tat_rpm, nowf, MINUTE_MS, l, 1.0);
+                usable = ok;
+                new_krpm = Some(tat);
+            }
+            if usable && let Some(l) = spec.tpm {
+                usable = gcra(k.tat_tpm, nowf, MINUTE_MS, l, 0.0).0;
+            }
+            let bal = k.bal.or(spec.balance);
+            if usable
+                && req.strategy == Strategy::Balance
+                && price > 0.0
+                && bal.is_some_and(|b| b < price)
+            {
+                usable = false;
+            }
+            if usable && cap > 0 && k.inflight >= cap {
+                usable = false;
+                at_cap = true;
+            }
+            if usable {
+                cands.push(Cand {
+                    i,
+                    fails: k.fails,
+                    inflight: k.inflight,
+                    last: k.last,
+                    cw: k.cw,
+                    bal,
+                    probe,
+                    new_krpm,
+                });
+            }
+        }
+        if cands.is_empty() {
+            return if at_cap {
+                Acquire::AtCapacity
+            } else {
+                Acquire::NoKey
+            };
+        }
+
+        let pick = match req.strategy {
+            Strategy::Weighted => {
+                let mut total = 0i64;
+                let mut best = 0usize;
+                for c in cands.iter_mut() {
+                    c.cw += req.keys[c.i].weight.max(1) as i64;
+                    total += req.keys[c.i].weight.max(1) as i64;
+                }
+                for (j, c) in cands.iter().enumerate() {
+                    if c.cw > cands[best].cw {
+                        best = j;
+                    }
+                }
+                cands[best].cw -= total;
+                for c in &cands {
+                    st.keys.entry(req.keys[c.i].id).or_default().cw = c.cw;
+                }
+                best
+            }
+            Strategy::LeastUsed => {
+                let mut best = 0usize;
+                for (j, c) in cands.iter().enumerate() {
+                    let b = &cands[best];
+                    if c.inflight < b.inflight || (c.inflight == b.inflight && c.last < b.last) {
+                        best = j;
+                    }
+                }
+                best
+            }
+            Strategy::Random => rand::random::<u32>() as usize % cands.len(),
+            Strategy::Balance => {
+                let mut best = 0usize;
+                for (j, c) in cands.iter().enumerate() {
+                    if c.bal.unwrap_or(-1.0) > cands[best].bal.unwrap_or(-1.0) {
+                        best = j;
+                    }
+                }
+                best
+            }
+            Strategy::RoundRobin => {
+                let svc = st.services.entry(req.service_id).or_default();
+                svc.rr += 1;
+                ((svc.rr - 1) % cands.len() as u64) as usize
+            }
+        };
+
+        if let Some(c) = req.client {
+            let cl = st.clients.entry(c.access_key_id).or_default();
+            if let Some(t) = new_rpm {
+                cl.tat_rpm = t;
+            }
+            if let Some(t) = new_rpd {
+                cl.tat_rpd = t;
+            }
+        }
+        let c = &cands[pick];
+        let spec = &req.keys[c.i];
+        let lease_id = new_lease_id();
+        let member = format!("{}:{lease_id}", spec.id);
+        let k = st.keys.entry(spec.id).or_default();
+        if let Some(t) = c.new_krpm {
+            k.tat_rpm = t;
+        }
+        k.inflight += 1;
+        k.last = now;
+        if c.probe {
+            k.probe = now + self.inner.policy.probe_lock_ms as i64;
+        }
+        st.services
+            .entry(req.service_id)
+            .or_default()
+            .leases
+            .insert(member.clone(), (spec.id, now + req.lease_ttl_ms as i64));
+        Acquire::Granted {
+            index: c.i,
+            lease: Lease {
+                service_id: req.service_id,
+                key_id: spec.id,
+                member,
+            },
+            fails: c.fails,
+            probe: c.probe,
+            remaining: rem,
+        }
     }
 
-    pub fn report(&self, key_id: i64, outcome: &Outcome, reason: &str) -> Report {
+    fn drop_lease(st: &mut State, lease: &Lease) {
+        let removed = st
+            .services
+            .get_mut(&lease.service_id)
+            .and_then(|s| s.leases.remove(&lease.member))
+            .is_some();
+        if removed && let Some(k) = st.keys.get_mut(&lease.key_id) {
+            k.inflight = k.inflight.saturating_sub(1);
+        }
+    }
+
+    pub fn release(&self, lease: &Lease, u: &Usage) {
         let now = now_ms();
+        let mut guard = self.inner.state.lock();
+        let st = &mut *guard;
+        Self::drop_lease(st, lease);
+        let k = st.keys.entry(lease.key_id).or_default();
+        if u.success {
+            k.fails = 0;
+            k.cool_n = 0;
+            k.halfopen = false;
+            k.probe = 0;
+            if k.until > 0 && k.until <= now {
+                k.until = 0;
+            }
+        }
+        if u.tokens > 0
+            && let Some(l) = u.key_tpm
+        {
+            k.tat_tpm = k.tat_tpm.max(now as f64) + u.tokens as f64 * (MINUTE_MS / l as f64);
+        }
+        if u.cost > 0.0
+            && let Some(db) = u.key_balance
+        {
+            k.bal = Some(k.bal.unwrap_or(db) - u.cost);
+        }
+        if u.tokens > 0
+            && let Some(c) = u.client
+            && let Some(l) = c.tpm
+        {
+            let cl = st.clients.entry(c.access_key_id).or_default();
+            cl.tat_tpm = cl.tat_tpm.max(now as f64) + u.tokens as f64 * (MINUTE_MS / l as f64);
+        }
+    }
+
+    pub fn renew(&self, lease: &Lease, ttl_ms: u64) {
         let mut st = self.inner.state.lock();
-        if *outcome == Outcome::Clear {
-            st.keys.remove(&key_id);
-            return Report { fails: 0, until: 0 };
+        if let Some(l) = st
+            .services
+            .get_mut(&lease.service_id)
+            .and_then(|s| s.leases.get_mut(&lease.member))
+        {
+            l.1 = now_ms() + ttl_ms as i64;
         }
-        let s = st.keys.entry(key_id).or_default();
-        match outcome {
-            Outcome::Invalid => {
-                s.until = -1;
-                s.reason = Some(reason.to_string());
-            }
-            Outcome::Cool { ms } => {
-                if s.until != -1 {
-                    s.until = s.until.max(now + *ms as i64);
-                    s.reason = Some(reason.to_string());
-                }
-            }
-            Outcome::Fail { threshold, ms } => {
-                s.fails += 1;
-                if s.until != -1 && s.fails >= *threshold {
-                    s.until = now + *ms as i64;
-                    s.reason = Some(reason.to_string());
-                }
-            }
-            Outcome::Ok => s.fails = 0,
-            Outcome::Clear => {}
+    }
+
+    pub fn report(
+        &self,
+        service_id: i64,
+        key_id: i64,
+        lease: Option<&Lease>,
+        fault: Fault,
+        n_keys: usize,
+    ) -> Report {
+        let now = now_ms();
+        let p = self.inner.policy;
+        let mut guard = self.inner.state.lock();
+        let st = &mut *guard;
+        if let Some(l) = lease {
+            Self::drop_lease(st, l);
         }
-        Report {
-            fails: s.fails,
-            until: s.until,
+        if fault == Fault::Clear {
+            let inflight = st.keys.get(&key_id).map(|k| k.inflight).unwrap_or(0);
+            st.keys.insert(
+                key_id,
+                KeyState {
+                    inflight,
+                    ..Default::default()
+                },
+            );
+            return Report {
+                fails: 0,
+                until: 0,
+                service_backoff_until: None,
+            };
+        }
+        let k = st.keys.entry(key_id).or_default();
+        let report = |k: &KeyState, b: Option<i64>| Report {
+            fails: k.fails,
+            until: k.until,
+            service_backoff_until: b,
+        };
+        match fault {
+            Fault::Invalid | Fault::Exhausted => {
+                k.until = -1;
+                k.reason = Some(
+                    if fault == Fault::Invalid {
+                        "invalid"
+                    } else {
+                        "exhausted"
+                    }
+                    .into(),
+                );
+                report(k, None)
+            }
+            _ if k.until == -1 => report(k, None),
+            Fault::RateLimited { retry_after_ms } => {
+                let svc = st.services.entry(service_id).or_default();
+                svc.recent_429.insert(key_id, now);
+                let window = p.upstream_wide_window_ms as i64;
+                svc.recent_429.retain(|_, t| *t > now - window);
+                let hit = svc.recent_429.len();
+                if n_keys >= 2 && hit * 100 >= p.upstream_wide_percent as usize * n_keys {
+                    svc.backoff_n += 1;
+                    let dur = retry_after_ms.unwrap_or_else(|| backoff(&p, svc.backoff_n));
+                    svc.backoff = now + dur as i64;
+                    svc.recent_429.clear();
+                    let b = svc.backoff;
+                    let k = st.keys.entry(key_id).or_default();
+                    return report(k, Some(b));
+                }
+                let k = st.keys.entry(key_id).or_default();
+                k.cool_n += 1;
+                let dur = retry_after_ms.unwrap_or_else(|| backoff(&p, k.cool_n));
+                k.until = k.until.max(now + dur as i64);
+                k.reason = Some("cooling".into());
+                report(k, None)
+            }
+            Fault::Failure => {
+                k.fails += 1;
+                if k.halfopen || k.fails >= p.failure_threshold {
+                    k.until = now + p.recovery_ms as i64;
+                    k.reason = Some("failing".into());
+                    k.halfopen = true;
+                    k.probe = 0;
+                }
+                report(k, None)
+            }
+            Fault::Clear => unreachable!("handled above"),
         }
     }
 
@@ -100,8 +441,22 @@ impl MemoryStore {
         let st = self.inner.state.lock();
         key_ids
             .iter()
-            .map(|id| st.keys.get(id).cloned().unwrap_or_default())
+            .map(|id| {
+                st.keys
+                    .get(id)
+                    .map(|k| LiveState {
+                        until: k.until,
+                        fails: k.fails,
+                        reason: k.reason.clone(),
+                        inflight: k.inflight,
+                    })
+                    .unwrap_or_default()
+            })
             .collect()
+    }
+
+    pub fn set_balance(&self, key_id: i64, balance: Option<f64>) {
+        self.inner.state.lock().keys.entry(key_id).or_default().bal = balance;
     }
 
     pub fn config_version(&self) -> u64 {
@@ -111,4 +466,11 @@ impl MemoryStore {
     pub fn bump_config_version(&self) -> u64 {
         self.inner.version.fetch_add(1, Ordering::SeqCst) + 1
     }
+}
+
+fn backoff(p: &Policy, step: u32) -> u64 {
+    let exp = step.saturating_sub(1).min(40);
+    p.backoff_base_ms
+        .saturating_mul(1u64 << exp)
+        .min(p.backoff_max_ms)
 }

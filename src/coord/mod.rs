@@ -1,33 +1,201 @@
-//! Coordination store: everything that changes per request and must agree across replicas
-//! (round-robin cursors, key health, config version). Two implementations with one behaviour:
-//! `memory` for a single process, `redis` (Lua scripts, one round trip per call) for many.
+//! Coordination store: everything that changes per request and must agree across replicas (key
+//! choice, leases, health, rate limits, config version). Two implementations with one behaviour,
+//! proven by one contract test suite: `memory` for a single process, `redis` (versioned Lua
+//! scripts, one round trip per call) for many replicas.
+//!
+//! Per attempt the data plane makes one `acquire` call (client rate limits + key choice + lease),
+//! then either `release` (the key answered; usage and success, off the client's critical path) or
+//! `report` (the key failed; health transition and lease release) before trying another key.
 pub mod memory;
 pub mod redis;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The key chosen for one attempt.
+/// How a service picks among its usable keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pick {
-    /// Index into the candidate list that was passed in.
-    pub index: usize,
-    /// Consecutive failures recorded for the key before this attempt.
-    pub fails: u32,
+pub enum Strategy {
+    /// Exact rotation over the usable keys (the key list, when all are usable), shared by all
+    /// replicas.
+    RoundRobin,
+    /// Smooth weighted round robin: weights 1/2/3 over 600 requests give exactly 100/200/300.
+    Weighted,
+    /// Fewest requests in flight, then least recently used.
+    LeastUsed,
+    Random,
+    /// Highest remaining balance first; keys whose balance is below the price are skipped.
+    Balance,
 }
 
-/// What happened on an attempt, as far as the key's health is concerned.
+impl Strategy {
+    pub const ALL: [&'static str; 5] =
+        ["round_robin", "weighted", "least_used", "random", "balance"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "round_robin" => Self::RoundRobin,
+            "weighted" => Self::Weighted,
+            "least_used" => Self::LeastUsed,
+            "random" => Self::Random,
+            "balance" => Self::Balance,
+            _ => return None,
+        })
+    }
+
+    /// The name the Lua script uses.
+    pub fn script_name(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "rr",
+            Self::Weighted => "weighted",
+            Self::LeastUsed => "least_used",
+            Self::Random => "random",
+            Self::Balance => "balance",
+        }
+    }
+}
+
+/// What the store needs to know about one key of the service (from the config snapshot).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub struct KeySpec {
+    pub id: i64,
+    pub weight: u32,
+    /// Upstream key's own limits (None = unlimited).
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    /// Balance recorded in the database; seeds the live balance.
+    pub balance: Option<f64>,
+}
+
+/// Limits of the access key a request came with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub access_key_id: i64,
+    pub rpm: Option<u32>,
+    pub rpd: Option<u32>,
+    pub tpm: Option<u32>,
+}
+
+impl ClientLimits {
+    pub fn is_limited(&self) -> bool {
+        self.rpm.is_some() || self.rpd.is_some() || self.tpm.is_some()
+    }
+}
+
+/// Health and lease settings, fixed per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Consecutive failures (5xx, timeout, connect error) that take a key out.
+    pub failure_threshold: u32,
+    /// How long a tripped key stays out before a half-open trial request.
+    pub recovery_ms: u64,
+    /// First 429 backoff without Retry-After; doubles per consecutive 429, up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// 429s from at least `upstream_wide_percent` of a service's keys (and at least 2) within
+    /// `upstream_wide_window_ms` mean the limit is upstream-wide: the service backs off instead.
+    pub upstream_wide_window_ms: u64,
+    pub upstream_wide_percent: u32,
+    /// How long a half-open trial holds the key before another trial may start.
+    pub probe_lock_ms: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 3,
+            recovery_ms: 30_000,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            upstream_wide_window_ms: 10_000,
+            upstream_wide_percent: 60,
+            probe_lock_ms: 30_000,
+        }
+    }
+}
+
+/// One acquire call.
+#[derive(Debug, Clone)]
+pub struct AcquireReq<'a> {
+    pub service_id: i64,
+    pub strategy: Strategy,
+    pub keys: &'a [KeySpec],
+    /// Keys already tried by this request.
+    pub excluded: &'a [i64],
+    /// Per-key concurrency cap.
+    pub cap: Option<u32>,
+    pub lease_ttl_ms: u64,
+    /// Charged on the first attempt of a request only.
+    pub client: Option<ClientLimits>,
+    /// Price of the request when known (balance strategy).
+    pub price: Option<f64>,
+}
+
+/// Remaining allowance of the client, for `x-ratelimit-*` headers (None = no such limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Remaining {
+    pub rpm: Option<u64>,
+    pub rpd: Option<u64>,
+    pub tpm: Option<u64>,
+}
+
+/// A lease on a key: held for the whole life of a request, renewed while it lives, expiring by
+/// itself if the replica holding it dies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub service_id: i64,
+    pub key_id: i64,
+    /// `<key id>:<lease id>`
+    pub member: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acquire {
+    Granted {
+        /// Index into `AcquireReq::keys`.
+        index: usize,
+        lease: Lease,
+        fails: u32,
+        /// This request is the half-open trial of a key that tripped on failures.
+        probe: bool,
+        remaining: Remaining,
+    },
+    /// The client is over one of its limits.
+    ClientLimited {
+        retry_after_ms: u64,
+        remaining: Remaining,
+    },
+    /// Every usable key is at its concurrency cap: wait and try again.
+    AtCapacity,
+    /// The service is backing off after an upstream-wide 429.
+    ServiceBackoff { retry_after_ms: u64 },
+    /// No key is usable (all invalid, exhausted, cooling or over their own limits).
+    NoKey,
+}
+
+/// What went wrong with a key on an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
     /// 401/403: out of rotation until re-enabled.
     Invalid,
-    /// 429 and similar: out of rotation for `ms`.
-    Cool { ms: u64 },
-    /// 5xx, connect error, timeout: counts towards `threshold`, then out for `ms`.
-    Fail { threshold: u32, ms: u64 },
-    /// Success: resets the failure count.
-    Ok,
-    /// Re-enabled by an operator: forget all state.
+    /// 402 or an insufficient-quota answer: out until re-enabled.
+    Exhausted,
+    /// 429: cooling until Retry-After or an exponential backoff.
+    RateLimited { retry_after_ms: Option<u64> },
+    /// 5xx, connect error, timeout: counts towards the failure threshold.
+    Failure,
+    /// Operator re-enabled the key: forget its health state.
     Clear,
+}
+
+impl Fault {
+    fn script_name(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Exhausted => "exhausted",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Failure => "failure",
+            Self::Clear => "clear",
+        }
+    }
 }
 
 /// The key's state after a report.
@@ -36,6 +204,19 @@ pub struct Report {
     pub fails: u32,
     /// ms epoch the key is out of rotation until; 0 = in rotation, -1 = until re-enabled.
     pub until: i64,
+    /// Set when this report started an upstream-wide backoff of the service (ms epoch).
+    pub service_backoff_until: Option<i64>,
+}
+
+/// The end of a request whose key answered.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Usage {
+    pub success: bool,
+    pub tokens: u64,
+    pub cost: f64,
+    pub key_tpm: Option<u32>,
+    pub client: Option<ClientLimits>,
+    pub key_balance: Option<f64>,
 }
 
 /// Live state of a key, for the admin API.
@@ -44,6 +225,7 @@ pub struct LiveState {
     pub until: i64,
     pub fails: u32,
     pub reason: Option<String>,
+    pub inflight: u32,
 }
 
 impl LiveState {
@@ -96,27 +278,45 @@ impl Coord {
         }
     }
 
-    /// Advances the service's cursor and returns the first usable key from there.
-    pub async fn select_round_robin(
-        &self,
-        service_id: i64,
-        key_ids: &[i64],
-    ) -> Result<Option<Pick>, CoordError> {
+    pub async fn acquire(&self, req: &AcquireReq<'_>) -> Result<Acquire, CoordError> {
         match self {
-            Self::Memory(m) => Ok(m.select_round_robin(service_id, key_ids)),
-            Self::Redis(r) => r.select_round_robin(service_id, key_ids).await,
+            Self::Memory(m) => Ok(m.acquire(req)),
+            Self::Redis(r) => r.acquire(req).await,
         }
     }
 
+    pub async fn release(&self, lease: &Lease, usage: &Usage) -> Result<(), CoordError> {
+        match self {
+            Self::Memory(m) => {
+                m.release(lease, usage);
+                Ok(())
+            }
+            Self::Redis(r) => r.release(lease, usage).await,
+        }
+    }
+
+    pub async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<(), CoordError> {
+        match self {
+            Self::Memory(m) => {
+                m.renew(lease, ttl_ms);
+                Ok(())
+            }
+            Self::Redis(r) => r.renew(lease, ttl_ms).await,
+        }
+    }
+
+    /// Records a fault of `key_id` (releasing `lease` if given). `n_keys` is the service's key count.
     pub async fn report(
         &self,
+        service_id: i64,
         key_id: i64,
-        outcome: &Outcome,
-        reason: &str,
+        lease: Option<&Lease>,
+        fault: Fault,
+        n_keys: usize,
     ) -> Result<Report, CoordError> {
         match self {
-            Self::Memory(m) => Ok(m.report(key_id, outcome, reason)),
-            Self::Redis(r) => r.report(key_id, outcome, reason).await,
+            Self::Memory(m) => Ok(m.report(service_id, key_id, lease, fault, n_keys)),
+            Self::Redis(r) => r.report(service_id, key_id, lease, fault, n_keys).await,
         }
     }
 
@@ -124,6 +324,17 @@ impl Coord {
         match self {
             Self::Memory(m) => Ok(m.live_states(key_ids)),
             Self::Redis(r) => r.live_states(key_ids).await,
+        }
+    }
+
+    /// Sets a key's live balance (an operator changed it).
+    pub async fn set_balance(&self, key_id: i64, balance: Option<f64>) -> Result<(), CoordError> {
+        match self {
+            Self::Memory(m) => {
+                m.set_balance(key_id, balance);
+                Ok(())
+            }
+            Self::Redis(r) => r.set_balance(key_id, balance).await,
         }
     }
 
@@ -150,9 +361,42 @@ impl Coord {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// Wall-clock milliseconds since the epoch (the Redis scripts use the server's clock instead).
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+pub(crate) fn new_lease_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+const MINUTE_MS: f64 = 60_000.0;
+const DAY_MS: f64 = 86_400_000.0;
+
+/// Generic cell rate algorithm, shared by the memory store (the Lua scripts carry the same
+/// arithmetic). `limit` per `period_ms`; returns (allowed, new tat, retry after ms, remaining).
+pub(crate) fn gcra(
+    tat: f64,
+    now: f64,
+    period: f64,
+    limit: u32,
+    cost: f64,
+) -> (bool, f64, u64, u64) {
+    let t = period / limit as f64;
+    let base = tat.max(now);
+    if cost == 0.0 {
+        // Admission only: at least one unit must be left.
+        if base - now <= period - t {
+            return (true, base, 0, ((period - (base - now)) / t).floor() as u64);
+        }
+        return (false, base, (base - now - period + t).ceil() as u64, 0);
+    }
+    let new = base + cost * t;
+    if new - now > period {
+        return (false, base, (new - now - period).ceil() as u64, 0);
+    }
+    (true, new, 0, ((period - (new - now)) / t).floor() as u64)
 }

@@ -1,94 +1,221 @@
-//! Redis coordination store for many replicas. Every change happens inside a Lua script whose
-//! name carries a version (`select_rr_v1`), so a rolling deploy never runs changed logic under an
-//! old name; scripts are loaded at start and called by SHA (EVALSHA, falling back to EVAL).
+//! Redis coordination store for many replicas. Every change happens inside a Lua script whose file
+//! name carries a version (`acquire_v2`), so a rolling deploy never runs changed logic under an old
+//! name; scripts are loaded at start and called by SHA (EVALSHA, falling back to EVAL). Each
+//! script's header documents its KEYS, ARGV and reply, which the methods here read.
+//!
+//! Layout under the configured prefix: `s:<service>` (cursor, backoff), `s:<service>:leases`,
+//! `s:<service>:429`, `k:<key>` (health, leases in flight, limits, live balance), `a:<access key>`
+//! (client limits), `cfgver`. Keys are computed inside scripts, so Redis Cluster is not supported;
+//! use a single primary (with replicas or Sentinel).
 use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
 use redis::{AsyncCommands, Script};
 
-use super::{CoordError, LiveState, Outcome, Pick, Report};
+use super::{
+    Acquire, AcquireReq, CoordError, Fault, Lease, LiveState, Policy, Remaining, Report, Usage,
+    new_lease_id,
+};
 
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
     prefix: String,
-    select_rr: Script,
+    policy: Policy,
+    acquire: Script,
+    release: Script,
     report: Script,
 }
 
+fn opt(v: Option<u32>) -> u32 {
+    v.unwrap_or(0)
+}
+
+fn remaining(v: i64) -> Option<u64> {
+    (v >= 0).then_some(v as u64)
+}
+
 impl RedisStore {
-    pub async fn connect(url: &str, prefix: &str, pool_size: usize) -> anyhow::Result<Self> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        pool_size: usize,
+        policy: Policy,
+    ) -> anyhow::Result<Self> {
         let mut cfg = PoolConfig::from_url(url);
         cfg.pool = Some(deadpool_redis::PoolConfig::new(pool_size));
         let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
         let store = Self {
             pool,
             prefix: prefix.to_string(),
-            select_rr: Script::new(include_str!("lua/select_rr_v1.lua")),
-            report: Script::new(include_str!("lua/report_v1.lua")),
+            policy,
+            acquire: Script::new(include_str!("lua/acquire_v2.lua")),
+            release: Script::new(include_str!("lua/release_v2.lua")),
+            report: Script::new(include_str!("lua/report_v2.lua")),
         };
         let mut conn = store.pool.get().await?;
-        for s in [&store.select_rr, &store.report] {
+        for s in [&store.acquire, &store.release, &store.report] {
             let _: String = s.prepare_invoke().load_async(&mut *conn).await?;
         }
         Ok(store)
     }
 
-    fn key_state(&self, id: i64) -> String {
-        format!("{}key:{id}", self.prefix)
+    fn svc(&self, id: i64) -> String {
+        format!("{}s:{id}", self.prefix)
+    }
+    fn key(&self, id: i64) -> String {
+        format!("{}k:{id}", self.prefix)
+    }
+    fn client(&self, id: Option<i64>) -> String {
+        match id {
+            Some(id) => format!("{}a:{id}", self.prefix),
+            None => format!("{}a:none", self.prefix),
+        }
     }
 
-    pub async fn select_round_robin(
-        &self,
-        service_id: i64,
-        key_ids: &[i64],
-    ) -> Result<Option<Pick>, CoordError> {
-        if key_ids.is_empty() {
-            return Ok(None);
+    pub async fn acquire(&self, req: &AcquireReq<'_>) -> Result<Acquire, CoordError> {
+        if req.keys.is_empty() {
+            return Ok(Acquire::NoKey);
         }
-        let mut inv = self.select_rr.prepare_invoke();
-        inv.key(format!("{}rr:{service_id}", self.prefix));
-        for id in key_ids {
-            inv.key(self.key_state(*id));
+        let lease_id = new_lease_id();
+        let svc = self.svc(req.service_id);
+        let mut inv = self.acquire.prepare_invoke();
+        inv.key(&svc)
+            .key(format!("{svc}:leases"))
+            .key(self.client(req.client.map(|c| c.access_key_id)));
+        for k in req.keys {
+            inv.key(self.key(k.id));
+        }
+        let c = req.client;
+        inv.arg(req.strategy.script_name())
+            .arg(opt(req.cap))
+            .arg(req.lease_ttl_ms)
+            .arg(&lease_id)
+            .arg(if c.is_some() { 1 } else { 0 })
+            .arg(opt(c.and_then(|c| c.rpm)))
+            .arg(opt(c.and_then(|c| c.rpd)))
+            .arg(opt(c.and_then(|c| c.tpm)))
+            .arg(req.price.unwrap_or(0.0))
+            .arg(rand::random::<u32>())
+            .arg(self.policy.probe_lock_ms)
+            .arg(&self.prefix);
+        for k in req.keys {
+            inv.arg(k.id)
+                .arg(k.weight.max(1))
+                .arg(opt(k.rpm))
+                .arg(opt(k.tpm))
+                .arg(k.balance.map(|b| b.to_string()).unwrap_or_default())
+                .arg(if req.excluded.contains(&k.id) { 1 } else { 0 });
         }
         let mut conn = self.pool.get().await?;
-        let (idx, fails): (i64, i64) = inv.invoke_async(&mut *conn).await?;
-        if idx == 0 {
-            return Ok(None);
-        }
-        if idx < 1 || idx as usize > key_ids.len() {
-            return Err(CoordError::Reply(format!("select_rr index {idx}")));
-        }
-        Ok(Some(Pick {
-            index: idx as usize - 1,
-            fails: fails.max(0) as u32,
-        }))
+        let r: Vec<i64> = inv.invoke_async(&mut *conn).await?;
+        let [code, index, fails, probe, retry_after, rpm, rpd, tpm] = r[..] else {
+            return Err(CoordError::Reply(format!("acquire returned {r:?}")));
+        };
+        let rem = Remaining {
+            rpm: remaining(rpm),
+            rpd: remaining(rpd),
+            tpm: remaining(tpm),
+        };
+        Ok(match code {
+            1 => {
+                let i = usize::try_from(index - 1)
+                    .ok()
+                    .filter(|i| *i < req.keys.len())
+                    .ok_or_else(|| CoordError::Reply(format!("acquire index {index}")))?;
+                let key_id = req.keys[i].id;
+                Acquire::Granted {
+                    index: i,
+                    lease: Lease {
+                        service_id: req.service_id,
+                        key_id,
+                        member: format!("{key_id}:{lease_id}"),
+                    },
+                    fails: fails.max(0) as u32,
+                    probe: probe == 1,
+                    remaining: rem,
+                }
+            }
+            2 => Acquire::ClientLimited {
+                retry_after_ms: retry_after.max(1) as u64,
+                remaining: rem,
+            },
+            3 => Acquire::AtCapacity,
+            4 => Acquire::ServiceBackoff {
+                retry_after_ms: retry_after.max(1) as u64,
+            },
+            _ => Acquire::NoKey,
+        })
+    }
+
+    pub async fn release(&self, lease: &Lease, u: &Usage) -> Result<(), CoordError> {
+        let mut conn = self.pool.get().await?;
+        let _: (i64, String) = self
+            .release
+            .key(format!("{}:leases", self.svc(lease.service_id)))
+            .key(self.key(lease.key_id))
+            .key(self.client(u.client.map(|c| c.access_key_id)))
+            .arg(&lease.member)
+            .arg(if u.success { 1 } else { 0 })
+            .arg(u.tokens)
+            .arg(u.cost)
+            .arg(opt(u.key_tpm))
+            .arg(opt(u.client.and_then(|c| c.tpm)))
+            .arg(u.key_balance.map(|b| b.to_string()).unwrap_or_default())
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<(), CoordError> {
+        let mut conn = self.pool.get().await?;
+        let expiry = super::now_ms() as u64 + ttl_ms;
+        let _: i64 = redis::cmd("ZADD")
+            .arg(format!("{}:leases", self.svc(lease.service_id)))
+            .arg("XX")
+            .arg(expiry)
+            .arg(&lease.member)
+            .query_async(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     pub async fn report(
         &self,
+        service_id: i64,
         key_id: i64,
-        outcome: &Outcome,
-        reason: &str,
+        lease: Option<&Lease>,
+        fault: Fault,
+        n_keys: usize,
     ) -> Result<Report, CoordError> {
-        let (kind, ms, threshold) = match outcome {
-            Outcome::Invalid => ("invalid", 0, 0),
-            Outcome::Cool { ms } => ("cool", *ms, 0),
-            Outcome::Fail { threshold, ms } => ("fail", *ms, *threshold),
-            Outcome::Ok => ("ok", 0, 0),
-            Outcome::Clear => ("clear", 0, 0),
+        let svc = self.svc(service_id);
+        let retry_after = match fault {
+            Fault::RateLimited { retry_after_ms } => retry_after_ms.unwrap_or(0),
+            _ => 0,
         };
+        let p = &self.policy;
         let mut conn = self.pool.get().await?;
-        let (fails, until): (i64, i64) = self
+        let (fails, until, backoff): (i64, i64, i64) = self
             .report
-            .key(self.key_state(key_id))
-            .arg(kind)
-            .arg(ms)
-            .arg(threshold)
-            .arg(reason)
+            .key(&svc)
+            .key(format!("{svc}:leases"))
+            .key(self.key(key_id))
+            .key(format!("{svc}:429"))
+            .arg(fault.script_name())
+            .arg(lease.map(|l| l.member.as_str()).unwrap_or(""))
+            .arg(retry_after)
+            .arg(p.failure_threshold)
+            .arg(p.recovery_ms)
+            .arg(p.backoff_base_ms)
+            .arg(p.backoff_max_ms)
+            .arg(n_keys)
+            .arg(p.upstream_wide_window_ms)
+            .arg(p.upstream_wide_percent)
+            .arg(key_id)
             .invoke_async(&mut *conn)
             .await?;
         Ok(Report {
             fails: fails.max(0) as u32,
             until,
+            service_backoff_until: (backoff > 0).then_some(backoff),
         })
     }
 
@@ -100,21 +227,36 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         for id in key_ids {
             pipe.cmd("HMGET")
-                .arg(self.key_state(*id))
+                .arg(self.key(*id))
                 .arg("until")
                 .arg("fails")
-                .arg("reason");
+                .arg("reason")
+                .arg("inflight");
         }
-        let rows: Vec<(Option<i64>, Option<i64>, Option<String>)> =
+        let rows: Vec<(Option<f64>, Option<i64>, Option<String>, Option<i64>)> =
             pipe.query_async(&mut *conn).await?;
         Ok(rows
             .into_iter()
-            .map(|(u, f, r)| LiveState {
-                until: u.unwrap_or(0),
+            .map(|(u, f, r, i)| LiveState {
+                until: u.unwrap_or(0.0) as i64,
                 fails: f.unwrap_or(0).max(0) as u32,
                 reason: r,
+                inflight: i.unwrap_or(0).max(0) as u32,
             })
             .collect())
+    }
+
+    pub async fn set_balance(&self, key_id: i64, balance: Option<f64>) -> Result<(), CoordError> {
+        let mut conn = self.pool.get().await?;
+        match balance {
+            Some(b) => {
+                let _: i64 = conn.hset(self.key(key_id), "bal", b.to_string()).await?;
+            }
+            None => {
+                let _: i64 = conn.hdel(self.key(key_id), "bal").await?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn config_version(&self) -> Result<u64, CoordError> {

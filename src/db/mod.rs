@@ -10,7 +10,10 @@ pub mod users;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, RuntimeErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, RuntimeErr,
+    TransactionTrait,
+};
 use secrecy::ExposeSecret;
 
 use crate::config::DatabaseConfig;
@@ -40,8 +43,23 @@ pub fn redacted_url(url: &str) -> String {
 /// Connects and runs pending migrations.
 pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {
     let db = connect_only(cfg).await?;
-    Migrator::up(&db, None).await?;
+    migrate(&db).await?;
     Ok(db)
+}
+
+/// Runs pending migrations. On Postgres, replicas starting together take turns: the migrations run
+/// in one transaction holding an advisory lock, and Postgres DDL is transactional.
+pub async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        let txn = db.begin().await?;
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(7242017001)")
+            .await?;
+        Migrator::up(&txn, None).await?;
+        txn.commit().await?;
+    } else {
+        Migrator::up(db, None).await?;
+    }
+    Ok(())
 }
 
 pub async fn connect_only(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {

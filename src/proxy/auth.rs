@@ -4,7 +4,9 @@ use axum::http::HeaderMap;
 use chrono::Utc;
 
 use crate::crypto::sha256_hex;
-use crate::snapshot::{ServiceRt, Snapshot};
+use std::sync::Arc;
+
+use crate::snapshot::{AccessKeyRt, ServiceRt, Snapshot};
 use crate::state::AppState;
 
 use super::error::ErrorKind;
@@ -52,13 +54,13 @@ pub fn url_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
     url::form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
 }
 
-/// The access key id that was used (None for a global proxy key), or why it was refused.
+/// The access key that was used (None for a global proxy key), or why it was refused.
 pub fn check(
     state: &AppState,
     snap: &Snapshot,
     svc: &ServiceRt,
     cred: Option<String>,
-) -> Result<Option<i64>, (ErrorKind, &'static str)> {
+) -> Result<Option<Arc<AccessKeyRt>>, (ErrorKind, &'static str)> {
     let Some(cred) = cred else {
         return Err((ErrorKind::BadAccessKey, "missing access key"));
     };
@@ -83,5 +85,5 @@ pub fn check(
             "access key is not allowed on this slug",
         ));
     }
-    Ok(Some(ak.id))
+    Ok(Some(ak.clone()))
 }

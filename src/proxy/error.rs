@@ -18,6 +18,7 @@ pub enum ErrorKind {
     UnknownSlug,
     BodyTooLarge,
     BadRequest,
+    RateLimited,
     UpstreamFailed,
     UpstreamRateLimited,
     NoUsableKey,
@@ -33,6 +34,7 @@ impl ErrorKind {
             Self::UnknownSlug => StatusCode::NOT_FOUND,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::NoUsableKey => StatusCode::SERVICE_UNAVAILABLE,
@@ -49,6 +51,7 @@ impl ErrorKind {
             Self::UnknownSlug => "unknown_slug",
             Self::BodyTooLarge => "body_too_large",
             Self::BadRequest => "bad_request",
+            Self::RateLimited => "rate_limited",
             Self::UpstreamFailed => "upstream_failed",
             Self::UpstreamRateLimited => "upstream_rate_limited",
             Self::NoUsableKey => "no_usable_key",
@@ -64,7 +67,7 @@ impl ErrorKind {
             Self::UnknownSlug => "not_found_error",
             Self::BodyTooLarge | Self::BadRequest => "invalid_request_error",
             Self::NoUsableKey => "service_unavailable",
-            Self::UpstreamRateLimited => "rate_limit_error",
+            Self::UpstreamRateLimited | Self::RateLimited => "rate_limit_error",
             Self::UpstreamFailed | Self::UpstreamTimeout | Self::Internal => "api_error",
         }
     }
@@ -76,7 +79,7 @@ impl ErrorKind {
             Self::UnknownSlug => "NOT_FOUND",
             Self::BodyTooLarge | Self::BadRequest => "INVALID_ARGUMENT",
             Self::NoUsableKey => "UNAVAILABLE",
-            Self::UpstreamRateLimited => "RESOURCE_EXHAUSTED",
+            Self::UpstreamRateLimited | Self::RateLimited => "RESOURCE_EXHAUSTED",
             Self::UpstreamTimeout => "DEADLINE_EXCEEDED",
             Self::UpstreamFailed | Self::Internal => "INTERNAL",
         }

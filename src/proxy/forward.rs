@@ -8,14 +8,15 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use super::attempt::{Attempt, LogCtx, write_log};
 use super::auth;
 use super::error::{ErrorKind, Format, ProxyError};
-use crate::coord::Outcome;
-use crate::db::entity::request_log;
+use super::usage::UsageScanner;
+use crate::coord::{Acquire, AcquireReq, ClientLimits, Fault, Remaining};
 use crate::snapshot::{Kind, ServiceRt};
 use crate::state::AppState;
 use crate::telemetry::metrics as m;
@@ -172,7 +173,6 @@ fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
     let ms = (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
     Some(ms.max(0) as u64)
 }
-
 #[derive(Deserialize)]
 struct ModelField {
     model: Option<String>,
@@ -196,21 +196,52 @@ enum ReqBody {
     Stream(Option<Body>),
 }
 
+/// `x-ratelimit-*` headers for the client's own limits.
+fn limit_headers(h: &mut HeaderMap, limits: &ClientLimits, rem: &Remaining) {
+    let mut put = |name: &'static str, v: Option<u64>| {
+        if let Some(v) = v {
+            h.insert(HeaderName::from_static(name), HeaderValue::from(v));
+        }
+    };
+    put("x-ratelimit-limit-requests", limits.rpm.map(u64::from));
+    put("x-ratelimit-remaining-requests", rem.rpm);
+    put("x-ratelimit-limit-requests-day", limits.rpd.map(u64::from));
+    put("x-ratelimit-remaining-requests-day", rem.rpd);
+    put("x-ratelimit-limit-tokens", limits.tpm.map(u64::from));
+    put("x-ratelimit-remaining-tokens", rem.tpm);
+}
+
+/// Acquires a key, waiting while every usable key is at its concurrency cap, until `until`.
+async fn acquire_waiting(
+    state: &AppState,
+    req: &AcquireReq<'_>,
+    until: Instant,
+) -> Result<Acquire, crate::coord::CoordError> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let released = state.lease_released.notified();
+        let r = state.coord.acquire(req).await?;
+        let now = Instant::now();
+        if r != Acquire::AtCapacity || now >= until {
+            return Ok(r);
+        }
+        // Woken by a local release, or polling for releases on other replicas.
+        let _ = tokio::time::timeout(pause.min(until - now), released).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Request) -> Response {
     let started = Instant::now();
     let guessed = guess_format(req.headers(), req.uri().path());
     let snap = state.snapshot.load_full();
     let Some(svc) = snap.services.get(&slug).cloned() else {
-        return finish_err(
-            &state,
-            &slug,
-            started,
-            ProxyError::new(
-                ErrorKind::UnknownSlug,
-                guessed,
-                format!("unknown slug '{slug}'"),
-            ),
+        let e = ProxyError::new(
+            ErrorKind::UnknownSlug,
+            guessed,
+            format!("unknown slug '{slug}'"),
         );
+        return finish_err(&slug, started, e);
     };
     let fmt = format_for(svc.kind, guessed);
     if (mode == Mode::Rest) != (svc.kind == Kind::Rest) {
@@ -219,28 +250,21 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
         } else {
             "/llm"
         };
+        let msg = format!("slug '{slug}' is served under {hint}/{slug}/");
         return finish_err(
-            &state,
             &slug,
             started,
-            ProxyError::new(
-                ErrorKind::UnknownSlug,
-                fmt,
-                format!("slug '{slug}' is served under {hint}/{slug}/"),
-            ),
+            ProxyError::new(ErrorKind::UnknownSlug, fmt, msg),
         );
     }
     let query = req.uri().query().map(str::to_string);
-    let access_key_id = match auth::check(
-        &state,
-        &snap,
-        &svc,
-        auth::credential(req.headers(), query.as_deref()),
-    ) {
-        Ok(id) => id,
-        Err((kind, msg)) => {
-            return finish_err(&state, &slug, started, ProxyError::new(kind, fmt, msg));
-        }
+    let cred = auth::credential(req.headers(), query.as_deref());
+    let (access_key_id, client) = match auth::check(&state, &snap, &svc, cred) {
+        Ok(ak) => (
+            ak.as_ref().map(|a| a.id),
+            ak.map(|a| a.limits).filter(|l| l.is_limited()),
+        ),
+        Err((kind, msg)) => return finish_err(&slug, started, ProxyError::new(kind, fmt, msg)),
     };
     drop(snap);
     if !svc.enabled {
@@ -249,7 +273,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
             fmt,
             format!("slug '{slug}' is disabled"),
         );
-        return finish_err(&state, &slug, started, e);
+        return finish_err(&slug, started, e);
     }
 
     let (parts, body) = req.into_parts();
@@ -260,12 +284,12 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body as u64) {
-        let e = ProxyError::new(
-            ErrorKind::BodyTooLarge,
-            fmt,
-            format!("request body exceeds the limit of {max_body} bytes"),
+        let msg = format!("request body exceeds the limit of {max_body} bytes");
+        return finish_err(
+            &slug,
+            started,
+            ProxyError::new(ErrorKind::BodyTooLarge, fmt, msg),
         );
-        return finish_err(&state, &slug, started, e);
     }
     let mut body = match declared {
         Some(n) if n <= state.config.proxy.retry_buffer_bytes as u64 => {
@@ -274,7 +298,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                 Err(_) => {
                     let e =
                         ProxyError::new(ErrorKind::BadRequest, fmt, "could not read request body");
-                    return finish_err(&state, &slug, started, e);
+                    return finish_err(&slug, started, e);
                 }
             }
         }
@@ -286,6 +310,12 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
             .and_then(|m| m.model),
         _ => None,
     };
+    let log = LogCtx {
+        access_key_id,
+        model,
+        path: path.clone(),
+        started,
+    };
 
     let url = upstream_url(&svc, &path, mode, query.as_deref());
     let base_headers = request_headers(&parts.headers, matches!(body, ReqBody::Stream(_)));
@@ -294,23 +324,87 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
         ReqBody::Buffered(_) => svc.max_attempts.min(svc.keys.len().max(1) as u32),
         ReqBody::Stream(_) => 1,
     };
+    let deadline = started + svc.total_timeout;
 
     let mut attempts = 0u32;
+    let mut tried: Vec<i64> = Vec::new();
     let mut last_failure: Option<Failure> = None;
-    while attempts < max_attempts {
-        let pick = match state.coord.select_round_robin(svc.id, &svc.key_ids).await {
-            Ok(p) => p,
+    let mut remaining = Remaining::default();
+    while attempts < max_attempts && Instant::now() < deadline {
+        let areq = AcquireReq {
+            service_id: svc.id,
+            strategy: svc.strategy,
+            keys: &svc.specs,
+            excluded: &tried,
+            cap: svc.cap,
+            lease_ttl_ms: svc.lease_ttl_ms,
+            client: if attempts == 0 { client } else { None },
+            price: None,
+        };
+        let queue_until = (Instant::now() + svc.queue_timeout).min(deadline);
+        let granted = match acquire_waiting(&state, &areq, queue_until).await {
+            Ok(a) => a,
             Err(e) => {
                 metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
                 tracing::error!(error = %e, slug = %slug, "coordination store failed");
                 let e =
                     ProxyError::new(ErrorKind::NoUsableKey, fmt, "key selection is unavailable");
-                return finish_err(&state, &slug, started, e);
+                return finish_err(&slug, started, e);
             }
         };
-        let Some(pick) = pick else { break };
+        let (index, lease) = match granted {
+            Acquire::Granted {
+                index,
+                lease,
+                remaining: rem,
+                ..
+            } => {
+                if attempts == 0 {
+                    remaining = rem;
+                }
+                (index, lease)
+            }
+            Acquire::ClientLimited {
+                retry_after_ms,
+                remaining: rem,
+            } => {
+                metrics::counter!(m::CLIENT_RATE_LIMITED_TOTAL, "slug" => slug.clone())
+                    .increment(1);
+                let mut e = ProxyError::new(
+                    ErrorKind::RateLimited,
+                    fmt,
+                    "rate limit of this access key reached; retry after the time in Retry-After",
+                );
+                e.retry_after_secs = Some(retry_after_ms.div_ceil(1000).max(1));
+                let mut resp = finish_err(&slug, started, e);
+                if let Some(c) = &client {
+                    limit_headers(resp.headers_mut(), c, &rem);
+                }
+                return resp;
+            }
+            Acquire::ServiceBackoff { retry_after_ms } => {
+                let mut e = ProxyError::new(
+                    ErrorKind::UpstreamRateLimited,
+                    fmt,
+                    format!("the upstream of '{slug}' is rate limiting every key; backing off"),
+                );
+                e.retry_after_secs = Some(retry_after_ms.div_ceil(1000).max(1));
+                return finish_err(&slug, started, e);
+            }
+            Acquire::AtCapacity => {
+                let e = ProxyError::new(
+                    ErrorKind::NoUsableKey,
+                    fmt,
+                    format!("every key of '{slug}' is at its concurrency limit; try again"),
+                );
+                return finish_err(&slug, started, e);
+            }
+            Acquire::NoKey => break,
+        };
         attempts += 1;
-        let key = &svc.keys[pick.index];
+        tried.push(lease.key_id);
+        let attempt = Attempt::new(state.clone(), svc.clone(), index, lease, client);
+        let key = &svc.keys[index];
         let reqwest_body = match &mut body {
             ReqBody::Buffered(b) => reqwest::Body::from(b.clone()),
             ReqBody::Stream(s) => match s.take() {
@@ -326,17 +420,9 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                 headers.insert(svc.auth_header.clone(), v);
             }
             Err(_) => {
-                tracing::error!(key = %key.masked, slug = %slug, "upstream key is not a valid header value");
-                report(
-                    &state,
-                    &svc,
-                    key.id,
-                    &key.masked,
-                    Outcome::Invalid,
-                    "invalid",
-                    "key is not a valid header value",
-                )
-                .await;
+                attempt
+                    .fail(Fault::Invalid, "key is not a valid header value")
+                    .await;
                 last_failure = Some(Failure::Connect);
                 continue;
             }
@@ -350,143 +436,135 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
             .headers(headers)
             .body(reqwest_body)
             .send();
-        let result = tokio::time::timeout(svc.request_timeout, send).await;
-        let failure = match result {
+        let timeout = svc
+            .request_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let outcome = |label: &'static str| {
+            metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "slug" => slug.clone(), "outcome" => label)
+                .increment(1);
+        };
+        let resp = match tokio::time::timeout(timeout, send).await {
             Err(_) => {
-                metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "slug" => slug.clone(), "outcome" => "timeout").increment(1);
-                let o = Outcome::Fail {
-                    threshold: state.config.proxy.failure_threshold,
-                    ms: state.config.proxy.failure_cooldown_ms,
-                };
-                report(
-                    &state,
-                    &svc,
-                    key.id,
-                    &key.masked,
-                    o,
-                    "cooling",
-                    "timeout waiting for upstream",
-                )
-                .await;
-                Failure::Timeout
+                outcome("timeout");
+                attempt
+                    .fail(Fault::Failure, "timeout waiting for upstream")
+                    .await;
+                last_failure = Some(Failure::Timeout);
+                continue;
             }
             Ok(Err(e)) => {
-                metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "slug" => slug.clone(), "outcome" => "connect_error").increment(1);
-                let o = Outcome::Fail {
-                    threshold: state.config.proxy.failure_threshold,
-                    ms: state.config.proxy.failure_cooldown_ms,
-                };
-                let reason = if e.is_connect() {
+                outcome("connect_error");
+                let connect = e.is_connect();
+                tracing::warn!(key = %key.masked, slug = %slug, error = %e.without_url(), "upstream attempt failed");
+                let reason = if connect {
                     "connect error"
                 } else {
                     "upstream request error"
                 };
-                tracing::warn!(key = %key.masked, slug = %slug, error = %e.without_url(), "upstream attempt failed");
-                report(&state, &svc, key.id, &key.masked, o, "cooling", reason).await;
-                Failure::Connect
+                attempt.fail(Fault::Failure, reason).await;
+                last_failure = Some(Failure::Connect);
+                continue;
             }
-            Ok(Ok(resp)) => {
-                let status = resp.status();
-                match classify(status) {
-                    Class::Deliver => {
-                        let outcome = if status.is_success() || status.is_redirection() {
-                            "ok"
-                        } else {
-                            "client_error"
-                        };
-                        metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "slug" => slug.clone(), "outcome" => outcome).increment(1);
-                        if pick.fails > 0 {
-                            let st = state.clone();
-                            let id = key.id;
-                            tokio::spawn(async move {
-                                let _ = st.coord.report(id, &Outcome::Ok, "").await;
-                            });
-                        }
-                        log_request(
-                            &state,
-                            &svc,
-                            access_key_id,
-                            Some(key.id),
-                            model,
-                            &path,
-                            status.as_u16(),
-                            attempts,
-                            started,
-                            None,
-                        );
-                        return deliver(&slug, started, resp);
-                    }
-                    Class::Key(kind) => {
-                        let retry_after = retry_after_ms(resp.headers());
-                        let can_retry = matches!(body, ReqBody::Buffered(_));
-                        // A 429 whose body says the quota is gone is exhaustion, not a rate limit.
-                        let (kind, resp) = if kind == KeyFault::RateLimited && can_retry {
-                            let text = read_small(resp).await;
-                            let exhausted = text.contains("insufficient_quota")
-                                || text.contains("quota_exceeded");
-                            (if exhausted { KeyFault::Exhausted } else { kind }, None)
-                        } else {
-                            (kind, Some(resp))
-                        };
-                        let (outcome, status_word, label) = match kind {
-                            KeyFault::Invalid => (Outcome::Invalid, "invalid", "invalid"),
-                            KeyFault::Exhausted => (Outcome::Invalid, "exhausted", "exhausted"),
-                            KeyFault::RateLimited => (
-                                Outcome::Cool {
-                                    ms: retry_after
-                                        .unwrap_or(state.config.proxy.default_cooldown_ms),
-                                },
-                                "cooling",
-                                "cooling",
-                            ),
-                            KeyFault::Server => (
-                                Outcome::Fail {
-                                    threshold: state.config.proxy.failure_threshold,
-                                    ms: state.config.proxy.failure_cooldown_ms,
-                                },
-                                "cooling",
-                                "server_error",
-                            ),
-                        };
-                        metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "slug" => slug.clone(), "outcome" => label).increment(1);
-                        report(
-                            &state,
-                            &svc,
-                            key.id,
-                            &key.masked,
-                            outcome,
-                            status_word,
-                            &format!("upstream answered {status}"),
-                        )
-                        .await;
-                        if let Some(resp) = resp.filter(|_| !can_retry) {
-                            // Streamed request body: it cannot be sent again, so the client gets the upstream answer.
-                            log_request(
-                                &state,
-                                &svc,
-                                access_key_id,
-                                Some(key.id),
-                                model,
-                                &path,
-                                status.as_u16(),
-                                attempts,
-                                started,
-                                Some(label),
-                            );
-                            return deliver(&slug, started, resp);
-                        }
-                        Failure::Status {
-                            status,
-                            retry_after_ms: retry_after,
-                        }
-                    }
-                }
-            }
+            Ok(Ok(resp)) => resp,
         };
-        last_failure = Some(failure);
+        let status = resp.status();
+        let fault = match classify(status) {
+            Class::Deliver => {
+                outcome(if status.is_client_error() {
+                    "client_error"
+                } else {
+                    "ok"
+                });
+                let mut out = deliver(&slug, started, fmt, resp, attempt, log, attempts);
+                if let Some(c) = &client {
+                    limit_headers(out.headers_mut(), c, &remaining);
+                }
+                return out;
+            }
+            Class::Key(f) => f,
+        };
+        let retry_after = retry_after_ms(resp.headers());
+        let retry = matches!(body, ReqBody::Buffered(_)) && svc.retry_on.retries(status.as_u16());
+        // A 429 whose body says the quota is gone is exhaustion, not a rate limit.
+        let (fault, resp) = if fault == KeyFault::RateLimited && retry {
+            let text = read_small(resp).await;
+            let exhausted = text.contains("insufficient_quota") || text.contains("quota_exceeded");
+            (
+                if exhausted {
+                    KeyFault::Exhausted
+                } else {
+                    fault
+                },
+                None,
+            )
+        } else {
+            (fault, Some(resp))
+        };
+        let (f, label) = match fault {
+            KeyFault::Invalid => (Fault::Invalid, "invalid"),
+            KeyFault::Exhausted => (Fault::Exhausted, "exhausted"),
+            KeyFault::RateLimited => (
+                Fault::RateLimited {
+                    retry_after_ms: retry_after,
+                },
+                "cooling",
+            ),
+            KeyFault::Server => (Fault::Failure, "server_error"),
+        };
+        outcome(label);
+        let report = attempt
+            .fail(f, &format!("upstream answered {status}"))
+            .await;
+        if let Some(resp) = resp.filter(|_| !retry) {
+            // Not retried (streamed body, or a status the service does not retry): the client
+            // gets the upstream's answer as it is.
+            write_log(
+                &state,
+                &svc,
+                &log,
+                Some(tried[tried.len() - 1]),
+                status.as_u16(),
+                attempts,
+                (0, 0),
+                Some(label),
+            );
+            return passthrough(&slug, started, resp);
+        }
+        if let Some(b) = report.and_then(|r| r.service_backoff_until) {
+            let mut e = ProxyError::new(
+                ErrorKind::UpstreamRateLimited,
+                fmt,
+                format!("the upstream of '{slug}' is rate limiting every key; backing off"),
+            );
+            let ms = (b - crate::coord::now_ms()).max(1) as u64;
+            e.retry_after_secs = Some(ms.div_ceil(1000));
+            write_log(
+                &state,
+                &svc,
+                &log,
+                None,
+                429,
+                attempts,
+                (0, 0),
+                Some("upstream_backoff"),
+            );
+            return finish_err(&slug, started, e);
+        }
+        last_failure = Some(Failure::Status {
+            status,
+            retry_after_ms: retry_after,
+        });
     }
 
     let err = match last_failure {
+        None if Instant::now() >= deadline => ProxyError::new(
+            ErrorKind::UpstreamTimeout,
+            fmt,
+            format!(
+                "no answer within the deadline of {} ms",
+                svc.total_timeout.as_millis()
+            ),
+        ),
         None => ProxyError::new(
             ErrorKind::NoUsableKey,
             fmt,
@@ -523,19 +601,17 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
             format!("upstream unreachable after {attempts} attempt(s)"),
         ),
     };
-    log_request(
+    write_log(
         &state,
         &svc,
-        access_key_id,
+        &log,
         None,
-        model,
-        &path,
         err.kind.status().as_u16(),
         attempts,
-        started,
+        (0, 0),
         Some(err.kind.label()),
     );
-    finish_err(&state, &slug, started, err)
+    finish_err(&slug, started, err)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -601,40 +677,114 @@ fn limit_body(body: Body, max: usize) -> Body {
     Body::from_stream(stream)
 }
 
-async fn report(
-    state: &AppState,
-    svc: &ServiceRt,
-    key_id: i64,
-    masked: &str,
-    outcome: Outcome,
-    status_word: &'static str,
-    reason: &str,
-) {
-    match state.coord.report(key_id, &outcome, status_word).await {
-        Ok(r) => {
-            let out_of_rotation = r.until != 0;
-            if out_of_rotation {
-                metrics::counter!(m::KEY_TRANSITIONS_TOTAL, "slug" => svc.slug.clone(), "to" => status_word).increment(1);
-                tracing::warn!(key = %masked, key_id, slug = %svc.slug, to = status_word, reason, fails = r.fails, "upstream key out of rotation");
-            }
-        }
-        Err(e) => {
-            metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
-            tracing::error!(error = %e, "could not record key outcome");
-        }
-    }
-    // Durable statuses also go to the database (off the request path) so they survive a Redis flush.
-    let durable = matches!(status_word, "invalid" | "exhausted").then_some(status_word);
-    let db = state.db.clone();
-    let reason = reason.to_string();
-    tokio::spawn(async move {
-        if let Err(e) = crate::db::keys::set_status(&db, key_id, durable, &reason).await {
-            tracing::warn!(error = %e, key_id, "could not persist key status");
-        }
-    });
+/// The terminal event a client gets when the upstream stream breaks after bytes were sent.
+fn stream_error_event(fmt: Format) -> Bytes {
+    let msg = "the upstream stream failed before it completed";
+    let ev = match fmt {
+        Format::OpenAi => format!(
+            "data: {}\n\n",
+            serde_json::json!({"error": {"message": msg, "type": "api_error", "code": "upstream_failed", "param": null}})
+        ),
+        Format::Anthropic => format!(
+            "event: error\ndata: {}\n\n",
+            serde_json::json!({"type": "error", "error": {"type": "api_error", "message": msg}})
+        ),
+        Format::Gemini => format!(
+            "data: {}\n\n",
+            serde_json::json!({"error": {"code": 502, "message": msg, "status": "INTERNAL"}})
+        ),
+    };
+    Bytes::from(ev)
 }
 
-fn deliver(slug: &str, started: Instant, resp: reqwest::Response) -> Response {
+struct Metered {
+    inner: futures::stream::BoxStream<'static, Result<Bytes, reqwest::Error>>,
+    attempt: Option<Attempt>,
+    scanner: UsageScanner,
+    sse: bool,
+    fmt: Format,
+    status: u16,
+    log: LogCtx,
+    attempts: u32,
+}
+
+/// Streams the upstream answer to the client unchanged, reading usage as it goes; releases the
+/// lease at the end, or marks the key and ends an SSE stream with an error event if it breaks.
+fn deliver(
+    slug: &str,
+    started: Instant,
+    fmt: Format,
+    resp: reqwest::Response,
+    attempt: Attempt,
+    log: LogCtx,
+    attempts: u32,
+) -> Response {
+    let status = resp.status();
+    let headers = response_headers(resp.headers());
+    let sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let m = Metered {
+        inner: resp.bytes_stream().boxed(),
+        attempt: Some(attempt),
+        scanner: UsageScanner::new(sse),
+        sse,
+        fmt,
+        status: status.as_u16(),
+        log,
+        attempts,
+    };
+    let stream = futures::stream::unfold(m, |mut m| async move {
+        let attempt = m.attempt.take()?;
+        match m.inner.next().await {
+            Some(Ok(chunk)) => {
+                m.scanner.feed(&chunk);
+                m.attempt = Some(attempt);
+                Some((Ok::<Bytes, std::io::Error>(chunk), m))
+            }
+            None => {
+                m.scanner.finish();
+                let success = m.status < 400;
+                let tokens = (m.scanner.prompt, m.scanner.completion);
+                attempt.finish(success, tokens, m.status, &m.log, m.attempts);
+                None
+            }
+            Some(Err(e)) => {
+                tracing::warn!(key = %attempt.masked(), error = %e.without_url(), "upstream stream broke mid-way");
+                let svc = attempt.svc.clone();
+                let key_id = attempt.key_id();
+                let state = attempt.state.clone();
+                tokio::spawn(async move {
+                    attempt.fail(Fault::Failure, "stream broke mid-way").await;
+                });
+                write_log(
+                    &state,
+                    &svc,
+                    &m.log,
+                    Some(key_id),
+                    m.status,
+                    m.attempts,
+                    (0, 0),
+                    Some("stream_broken"),
+                );
+                if m.sse {
+                    Some((Ok(stream_error_event(m.fmt)), m))
+                } else {
+                    Some((Err(std::io::Error::other("upstream body broke")), m))
+                }
+            }
+        }
+    });
+    let mut out = Response::new(Body::from_stream(stream));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    record(slug, status.as_u16(), started);
+    out
+}
+
+/// An upstream answer passed through as it is (no lease left to manage).
+fn passthrough(slug: &str, started: Instant, resp: reqwest::Response) -> Response {
     let status = resp.status();
     let headers = response_headers(resp.headers());
     let mut out = Response::new(Body::from_stream(resp.bytes_stream()));
@@ -644,7 +794,7 @@ fn deliver(slug: &str, started: Instant, resp: reqwest::Response) -> Response {
     out
 }
 
-fn finish_err(_state: &AppState, slug: &str, started: Instant, e: ProxyError) -> Response {
+fn finish_err(slug: &str, started: Instant, e: ProxyError) -> Response {
     let status = e.kind.status().as_u16();
     // Unknown slugs are attacker-controlled: keep them out of metric labels.
     let label = if e.kind == ErrorKind::UnknownSlug {
@@ -661,41 +811,6 @@ fn record(slug: &str, status: u16, started: Instant) {
         .increment(1);
     metrics::histogram!(m::REQUEST_DURATION, "slug" => slug.to_string())
         .record(started.elapsed().as_secs_f64());
-}
-
-#[allow(clippy::too_many_arguments)]
-fn log_request(
-    state: &AppState,
-    svc: &ServiceRt,
-    access_key_id: Option<i64>,
-    upstream_key_id: Option<i64>,
-    model: Option<String>,
-    path: &str,
-    status: u16,
-    attempts: u32,
-    started: Instant,
-    error_kind: Option<&str>,
-) {
-    use sea_orm::ActiveValue::Set;
-    let row = request_log::ActiveModel {
-        id: Set(uuid::Uuid::now_v7()),
-        ts: Set(chrono::Utc::now()),
-        service: Set(svc.slug.clone()),
-        access_key_id: Set(access_key_id),
-        upstream_key_id: Set(upstream_key_id),
-        model: Set(model),
-        path: Set(path.chars().take(512).collect()),
-        status: Set(status as i32),
-        attempts: Set(attempts as i32),
-        latency_ms: Set(started.elapsed().as_millis() as i64),
-        ttft_ms: Set(None),
-        prompt_tokens: Set(None),
-        completion_tokens: Set(None),
-        cost: Set(None),
-        error_kind: Set(error_kind.map(str::to_string)),
-    };
-    // A full queue drops the row rather than slow the request.
-    let _ = state.logs.try_send(row);
 }
 
 #[cfg(test)]

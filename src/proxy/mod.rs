@@ -1,8 +1,10 @@
 //! DATA PLANE: the route table. `/llm/{slug}/...` for LLM kinds, `/proxy/{slug}/...` for REST,
 //! `/v1/...` for the configured default slug.
+mod attempt;
 mod auth;
 pub mod error;
 mod forward;
+mod usage;
 
 use axum::Router;
 use axum::routing::any;

@@ -12,6 +12,10 @@ pub const REQUEST_DURATION: &str = "keygate_request_duration_seconds";
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "keygate_upstream_attempts_total";
 /// Key health transitions, by `slug` and `to` (invalid, exhausted, cooling, failing).
 pub const KEY_TRANSITIONS_TOTAL: &str = "keygate_key_transitions_total";
+/// Upstream-wide 429 backoffs of a service, by `slug`.
+pub const SERVICE_BACKOFFS_TOTAL: &str = "keygate_service_backoffs_total";
+/// Requests refused because the access key is over its RPM/RPD/TPM, by `slug`.
+pub const CLIENT_RATE_LIMITED_TOTAL: &str = "keygate_client_rate_limited_total";
 /// Coordination store errors on the hot path, by `kind`.
 pub const COORD_ERRORS_TOTAL: &str = "keygate_coord_errors_total";
 /// Snapshot reloads, by `trigger` (local, remote).
@@ -42,6 +46,11 @@ pub fn handle() -> PrometheusHandle {
             );
             metrics::describe_counter!(UPSTREAM_ATTEMPTS_TOTAL, "Upstream attempts by outcome");
             metrics::describe_counter!(KEY_TRANSITIONS_TOTAL, "Upstream key health transitions");
+            metrics::describe_counter!(SERVICE_BACKOFFS_TOTAL, "Upstream-wide 429 backoffs");
+            metrics::describe_counter!(
+                CLIENT_RATE_LIMITED_TOTAL,
+                "Requests over an access key's limits"
+            );
             metrics::describe_counter!(COORD_ERRORS_TOTAL, "Coordination store errors");
             metrics::describe_counter!(SNAPSHOT_RELOADS_TOTAL, "Config snapshot reloads");
             handle

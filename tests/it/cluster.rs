@@ -94,3 +94,16 @@ async fn a_key_marked_invalid_on_one_replica_is_skipped_by_the_other() {
         "marked once, skipped by both replicas"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_on_a_fresh_database_both_come_up() {
+    let shared = Shared::new(Backend::Postgres).await;
+    let (a, b) = tokio::join!(
+        keygate::App::build(shared.config.clone()),
+        keygate::App::build(shared.config.clone())
+    );
+    let (a, b) = (a.expect("replica A starts"), b.expect("replica B starts"));
+    let users = keygate::db::users::count(&a.state().db).await.unwrap();
+    assert_eq!(users, 1, "one bootstrap admin, not two");
+    drop(b);
+}

@@ -7,5 +7,6 @@ mod servers;
 mod admin;
 mod binary;
 mod cluster;
+mod contract;
 mod ops;
 mod proxy;

@@ -21,6 +21,11 @@ pub struct Model {
     pub max_attempts: i32,
     pub key_concurrency: Option<i32>,
     pub enabled: bool,
+    pub total_timeout_ms: i32,
+    pub queue_timeout_ms: i32,
+    pub lease_ttl_ms: i32,
+    /// Comma-separated upstream statuses retried on another key (`5xx` = 500-599).
+    pub retry_on: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -1,0 +1,186 @@
+-- keygate acquire v2: one call per attempt. Checks the client's rate limits, picks a key of the
+-- service by its strategy among the usable ones, charges the limits and takes a lease on the key.
+--
+-- KEYS[1]      service hash      {rr = cursor, backoff = ms epoch of an upstream-wide backoff}
+-- KEYS[2]      service leases    zset, member "<key id>:<lease id>", score = lease expiry (ms)
+-- KEYS[3]      client hash       {tat_rpm, tat_rpd, tat_tpm} of the access key (unused if no client)
+-- KEYS[4..n+3] key hashes        {until, reason, fails, cool_n, inflight, last, cw, probe,
+--                                 halfopen, bal, tat_rpm, tat_tpm}; until: 0 = in rotation,
+--                                 -1 = out until re-enabled, else ms epoch
+-- ARGV[1]  strategy: rr | weighted | least_used | random | balance
+-- ARGV[2]  per-key concurrency cap (0 = none)
+-- ARGV[3]  lease ttl ms
+-- ARGV[4]  lease id
+-- ARGV[5]  charge client limits: 1 | 0 (0 on retries of the same request)
+-- ARGV[6..8] client rpm, rpd, tpm (0 = no limit)
+-- ARGV[9]  request price (0 = unknown)
+-- ARGV[10] random integer (for the random strategy)
+-- ARGV[11] half-open probe lock ms
+-- ARGV[12] key prefix (to release expired leases of any key of the service)
+-- ARGV[13 + 6*(i-1) ..] per key i: id, weight, rpm, tpm, db balance ('' = none), excluded (1|0)
+--
+-- Returns {code, index, fails, probe, retry_after_ms, rpm_remaining, rpd_remaining, tpm_remaining}
+-- Round robin rotates over the usable keys: with all keys usable it is the key list in order.
+--   code 1 granted (index 1-based), 2 client over a limit, 3 every usable key at its cap,
+--   4 service backing off (upstream-wide 429), 0 no usable key. Remaining: -1 = no limit.
+-- Read by coord::redis::RedisStore::acquire into coord::Acquire.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS - 3
+local MIN, DAY = 60000, 86400000
+
+local function gcra(tat, period, limit, cost)
+  -- Generic cell rate: `limit` per `period`. Returns allowed, new tat, retry after, remaining.
+  local T = period / limit
+  local base = math.max(tonumber(tat) or 0, now)
+  local new = base + cost * T
+  if cost == 0 then
+    -- admission only: at least one unit must be left
+    if base - now <= period - T then
+      return true, base, 0, math.floor((period - (base - now)) / T)
+    end
+    return false, base, math.ceil(base - now - period + T), 0
+  end
+  if new - now > period then
+    return false, base, math.ceil(new - now - period), 0
+  end
+  return true, new, 0, math.floor((period - (new - now)) / T)
+end
+
+local backoff = tonumber(redis.call('HGET', KEYS[1], 'backoff') or '0') or 0
+if backoff > now then
+  return {4, 0, 0, 0, backoff - now, -1, -1, -1}
+end
+
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #expired > 0 then
+  for _, m in ipairs(expired) do
+    local kid = string.match(m, '^(%d+):')
+    if kid then
+      local h = ARGV[12] .. 'k:' .. kid
+      if (tonumber(redis.call('HGET', h, 'inflight') or '0') or 0) > 0 then
+        redis.call('HINCRBY', h, 'inflight', -1)
+      end
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+end
+
+local charge = ARGV[5] == '1'
+local c_rpm, c_rpd, c_tpm = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local rem_rpm, rem_rpd, rem_tpm = -1, -1, -1
+local new_rpm, new_rpd
+if charge then
+  local cl = redis.call('HMGET', KEYS[3], 'tat_rpm', 'tat_rpd', 'tat_tpm')
+  local worst = 0
+  local ok, ra
+  if c_rpm > 0 then
+    ok, new_rpm, ra, rem_rpm = gcra(cl[1], MIN, c_rpm, 1)
+    if not ok then worst = math.max(worst, ra) end
+  end
+  if c_rpd > 0 then
+    ok, new_rpd, ra, rem_rpd = gcra(cl[2], DAY, c_rpd, 1)
+    if not ok then worst = math.max(worst, ra) end
+  end
+  if c_tpm > 0 then
+    local _
+    ok, _, ra, rem_tpm = gcra(cl[3], MIN, c_tpm, 0)
+    if not ok then worst = math.max(worst, ra) end
+  end
+  if worst > 0 then
+    return {2, 0, 0, 0, worst, rem_rpm, rem_rpd, rem_tpm}
+  end
+end
+
+local strategy = ARGV[1]
+local cap = tonumber(ARGV[2])
+local price = tonumber(ARGV[9])
+local cand = {}
+local at_cap = false
+for i = 1, n do
+  local a = 13 + 6 * (i - 1)
+  local excluded = ARGV[a + 5] == '1'
+  if not excluded then
+    local f = redis.call('HMGET', KEYS[i + 3], 'until', 'fails', 'inflight', 'last', 'cw', 'probe',
+      'halfopen', 'bal', 'tat_rpm', 'tat_tpm')
+    local u = tonumber(f[1]) or 0
+    local usable = u == 0 or (u > 0 and u <= now)
+    local probe = false
+    if usable and f[7] == '1' then
+      -- half-open after a failure trip: one trial request at a time
+      if (tonumber(f[6]) or 0) > now then usable = false else probe = true end
+    end
+    local k_rpm, k_tpm = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local new_krpm
+    if usable and k_rpm > 0 then
+      local ok
+      ok, new_krpm = gcra(f[9], MIN, k_rpm, 1)
+      usable = ok
+    end
+    if usable and k_tpm > 0 then
+      usable = gcra(f[10], MIN, k_tpm, 0)
+    end
+    local bal = tonumber(f[8]) or tonumber(ARGV[a + 4])
+    if usable and strategy == 'balance' and price > 0 and bal ~= nil and bal < price then
+      usable = false
+    end
+    local inflight = tonumber(f[3]) or 0
+    if usable and cap > 0 and inflight >= cap then
+      usable = false
+      at_cap = true
+    end
+    if usable then
+      cand[#cand + 1] = {i = i, fails = tonumber(f[2]) or 0, inflight = inflight,
+        last = tonumber(f[4]) or 0, cw = tonumber(f[5]) or 0, w = tonumber(ARGV[a + 1]),
+        bal = bal, probe = probe, new_krpm = new_krpm}
+    end
+  end
+end
+
+if #cand == 0 then
+  if at_cap then return {3, 0, 0, 0, 0, rem_rpm, rem_rpd, rem_tpm} end
+  return {0, 0, 0, 0, 0, rem_rpm, rem_rpd, rem_tpm}
+end
+
+local pick
+if strategy == 'weighted' then
+  local total = 0
+  for _, c in ipairs(cand) do
+    c.cw = c.cw + c.w
+    total = total + c.w
+    if pick == nil or c.cw > pick.cw then pick = c end
+  end
+  pick.cw = pick.cw - total
+  for _, c in ipairs(cand) do redis.call('HSET', KEYS[c.i + 3], 'cw', c.cw) end
+elseif strategy == 'least_used' then
+  for _, c in ipairs(cand) do
+    if pick == nil or c.inflight < pick.inflight
+      or (c.inflight == pick.inflight and c.last < pick.last) then pick = c end
+  end
+elseif strategy == 'random' then
+  pick = cand[(tonumber(ARGV[10]) % #cand) + 1]
+elseif strategy == 'balance' then
+  for _, c in ipairs(cand) do
+    local b = c.bal or -1
+    if pick == nil or b > (pick.bal or -1) then pick = c end
+  end
+else
+  -- round robin over the usable keys (in key-list order), so the rotation stays exact among
+  -- them while others are out
+  local c = redis.call('HINCRBY', KEYS[1], 'rr', 1)
+  pick = cand[((c - 1) % #cand) + 1]
+end
+
+if charge then
+  if new_rpm then redis.call('HSET', KEYS[3], 'tat_rpm', new_rpm) end
+  if new_rpd then redis.call('HSET', KEYS[3], 'tat_rpd', new_rpd) end
+  redis.call('PEXPIRE', KEYS[3], DAY * 2)
+end
+local kh = KEYS[pick.i + 3]
+local kid = ARGV[13 + 6 * (pick.i - 1)]
+if pick.new_krpm then redis.call('HSET', kh, 'tat_rpm', pick.new_krpm) end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), kid .. ':' .. ARGV[4])
+redis.call('HINCRBY', kh, 'inflight', 1)
+redis.call('HSET', kh, 'last', now)
+if pick.probe then redis.call('HSET', kh, 'probe', now + tonumber(ARGV[11])) end
+return {1, pick.i, pick.fails, pick.probe and 1 or 0, 0, rem_rpm, rem_rpd, rem_tpm}

@@ -1,0 +1,76 @@
+-- keygate report v2: an attempt failed because of its key (or the upstream). Releases the lease and
+-- records the key's health; detects upstream-wide rate limits.
+-- KEYS[1] service hash, KEYS[2] service leases zset, KEYS[3] key hash,
+-- KEYS[4] service 429 zset (member key id, score ms of its last 429)
+-- ARGV[1] kind: invalid | exhausted | rate_limited | failure | clear
+-- ARGV[2] lease member ('' = none)
+-- ARGV[3] retry-after ms from the upstream (0 = none)
+-- ARGV[4] failure threshold, ARGV[5] recovery ms (failure trip), ARGV[6] backoff base ms,
+-- ARGV[7] backoff max ms, ARGV[8] number of keys in the service, ARGV[9] 429 window ms,
+-- ARGV[10] share of keys (percent) that makes a 429 burst upstream-wide, ARGV[11] key id
+-- Returns {fails, until, service_backoff_until}: until as in acquire_v2.lua (0, -1 or ms epoch);
+-- service_backoff_until 0 unless this report started an upstream-wide backoff.
+-- Read by coord::redis::RedisStore::report into coord::Report.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local kind = ARGV[1]
+if ARGV[2] ~= '' then
+  local released = redis.call('ZREM', KEYS[2], ARGV[2])
+  if released == 1 and (tonumber(redis.call('HGET', KEYS[3], 'inflight') or '0') or 0) > 0 then
+    redis.call('HINCRBY', KEYS[3], 'inflight', -1)
+  end
+end
+if kind == 'clear' then
+  local inflight = redis.call('HGET', KEYS[3], 'inflight')
+  redis.call('DEL', KEYS[3])
+  if inflight then redis.call('HSET', KEYS[3], 'inflight', inflight) end
+  return {0, 0, 0}
+end
+local u = tonumber(redis.call('HGET', KEYS[3], 'until') or '0') or 0
+local fails = tonumber(redis.call('HGET', KEYS[3], 'fails') or '0') or 0
+if kind == 'invalid' or kind == 'exhausted' then
+  redis.call('HSET', KEYS[3], 'until', -1, 'reason', kind)
+  return {fails, -1, 0}
+end
+if u == -1 then return {fails, -1, 0} end
+local retry_after = tonumber(ARGV[3])
+if kind == 'rate_limited' then
+  local window = tonumber(ARGV[9])
+  redis.call('ZADD', KEYS[4], now, ARGV[11])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
+  redis.call('PEXPIRE', KEYS[4], window)
+  local n = tonumber(ARGV[8])
+  local hit = redis.call('ZCARD', KEYS[4])
+  if n >= 2 and hit * 100 >= tonumber(ARGV[10]) * n then
+    -- Most keys of the service were refused within the window: the limit is upstream-wide
+    -- (per IP or per account). Back off the service instead of burning every key.
+    local step = redis.call('HINCRBY', KEYS[1], 'backoff_n', 1)
+    local dur = retry_after
+    if dur <= 0 then
+      dur = math.min(tonumber(ARGV[7]), tonumber(ARGV[6]) * 2 ^ (step - 1))
+    end
+    local b = now + dur
+    redis.call('HSET', KEYS[1], 'backoff', b)
+    redis.call('DEL', KEYS[4])
+    return {fails, u, b}
+  end
+  local step = redis.call('HINCRBY', KEYS[3], 'cool_n', 1)
+  local dur = retry_after
+  if dur <= 0 then
+    dur = math.min(tonumber(ARGV[7]), tonumber(ARGV[6]) * 2 ^ (step - 1))
+  end
+  local nu = math.max(u, now + dur)
+  redis.call('HSET', KEYS[3], 'until', nu, 'reason', 'cooling')
+  return {fails, nu, 0}
+end
+if kind == 'failure' then
+  fails = redis.call('HINCRBY', KEYS[3], 'fails', 1)
+  local halfopen = redis.call('HGET', KEYS[3], 'halfopen') == '1'
+  if halfopen or fails >= tonumber(ARGV[4]) then
+    local nu = now + tonumber(ARGV[5])
+    redis.call('HSET', KEYS[3], 'until', nu, 'reason', 'failing', 'halfopen', 1, 'probe', 0)
+    return {fails, nu, 0}
+  end
+  return {fails, u, 0}
+end
+return redis.error_reply('unknown report kind ' .. tostring(kind))

@@ -1,0 +1,234 @@
+//! One granted attempt: the lease on a key for the life of the request. The lease is renewed while
+//! the request lives (a long stream), released with the usage when the answer ends, and released
+//! without a verdict if the request is dropped (client gone). A replica that dies leaves leases
+//! that expire by their TTL.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::AbortHandle;
+
+use crate::coord::{ClientLimits, Fault, Lease, Report, Usage};
+use crate::db::entity::request_log;
+use crate::snapshot::ServiceRt;
+use crate::state::AppState;
+use crate::telemetry::metrics as m;
+
+/// What the request log row needs, filled in as the request goes.
+#[derive(Clone)]
+pub struct LogCtx {
+    pub access_key_id: Option<i64>,
+    pub model: Option<String>,
+    pub path: String,
+    pub started: Instant,
+}
+
+pub struct Attempt {
+    pub state: AppState,
+    pub svc: Arc<ServiceRt>,
+    pub index: usize,
+    pub lease: Lease,
+    pub client: Option<ClientLimits>,
+    renew: AbortHandle,
+    done: bool,
+}
+
+impl Attempt {
+    pub fn new(
+        state: AppState,
+        svc: Arc<ServiceRt>,
+        index: usize,
+        lease: Lease,
+        client: Option<ClientLimits>,
+    ) -> Self {
+        let ttl = svc.lease_ttl_ms;
+        let (st, l) = (state.clone(), lease.clone());
+        let renew = tokio::spawn(async move {
+            let every = Duration::from_millis((ttl / 3).max(100));
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = st.coord.renew(&l, ttl).await {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                }
+            }
+        })
+        .abort_handle();
+        Self {
+            state,
+            svc,
+            index,
+            lease,
+            client,
+            renew,
+            done: false,
+        }
+    }
+
+    pub fn key_id(&self) -> i64 {
+        self.lease.key_id
+    }
+
+    pub fn masked(&self) -> &str {
+        &self.svc.keys[self.index].masked
+    }
+
+    /// The key answered: release the lease with the usage (off the client's path) and log.
+    pub fn finish(
+        mut self,
+        success: bool,
+        (prompt, completion): (u64, u64),
+        status: u16,
+        log: &LogCtx,
+        attempts: u32,
+    ) {
+        self.done = true;
+        self.renew.abort();
+        let spec = &self.svc.specs[self.index];
+        let usage = Usage {
+            success,
+            tokens: prompt + completion,
+            cost: 0.0,
+            key_tpm: spec.tpm,
+            client: self.client,
+            key_balance: spec.balance,
+        };
+        let (st, lease) = (self.state.clone(), self.lease.clone());
+        tokio::spawn(async move {
+            if let Err(e) = st.coord.release(&lease, &usage).await {
+                metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
+                tracing::warn!(error = %e, "lease release failed; it will expire by its TTL");
+            }
+            st.lease_released.notify_waiters();
+        });
+        write_log(
+            &self.state,
+            &self.svc,
+            log,
+            Some(self.lease.key_id),
+            status,
+            attempts,
+            (prompt, completion),
+            None,
+        );
+    }
+
+    /// The key failed: record the fault (releasing the lease) before another key is tried.
+    pub async fn fail(mut self, fault: Fault, reason: &str) -> Option<Report> {
+        self.done = true;
+        self.renew.abort();
+        let r = report(
+            &self.state,
+            &self.svc,
+            self.lease.key_id,
+            self.masked(),
+            Some(&self.lease),
+            fault,
+            reason,
+        )
+        .await;
+        self.state.lease_released.notify_waiters();
+        r
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.renew.abort();
+        let (st, lease) = (self.state.clone(), self.lease.clone());
+        tokio::spawn(async move {
+            let _ = st.coord.release(&lease, &Usage::default()).await;
+            st.lease_released.notify_waiters();
+        });
+    }
+}
+
+/// Records a key fault in the coordination store, with a metric and a log line on every
+/// transition out of rotation; durable statuses also go to the database (off the request path).
+pub async fn report(
+    state: &AppState,
+    svc: &ServiceRt,
+    key_id: i64,
+    masked: &str,
+    lease: Option<&Lease>,
+    fault: Fault,
+    reason: &str,
+) -> Option<Report> {
+    let r = match state
+        .coord
+        .report(svc.id, key_id, lease, fault, svc.keys.len())
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
+            tracing::error!(error = %e, "could not record key outcome");
+            return None;
+        }
+    };
+    let to = match fault {
+        Fault::Invalid => Some("invalid"),
+        Fault::Exhausted => Some("exhausted"),
+        Fault::RateLimited { .. } if r.service_backoff_until.is_some() => None,
+        Fault::RateLimited { .. } => Some("cooling"),
+        Fault::Failure if r.until > 0 => Some("cooling"),
+        Fault::Failure | Fault::Clear => None,
+    };
+    if let Some(b) = r.service_backoff_until {
+        metrics::counter!(m::SERVICE_BACKOFFS_TOTAL, "slug" => svc.slug.clone()).increment(1);
+        tracing::warn!(slug = %svc.slug, until_ms = b, reason, "most keys rate-limited at once: backing off the whole service");
+    }
+    if let Some(to) = to {
+        metrics::counter!(m::KEY_TRANSITIONS_TOTAL, "slug" => svc.slug.clone(), "to" => to)
+            .increment(1);
+        tracing::warn!(key = %masked, key_id, slug = %svc.slug, to, reason, fails = r.fails, until_ms = r.until, "upstream key out of rotation");
+    }
+    let durable =
+        matches!(fault, Fault::Invalid | Fault::Exhausted).then(|| to.unwrap_or("invalid"));
+    let db = state.db.clone();
+    let reason = reason.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = crate::db::keys::set_status(&db, key_id, durable, &reason).await {
+            tracing::warn!(error = %e, key_id, "could not persist key status");
+        }
+    });
+    Some(r)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn write_log(
+    state: &AppState,
+    svc: &ServiceRt,
+    log: &LogCtx,
+    upstream_key_id: Option<i64>,
+    status: u16,
+    attempts: u32,
+    (prompt, completion): (u64, u64),
+    error_kind: Option<&str>,
+) {
+    use sea_orm::ActiveValue::Set;
+    let row = request_log::ActiveModel {
+        id: Set(uuid::Uuid::now_v7()),
+        ts: Set(chrono::Utc::now()),
+        service: Set(svc.slug.clone()),
+        access_key_id: Set(log.access_key_id),
+        upstream_key_id: Set(upstream_key_id),
+        model: Set(log.model.clone()),
+        path: Set(log.path.chars().take(512).collect()),
+        status: Set(status as i32),
+        attempts: Set(attempts as i32),
+        latency_ms: Set(log.started.elapsed().as_millis() as i64),
+        ttft_ms: Set(None),
+        prompt_tokens: Set(tokens_col(prompt)),
+        completion_tokens: Set(tokens_col(completion)),
+        cost: Set(None),
+        error_kind: Set(error_kind.map(str::to_string)),
+    };
+    // A full queue drops the row rather than slow the request.
+    let _ = state.logs.try_send(row);
+}
+
+fn tokens_col(n: u64) -> Option<i32> {
+    (n > 0).then_some(n.min(i32::MAX as u64) as i32)
+}

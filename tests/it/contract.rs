@@ -1,0 +1,687 @@
+//! The coordination store contract: one scenario, every backend. Each test runs on the memory store
+//! and on Redis as two replicas (two separate connection pools sharing one key prefix), with calls
+//! alternating between the two, so anything kept per process would show.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use keygate::coord::memory::MemoryStore;
+use keygate::coord::redis::RedisStore;
+use keygate::coord::{
+    Acquire, AcquireReq, ClientLimits, Coord, Fault, KeySpec, Lease, Policy, Strategy, Usage,
+};
+
+use crate::harness::eventually;
+use crate::servers::servers;
+
+pub fn policy() -> Policy {
+    Policy {
+        failure_threshold: 2,
+        recovery_ms: 300,
+        backoff_base_ms: 200,
+        backoff_max_ms: 10_000,
+        upstream_wide_window_ms: 10_000,
+        upstream_wide_percent: 60,
+        probe_lock_ms: 2_000,
+    }
+}
+
+/// Two handles on one store: the same memory store twice, or two Redis "replicas".
+pub struct Pair {
+    pub a: Coord,
+    pub b: Coord,
+}
+
+impl Pair {
+    pub fn at(&self, i: usize) -> &Coord {
+        if i % 2 == 0 { &self.a } else { &self.b }
+    }
+}
+
+pub async fn memory() -> Pair {
+    let m = Coord::Memory(MemoryStore::new(policy()));
+    Pair { a: m.clone(), b: m }
+}
+
+pub async fn redis() -> Pair {
+    let url = &servers().redis_url;
+    let prefix = format!("c{}:", uuid::Uuid::new_v4().simple());
+    let a = RedisStore::connect(url, &prefix, 16, policy())
+        .await
+        .unwrap();
+    let b = RedisStore::connect(url, &prefix, 16, policy())
+        .await
+        .unwrap();
+    Pair {
+        a: Coord::Redis(a),
+        b: Coord::Redis(b),
+    }
+}
+
+macro_rules! contract {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_memory() {
+                ($body)(memory().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_redis_from_two_replicas() {
+                ($body)(redis().await).await
+            }
+        }
+    };
+}
+
+fn keys(weights: &[u32]) -> Vec<KeySpec> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| KeySpec {
+            id: 100 + i as i64,
+            weight: *w,
+            rpm: None,
+            tpm: None,
+            balance: None,
+        })
+        .collect()
+}
+
+fn req<'a>(strategy: Strategy, keys: &'a [KeySpec]) -> AcquireReq<'a> {
+    AcquireReq {
+        service_id: 1,
+        strategy,
+        keys,
+        excluded: &[],
+        cap: None,
+        lease_ttl_ms: 60_000,
+        client: None,
+        price: None,
+    }
+}
+
+fn granted(a: Acquire) -> (usize, Lease, bool) {
+    match a {
+        Acquire::Granted {
+            index,
+            lease,
+            probe,
+            ..
+        } => (index, lease, probe),
+        other => panic!("expected a key, got {other:?}"),
+    }
+}
+
+async fn take(c: &Coord, r: &AcquireReq<'_>) -> (usize, Lease, bool) {
+    granted(c.acquire(r).await.unwrap())
+}
+
+async fn ok(c: &Coord, lease: &Lease) {
+    c.release(
+        lease,
+        &Usage {
+            success: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Requests per key index over `n` acquire+release cycles alternating between the replicas.
+async fn spread(p: &Pair, r: &AcquireReq<'_>, n: usize) -> Vec<usize> {
+    let mut counts = vec![0; r.keys.len()];
+    for i in 0..n {
+        let (idx, lease, _) = take(p.at(i), r).await;
+        counts[idx] += 1;
+        ok(p.at(i + 1), &lease).await;
+    }
+    counts
+}
+
+contract!(round_robin_is_exact_across_replicas, |p: Pair| async move {
+    let ks = keys(&[1, 1, 1]);
+    assert_eq!(
+        spread(&p, &req(Strategy::RoundRobin, &ks), 300).await,
+        vec![100, 100, 100]
+    );
+});
+
+contract!(
+    weighted_1_2_3_over_600_gives_exactly_100_200_300,
+    |p: Pair| async move {
+        let ks = keys(&[1, 2, 3]);
+        let counts = spread(&p, &req(Strategy::Weighted, &ks), 600).await;
+        println!("weighted 1/2/3 over 600: {counts:?}");
+        assert_eq!(counts, vec![100, 200, 300]);
+    }
+);
+
+contract!(weighted_is_smooth_not_bursty, |p: Pair| async move {
+    let ks = keys(&[1, 2, 3]);
+    let r = req(Strategy::Weighted, &ks);
+    let mut seq = Vec::new();
+    for i in 0..6 {
+        let (idx, lease, _) = take(p.at(i), &r).await;
+        seq.push(idx);
+        ok(p.at(i), &lease).await;
+    }
+    // Smooth WRR interleaves: the heaviest key never takes three in a row.
+    assert_eq!(seq, vec![2, 1, 0, 2, 1, 2], "{seq:?}");
+});
+
+contract!(
+    least_used_prefers_fewest_in_flight_then_least_recent,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1, 1]);
+        let r = req(Strategy::LeastUsed, &ks);
+        let (a, la, _) = take(&p.a, &r).await;
+        let (b, lb, _) = take(&p.b, &r).await;
+        let (c, lc, _) = take(&p.a, &r).await;
+        let mut firsts = vec![a, b, c];
+        firsts.sort();
+        assert_eq!(firsts, vec![0, 1, 2], "one request on each key first");
+        ok(&p.b, &lb).await;
+        let (d, ld, _) = take(&p.b, &r).await;
+        assert_eq!(d, b, "the only key with nothing in flight");
+        for l in [la, lc, ld] {
+            ok(&p.a, &l).await;
+        }
+        // All idle now: the least recently used one (`a`) comes first.
+        let (e, _, _) = take(&p.a, &r).await;
+        assert_eq!(e, a);
+    }
+);
+
+contract!(random_uses_every_key, |p: Pair| async move {
+    let ks = keys(&[1, 1, 1]);
+    let counts = spread(&p, &req(Strategy::Random, &ks), 300).await;
+    assert!(counts.iter().all(|c| *c > 40), "{counts:?}");
+});
+
+contract!(
+    balance_picks_the_richest_key_and_skips_keys_below_the_price,
+    |p: Pair| async move {
+        let mut ks = keys(&[1, 1, 1]);
+        ks[0].balance = Some(5.0);
+        ks[1].balance = Some(50.0);
+        ks[2].balance = Some(20.0);
+        let mut r = req(Strategy::Balance, &ks);
+        let (i, l, _) = take(&p.a, &r).await;
+        assert_eq!(i, 1);
+        // Spending 40 on the richest key makes the next one the richest.
+        p.b.release(
+            &l,
+            &Usage {
+                success: true,
+                cost: 40.0,
+                key_balance: Some(50.0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let (i, l, _) = take(&p.b, &r).await;
+        assert_eq!(i, 2, "20 > 10 left on key 1");
+        ok(&p.a, &l).await;
+        r.price = Some(25.0);
+        assert_eq!(
+            p.a.acquire(&r).await.unwrap(),
+            Acquire::NoKey,
+            "no key can pay 25"
+        );
+    }
+);
+
+contract!(
+    lease_cap_is_never_exceeded_under_200_concurrent_requests,
+    |p: Pair| async move {
+        let ks = Arc::new(keys(&[1, 1, 1]));
+        let p = Arc::new(p);
+        let inflight: Arc<Vec<AtomicU32>> = Arc::new((0..3).map(|_| AtomicU32::new(0)).collect());
+        let peak: Arc<Vec<AtomicU32>> = Arc::new((0..3).map(|_| AtomicU32::new(0)).collect());
+        let mut tasks = Vec::new();
+        for t in 0..200usize {
+            let (ks, p, inflight, peak) = (ks.clone(), p.clone(), inflight.clone(), peak.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut r = req(Strategy::LeastUsed, &ks);
+                r.cap = Some(2);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match p.at(t).acquire(&r).await.unwrap() {
+                        Acquire::Granted { index, lease, .. } => {
+                            let now = inflight[index].fetch_add(1, Ordering::SeqCst) + 1;
+                            peak[index].fetch_max(now, Ordering::SeqCst);
+                            tokio::task::yield_now().await;
+                            inflight[index].fetch_sub(1, Ordering::SeqCst);
+                            ok(p.at(t + 1), &lease).await;
+                            return;
+                        }
+                        Acquire::AtCapacity => {
+                            assert!(Instant::now() < deadline, "starved");
+                            tokio::task::yield_now().await;
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let peaks: Vec<u32> = peak.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+        println!("peak in flight per key with cap 2 under 200 concurrent requests: {peaks:?}");
+        assert!(peaks.iter().all(|p| *p <= 2), "{peaks:?}");
+        assert!(
+            peaks.iter().any(|p| *p == 2),
+            "the cap was reached: {peaks:?}"
+        );
+        let live = p.a.live_states(&[100, 101, 102]).await.unwrap();
+        assert!(
+            live.iter().all(|l| l.inflight == 0),
+            "every lease released: {live:?}"
+        );
+    }
+);
+
+contract!(
+    an_abandoned_lease_expires_and_a_renewed_one_does_not,
+    |p: Pair| async move {
+        let ks = keys(&[1]);
+        let mut r = req(Strategy::RoundRobin, &ks);
+        r.cap = Some(1);
+        r.lease_ttl_ms = 400;
+        let (_, held, _) = take(&p.a, &r).await;
+        // Renewed for longer than its TTL: still held.
+        let until = Instant::now() + Duration::from_millis(900);
+        while Instant::now() < until {
+            p.b.renew(&held, 400).await.unwrap();
+            assert_eq!(p.a.acquire(&r).await.unwrap(), Acquire::AtCapacity);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The holder "dies" (no renewal, no release): the slot comes back by itself.
+        let t0 = Instant::now();
+        let freed = eventually(Duration::from_secs(3), || async {
+            matches!(p.b.acquire(&r).await.unwrap(), Acquire::Granted { .. })
+        })
+        .await;
+        assert!(freed, "an abandoned lease must expire");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(250),
+            "not before its TTL: {:?}",
+            t0.elapsed()
+        );
+    }
+);
+
+contract!(
+    client_rate_limit_of_n_per_minute_admits_exactly_n,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1]);
+        let mut r = req(Strategy::RoundRobin, &ks);
+        r.client = Some(ClientLimits {
+            access_key_id: 7,
+            rpm: Some(10),
+            rpd: Some(1000),
+            tpm: None,
+        });
+        let (mut admitted, mut refused) = (0, 0);
+        let mut remaining = Vec::new();
+        for i in 0..25 {
+            match p.at(i).acquire(&r).await.unwrap() {
+                Acquire::Granted {
+                    lease,
+                    remaining: rem,
+                    ..
+                } => {
+                    admitted += 1;
+                    remaining.push(rem.rpm.unwrap());
+                    assert!(rem.rpd.unwrap() >= 989);
+                    ok(p.at(i), &lease).await;
+                }
+                Acquire::ClientLimited {
+                    retry_after_ms,
+                    remaining: rem,
+                } => {
+                    refused += 1;
+                    assert!(
+                        retry_after_ms > 0 && retry_after_ms <= 60_000,
+                        "{retry_after_ms}"
+                    );
+                    assert_eq!(rem.rpm, Some(0));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((admitted, refused), (10, 15));
+        assert_eq!(remaining, (0..10).rev().collect::<Vec<u64>>());
+        // Another access key is not affected.
+        r.client = Some(ClientLimits {
+            access_key_id: 8,
+            rpm: Some(10),
+            rpd: None,
+            tpm: None,
+        });
+        assert!(matches!(
+            p.b.acquire(&r).await.unwrap(),
+            Acquire::Granted { .. }
+        ));
+    }
+);
+
+contract!(
+    tokens_reported_at_the_end_count_against_tpm,
+    |p: Pair| async move {
+        let ks = keys(&[1]);
+        let mut r = req(Strategy::RoundRobin, &ks);
+        let client = ClientLimits {
+            access_key_id: 9,
+            rpm: None,
+            rpd: None,
+            tpm: Some(1000),
+        };
+        r.client = Some(client);
+        let (_, l, _) = take(&p.a, &r).await;
+        p.b.release(
+            &l,
+            &Usage {
+                success: true,
+                tokens: 1000,
+                client: Some(client),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        match p.a.acquire(&r).await.unwrap() {
+            Acquire::ClientLimited {
+                retry_after_ms,
+                remaining,
+            } => {
+                assert_eq!(remaining.tpm, Some(0));
+                assert!(retry_after_ms > 0 && retry_after_ms <= 60_000);
+            }
+            other => panic!("over its tokens per minute: {other:?}"),
+        }
+    }
+);
+
+contract!(
+    an_upstream_key_over_its_own_rpm_is_skipped,
+    |p: Pair| async move {
+        let mut ks = keys(&[1, 1]);
+        ks[0].rpm = Some(3);
+        let counts = spread(&p, &req(Strategy::RoundRobin, &ks), 20).await;
+        assert_eq!(counts[0], 3, "{counts:?}");
+        assert_eq!(counts[1], 17, "{counts:?}");
+    }
+);
+
+contract!(
+    cooldown_from_retry_after_is_honoured_within_100ms,
+    |p: Pair| async move {
+        let ks = keys(&[1]);
+        let r = req(Strategy::RoundRobin, &ks);
+        let (_, l, _) = take(&p.a, &r).await;
+        let t0 = Instant::now();
+        p.b.report(
+            1,
+            100,
+            Some(&l),
+            Fault::RateLimited {
+                retry_after_ms: Some(500),
+            },
+            1,
+        )
+        .await
+        .unwrap();
+        assert_eq!(p.a.acquire(&r).await.unwrap(), Acquire::NoKey);
+        let back = eventually(Duration::from_secs(3), || async {
+            match p
+                .at(rand::random::<u8>() as usize)
+                .acquire(&r)
+                .await
+                .unwrap()
+            {
+                Acquire::Granted { lease, .. } => {
+                    ok(&p.a, &lease).await;
+                    true
+                }
+                _ => false,
+            }
+        })
+        .await;
+        let waited = t0.elapsed();
+        println!("cooling for Retry-After 500 ms; back in rotation after {waited:?}");
+        assert!(back);
+        assert!(
+            waited >= Duration::from_millis(480) && waited <= Duration::from_millis(600),
+            "{waited:?}"
+        );
+    }
+);
+
+contract!(
+    cooldown_without_retry_after_backs_off_exponentially,
+    |p: Pair| async move {
+        let ks = keys(&[1]);
+        let before = keygate::coord::now_ms();
+        let first =
+            p.a.report(
+                1,
+                100,
+                None,
+                Fault::RateLimited {
+                    retry_after_ms: None,
+                },
+                1,
+            )
+            .await
+            .unwrap();
+        let second =
+            p.b.report(
+                1,
+                100,
+                None,
+                Fault::RateLimited {
+                    retry_after_ms: None,
+                },
+                1,
+            )
+            .await
+            .unwrap();
+        let after = keygate::coord::now_ms();
+        // base 200 ms, then 400 ms (measured from each report's own clock reading)
+        assert!(
+            (first.until - before) >= 200 && (first.until - after) <= 200,
+            "{first:?}"
+        );
+        assert!(
+            (second.until - before) >= 400 && (second.until - after) <= 400,
+            "{second:?}"
+        );
+        let live = p.a.live_states(&[ks[0].id]).await.unwrap();
+        assert_eq!(live[0].status(keygate::coord::now_ms()), Some("cooling"));
+    }
+);
+
+/// Polls `acquire` until it grants a key or `within` passes.
+async fn granted_within(
+    c: &Coord,
+    r: &AcquireReq<'_>,
+    within: Duration,
+) -> Option<(usize, Lease, bool)> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Acquire::Granted {
+            index,
+            lease,
+            probe,
+            ..
+        } = c.acquire(r).await.unwrap()
+        {
+            return Some((index, lease, probe));
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+contract!(
+    failures_trip_a_key_and_a_half_open_probe_brings_it_back,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1]);
+        let r = req(Strategy::RoundRobin, &ks);
+        let single = [ks[0].clone()];
+        let only_first = req(Strategy::RoundRobin, &single);
+        // Threshold 2: a success in between resets the count.
+        p.a.report(1, 100, None, Fault::Failure, 2).await.unwrap();
+        let (_, l, _) = take(&p.b, &only_first).await;
+        ok(&p.a, &l).await;
+        let rep = p.b.report(1, 100, None, Fault::Failure, 2).await.unwrap();
+        assert_eq!(
+            (rep.fails, rep.until),
+            (1, 0),
+            "reset by the success: {rep:?}"
+        );
+        let rep = p.a.report(1, 100, None, Fault::Failure, 2).await.unwrap();
+        assert!(rep.until > 0, "two in a row trip it: {rep:?}");
+        assert_eq!(
+            spread(&p, &r, 6).await,
+            vec![0, 6],
+            "tripped key out of rotation"
+        );
+        // After the recovery interval exactly one trial request gets it.
+        let (_, trial, probe) = granted_within(&p.a, &only_first, Duration::from_secs(3))
+            .await
+            .expect("half-open trial after the recovery interval");
+        assert!(probe);
+        assert_eq!(
+            p.b.acquire(&only_first).await.unwrap(),
+            Acquire::NoKey,
+            "one trial at a time"
+        );
+        // The trial succeeds: back in full rotation.
+        ok(&p.b, &trial).await;
+        assert_eq!(spread(&p, &r, 6).await, vec![3, 3]);
+        let live = p.a.live_states(&[100]).await.unwrap();
+        assert_eq!((live[0].fails, live[0].inflight), (0, 0));
+    }
+);
+
+contract!(a_failed_probe_trips_the_key_again, |p: Pair| async move {
+    let ks = keys(&[1]);
+    let r = req(Strategy::RoundRobin, &ks);
+    p.a.report(1, 100, None, Fault::Failure, 1).await.unwrap();
+    p.b.report(1, 100, None, Fault::Failure, 1).await.unwrap();
+    let (_, trial, probe) = granted_within(&p.a, &r, Duration::from_secs(3))
+        .await
+        .expect("a trial");
+    assert!(probe);
+    let rep =
+        p.b.report(1, 100, Some(&trial), Fault::Failure, 1)
+            .await
+            .unwrap();
+    assert!(rep.until > keygate::coord::now_ms(), "{rep:?}");
+    assert_eq!(p.a.acquire(&r).await.unwrap(), Acquire::NoKey);
+});
+
+contract!(
+    invalid_and_exhausted_keys_stay_out_until_cleared,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1, 1]);
+        let r = req(Strategy::RoundRobin, &ks);
+        p.a.report(1, 100, None, Fault::Invalid, 3).await.unwrap();
+        p.b.report(1, 101, None, Fault::Exhausted, 3).await.unwrap();
+        assert_eq!(spread(&p, &r, 9).await, vec![0, 0, 9]);
+        let live = p.a.live_states(&[100, 101]).await.unwrap();
+        let now = keygate::coord::now_ms();
+        assert_eq!(live[0].status(now), Some("invalid"));
+        assert_eq!(live[1].status(now), Some("exhausted"));
+        p.b.report(1, 100, None, Fault::Clear, 3).await.unwrap();
+        assert_eq!(
+            spread(&p, &r, 8).await,
+            vec![4, 0, 4],
+            "exact among the usable keys"
+        );
+    }
+);
+
+contract!(
+    most_keys_429_at_once_backs_off_the_service_not_every_key,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1, 1]);
+        let r = req(Strategy::RoundRobin, &ks);
+        let one =
+            p.a.report(
+                1,
+                100,
+                None,
+                Fault::RateLimited {
+                    retry_after_ms: Some(60_000),
+                },
+                3,
+            )
+            .await
+            .unwrap();
+        assert_eq!(one.service_backoff_until, None, "one key: a key limit");
+        let two =
+            p.b.report(
+                1,
+                101,
+                None,
+                Fault::RateLimited {
+                    retry_after_ms: Some(400),
+                },
+                3,
+            )
+            .await
+            .unwrap();
+        assert!(
+            two.service_backoff_until.is_some(),
+            "two of three keys: upstream-wide"
+        );
+        match p.a.acquire(&r).await.unwrap() {
+            Acquire::ServiceBackoff { retry_after_ms } => assert!(retry_after_ms <= 400),
+            other => panic!("{other:?}"),
+        }
+        // The second key was not cooled: after the service backoff it is usable again.
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                matches!(p.b.acquire(&r).await.unwrap(), Acquire::Granted { .. })
+            })
+            .await
+        );
+        let live = p.a.live_states(&[100, 101]).await.unwrap();
+        let now = keygate::coord::now_ms();
+        assert_eq!(live[0].status(now), Some("cooling"));
+        assert_eq!(live[1].status(now), None);
+    }
+);
+
+contract!(
+    excluded_keys_are_not_picked_again_by_the_same_request,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1, 1]);
+        let mut seen: HashMap<usize, ()> = HashMap::new();
+        let mut tried: Vec<i64> = Vec::new();
+        for i in 0..3 {
+            let mut r = req(Strategy::LeastUsed, &ks);
+            r.excluded = &tried;
+            let (idx, lease, _) = take(p.at(i), &r).await;
+            assert!(seen.insert(idx, ()).is_none(), "picked {idx} twice");
+            p.at(i)
+                .report(1, lease.key_id, Some(&lease), Fault::Failure, 3)
+                .await
+                .unwrap();
+            tried.push(lease.key_id);
+        }
+        let mut r = req(Strategy::LeastUsed, &ks);
+        r.excluded = &tried;
+        assert_eq!(p.a.acquire(&r).await.unwrap(), Acquire::NoKey);
+    }
+);
