@@ -699,6 +699,10 @@ fn stream_error_event(fmt: Format) -> Bytes {
 
 struct Metered {
     inner: futures::stream::BoxStream<'static, Result<Bytes, reqwest::Error>>,
+    /// Content-Length of the answer: the server stops polling once that much went out, so the
+    /// end is recognised by the count rather than by the stream's end.
+    expected: Option<u64>,
+    sent: u64,
     attempt: Option<Attempt>,
     scanner: UsageScanner,
     sse: bool,
@@ -706,6 +710,21 @@ struct Metered {
     status: u16,
     log: LogCtx,
     attempts: u32,
+}
+
+impl Metered {
+    /// The whole answer went through: release the lease with the usage.
+    fn end(&mut self, attempt: Attempt) {
+        self.scanner.finish();
+        let tokens = (self.scanner.prompt, self.scanner.completion);
+        attempt.finish(
+            self.status < 400,
+            tokens,
+            self.status,
+            &self.log,
+            self.attempts,
+        );
+    }
 }
 
 /// Streams the upstream answer to the client unchanged, reading usage as it goes; releases the
@@ -726,6 +745,8 @@ fn deliver(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let m = Metered {
+        expected: resp.content_length(),
+        sent: 0,
         inner: resp.bytes_stream().boxed(),
         attempt: Some(attempt),
         scanner: UsageScanner::new(sse),
@@ -740,14 +761,16 @@ fn deliver(
         match m.inner.next().await {
             Some(Ok(chunk)) => {
                 m.scanner.feed(&chunk);
-                m.attempt = Some(attempt);
+                m.sent += chunk.len() as u64;
+                if m.expected.is_some_and(|n| m.sent >= n) {
+                    m.end(attempt);
+                } else {
+                    m.attempt = Some(attempt);
+                }
                 Some((Ok::<Bytes, std::io::Error>(chunk), m))
             }
             None => {
-                m.scanner.finish();
-                let success = m.status < 400;
-                let tokens = (m.scanner.prompt, m.scanner.completion);
-                attempt.finish(success, tokens, m.status, &m.log, m.attempts);
+                m.end(attempt);
                 None
             }
             Some(Err(e)) => {

@@ -107,3 +107,57 @@ async fn replicas_starting_together_on_a_fresh_database_both_come_up() {
     assert_eq!(users, 1, "one bootstrap admin, not two");
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_rotation_and_rate_limits_are_exact_across_two_replicas() {
+    use serde_json::json;
+    let up = mock::start().await;
+    let shared = Shared::new(Backend::Postgres).await;
+    let a = TestApp::spawn_with(&shared.config).await;
+    let b = TestApp::spawn_with(&shared.config).await;
+    crate::pool::service(
+        &a,
+        "wx",
+        &up.base,
+        json!({"strategy": "weighted"}),
+        &[
+            ("sk-wx-1-aaaa", 1),
+            ("sk-wx-2-bbbb", 2),
+            ("sk-wx-3-cccc", 3),
+        ],
+    )
+    .await;
+    let ak = a.access_key().await;
+    let limited = crate::pool::access_key(&a, json!({"rpm": 10})).await;
+    // Replica B has the slug and both access keys once `limited` gets its first 200 there (only
+    // a 200 spends from its budget).
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            b.chat("wx", &limited).await.status() == 200
+        })
+        .await
+    );
+    let before = up.mock.counts();
+    for i in 0..600 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(app.chat("wx", &ak).await.status(), 200);
+    }
+    let after = up.mock.counts();
+    let got: Vec<usize> = ["sk-wx-1-aaaa", "sk-wx-2-bbbb", "sk-wx-3-cccc"]
+        .iter()
+        .map(|k| after[*k] - before.get(*k).copied().unwrap_or(0))
+        .collect();
+    println!("two replicas, weighted 1/2/3, 600 alternating requests: {got:?}");
+    assert_eq!(got, vec![100, 200, 300]);
+    // rpm 10 (one was used above to wait for replica B): 9 more, then refusals, on either replica.
+    let mut ok = 0;
+    for i in 0..20 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        match app.chat("wx", &limited).await.status().as_u16() {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("{s}"),
+        }
+    }
+    assert_eq!(ok, 9, "10 per minute across both replicas");
+}

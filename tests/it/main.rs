@@ -9,4 +9,5 @@ mod binary;
 mod cluster;
 mod contract;
 mod ops;
+mod pool;
 mod proxy;

@@ -18,6 +18,10 @@ pub enum Behaviour {
     Status(u16, Option<u64>),
     /// SSE: the first event at once, the rest only after `release` is notified.
     GatedStream(Arc<Notify>),
+    /// 200 after holding the request this long (simulated upstream latency).
+    Slow(std::time::Duration),
+    /// SSE: the first event, then the connection breaks once `break_now` is notified.
+    BreakingStream(Arc<Notify>),
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +42,8 @@ pub struct Mock {
 struct Inner {
     behaviours: Mutex<HashMap<String, Behaviour>>,
     seen: Mutex<Vec<Seen>>,
+    /// Requests being answered per key right now, and the most seen at once.
+    inflight: Mutex<HashMap<String, (usize, usize)>>,
 }
 
 pub struct MockServer {
@@ -52,6 +58,16 @@ impl Mock {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.inner.seen.lock().clone()
+    }
+
+    /// The most requests each key had in flight at once.
+    pub fn peak_concurrency(&self) -> HashMap<String, usize> {
+        self.inner
+            .inflight
+            .lock()
+            .iter()
+            .map(|(k, (_, p))| (k.clone(), *p))
+            .collect()
     }
 
     /// How many requests each key carried.
@@ -117,6 +133,35 @@ async fn handle(State(mock): State<Mock>, req: Request) -> Response {
                 r.headers_mut().insert("retry-after", s.into());
             }
             r
+        }
+        Behaviour::Slow(d) => {
+            {
+                let mut m = mock.inner.inflight.lock();
+                let e = m.entry(key.clone()).or_default();
+                e.0 += 1;
+                e.1 = e.1.max(e.0);
+            }
+            tokio::time::sleep(d).await;
+            mock.inner.inflight.lock().entry(key).or_default().0 -= 1;
+            axum::Json(
+                serde_json::json!({"id": "slow", "object": "chat.completion", "choices": []}),
+            )
+            .into_response()
+        }
+        Behaviour::BreakingStream(break_now) => {
+            let first = futures::stream::once(async {
+                Ok::<Bytes, std::io::Error>(Bytes::from_static(
+                    b"data: {\"choices\":[{\"delta\":{\"content\":\"partial\"}}]}\n\n",
+                ))
+            });
+            let broken = futures::stream::once(async move {
+                break_now.notified().await;
+                Err::<Bytes, std::io::Error>(std::io::Error::other("upstream died"))
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(futures::StreamExt::chain(first, broken)))
+                .unwrap()
         }
         Behaviour::GatedStream(gate) => {
             let stream = async_stream(gate);
