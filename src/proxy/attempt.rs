@@ -28,6 +28,8 @@ pub struct Attempt {
     pub index: usize,
     pub lease: Lease,
     pub client: Option<ClientLimits>,
+    /// This request is the half-open trial of a key that tripped on failures.
+    pub probe: bool,
     renew: AbortHandle,
     done: bool,
 }
@@ -39,6 +41,7 @@ impl Attempt {
         index: usize,
         lease: Lease,
         client: Option<ClientLimits>,
+        probe: bool,
     ) -> Self {
         let ttl = svc.lease_ttl_ms;
         let (st, l) = (state.clone(), lease.clone());
@@ -58,6 +61,7 @@ impl Attempt {
             index,
             lease,
             client,
+            probe,
             renew,
             done: false,
         }
@@ -82,6 +86,11 @@ impl Attempt {
     ) {
         self.done = true;
         self.renew.abort();
+        if self.probe && success {
+            metrics::counter!(m::KEY_TRANSITIONS_TOTAL, "slug" => self.svc.slug.clone(), "to" => "active")
+                .increment(1);
+            tracing::info!(key = %self.masked(), key_id = self.lease.key_id, slug = %self.svc.slug, to = "active", reason = "trial request succeeded", "upstream key back in rotation");
+        }
         let spec = &self.svc.specs[self.index];
         let usage = Usage {
             success,

@@ -352,17 +352,18 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                 return finish_err(&slug, started, e);
             }
         };
-        let (index, lease) = match granted {
+        let (index, lease, probe) = match granted {
             Acquire::Granted {
                 index,
                 lease,
+                probe,
                 remaining: rem,
                 ..
             } => {
                 if attempts == 0 {
                     remaining = rem;
                 }
-                (index, lease)
+                (index, lease, probe)
             }
             Acquire::ClientLimited {
                 retry_after_ms,
@@ -403,7 +404,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
         };
         attempts += 1;
         tried.push(lease.key_id);
-        let attempt = Attempt::new(state.clone(), svc.clone(), index, lease, client);
+        let attempt = Attempt::new(state.clone(), svc.clone(), index, lease, client, probe);
         let key = &svc.keys[index];
         let reqwest_body = match &mut body {
             ReqBody::Buffered(b) => reqwest::Body::from(b.clone()),

@@ -10,7 +10,8 @@ pub const REQUEST_DURATION: &str = "keygate_request_duration_seconds";
 /// Upstream attempts, by `slug` and `outcome` (ok, client_error, invalid, exhausted, cooling,
 /// server_error, connect_error, timeout).
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "keygate_upstream_attempts_total";
-/// Key health transitions, by `slug` and `to` (invalid, exhausted, cooling, failing).
+/// Key health transitions, by `slug` and `to` (invalid, exhausted, cooling, and active when a
+/// half-open trial brings a tripped key back).
 pub const KEY_TRANSITIONS_TOTAL: &str = "keygate_key_transitions_total";
 /// Upstream-wide 429 backoffs of a service, by `slug`.
 pub const SERVICE_BACKOFFS_TOTAL: &str = "keygate_service_backoffs_total";
