@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 SECS="${BENCH_SECS:-10}"
 CONCURRENCY="${BENCH_CONCURRENCY:-1 32 256}"
 WORK=$(mktemp -d /tmp/keygate-bench.XXXXXX)
+chmod 755 "$WORK"   # the postgres user must reach its data dir inside
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done

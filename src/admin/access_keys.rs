@@ -51,7 +51,8 @@ impl From<access_key::Model> for AccessKeyView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+/// No `Debug`: it carries the full key.
+#[derive(Serialize, ToSchema)]
 pub struct CreatedAccessKey {
     /// The full key: shown this once, stored only as a hash.
     pub key: String,

@@ -106,7 +106,8 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// No `Debug`: it carries a password.
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,

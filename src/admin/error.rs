@@ -45,6 +45,11 @@ impl From<DbErr> for ApiError {
     fn from(e: DbErr) -> Self {
         if crate::db::is_unique_violation(&e) {
             Self::Conflict("a record with the same unique value already exists".into())
+        } else if matches!(
+            e.sql_err(),
+            Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
+        ) {
+            Self::BadRequest("a referenced record (e.g. tenant_id) does not exist".into())
         } else if matches!(e, DbErr::RecordNotFound(_)) {
             Self::NotFound("record not found".into())
         } else if crate::db::is_pool_exhausted(&e) {

@@ -3,12 +3,24 @@
 //! named, so an import either lands whole or not at all.
 use serde::Deserialize;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ParsedKey {
     pub key: String,
     pub label: Option<String>,
     pub weight: i32,
     pub balance: Option<f64>,
+}
+
+/// Shows the key masked only.
+impl std::fmt::Debug for ParsedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedKey")
+            .field("key", &crate::crypto::mask(&self.key))
+            .field("label", &self.label)
+            .field("weight", &self.weight)
+            .field("balance", &self.balance)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +118,12 @@ pub fn from_json_items(items: Vec<serde_json::Value>) -> Result<Vec<ParsedKey>, 
                 weight: 1,
                 balance: None,
             }),
+            // serde's messages quote the offending value, which may be a key: say what is expected.
             v => serde_json::from_value::<JsonKey>(v)
-                .map_err(|e| e.to_string())
+                .map_err(|_| {
+                    "expected a string or {\"key\": string, \"label\"?: string, \"weight\"?: integer, \"balance\"?: number}"
+                        .to_string()
+                })
                 .and_then(|k| {
                     let key = k.key.trim().to_string();
                     check_key(&key)?;

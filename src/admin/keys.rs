@@ -81,7 +81,8 @@ async fn views(state: &AppState, rows: Vec<upstream_key::Model>) -> ApiResult<Ve
         .collect())
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// No `Debug`: it carries upstream keys.
+#[derive(Deserialize, ToSchema)]
 pub struct AddKeys {
     /// Each item: `{"key", "label"?, "weight"?, "balance"?}` (or a bare string).
     #[schema(value_type = Vec<Object>)]

@@ -32,7 +32,8 @@ impl From<user::Model> for UserView {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// No `Debug`: it carries a password.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     pub username: String,
@@ -42,7 +43,8 @@ pub struct CreateUser {
     pub tenant_id: Option<i64>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// No `Debug`: it carries a password.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUser {
     pub password: Option<String>,
@@ -76,7 +78,7 @@ pub async fn list(
 ) -> ApiResult<axum::Json<List<UserView>>> {
     user.require(Role::Admin)?;
     let limit = page.limit()?;
-    let rows = db::users::list(&state.db, page.after()?, limit).await?;
+    let rows = db::users::list(&state.db, user.tenant_scope(), page.after()?, limit).await?;
     let last = rows.last().map(|u| u.id);
     Ok(axum::Json(List::page(
         rows.into_iter().map(UserView::from).collect(),
@@ -104,8 +106,18 @@ pub async fn create(
     }
     check_password(&req.password)?;
     check_role(&req.role)?;
+    // A tenant's admin creates users of that tenant only (never global ones).
+    let tenant_id = match user.tenant_scope() {
+        None => req.tenant_id,
+        Some(t) if req.tenant_id.is_none_or(|r| r == t) => Some(t),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "tenant_id: you can only create users of your own tenant".into(),
+            ));
+        }
+    };
     let hash = crate::crypto::hash_password(&req.password)?;
-    let u = db::users::create(&state.db, req.tenant_id, name, hash, &req.role)
+    let u = db::users::create(&state.db, tenant_id, name, hash, &req.role)
         .await
         .map_err(|e| match ApiError::from(e) {
             ApiError::Conflict(_) => ApiError::Conflict(format!("username: '{name}' is taken")),
@@ -114,9 +126,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(u.into())))
 }
 
-async fn find(state: &AppState, id: i64) -> ApiResult<user::Model> {
+/// A user the caller may see: everyone for global users, their own tenant's users otherwise.
+async fn find(state: &AppState, caller: &AuthUser, id: i64) -> ApiResult<user::Model> {
     db::users::by_id(&state.db, id)
         .await?
+        .filter(|u| caller.tenant_scope().is_none_or(|t| u.tenant_id == Some(t)))
         .ok_or_else(|| ApiError::NotFound(format!("user {id} not found")))
 }
 
@@ -132,7 +146,7 @@ pub async fn get(
     if user.id != id {
         user.require(Role::Admin)?;
     }
-    Ok(axum::Json(find(&state, id).await?.into()))
+    Ok(axum::Json(find(&state, &user, id).await?.into()))
 }
 
 /// Change a user's password, role or disabled flag.
@@ -162,7 +176,7 @@ pub async fn patch(
             "disabled: you cannot disable yourself".into(),
         ));
     }
-    let existing = find(&state, id).await?;
+    let existing = find(&state, &user, id).await?;
     let password_hash = req
         .password
         .as_deref()
@@ -196,8 +210,7 @@ pub async fn delete(
             "id: you cannot delete yourself".into(),
         ));
     }
-    if !db::users::delete(&state.db, id).await? {
-        return Err(ApiError::NotFound(format!("user {id} not found")));
-    }
+    let target = find(&state, &user, id).await?;
+    db::users::delete(&state.db, target.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -402,12 +402,18 @@ impl MemoryStore {
             }
             _ if k.until == -1 => report(k, None),
             Fault::RateLimited { retry_after_ms } => {
+                // 0 means no hint, as in the script.
+                let retry_after_ms = retry_after_ms.filter(|ms| *ms > 0);
                 let svc = st.services.entry(service_id).or_default();
                 svc.recent_429.insert(key_id, now);
                 let window = p.upstream_wide_window_ms as i64;
                 svc.recent_429.retain(|_, t| *t > now - window);
                 let hit = svc.recent_429.len();
                 if n_keys >= 2 && hit * 100 >= p.upstream_wide_percent as usize * n_keys {
+                    // The backoff grows while upstream-wide limits keep coming; a quiet window resets it.
+                    if svc.backoff < now - window {
+                        svc.backoff_n = 0;
+                    }
                     svc.backoff_n += 1;
                     let dur = retry_after_ms.unwrap_or_else(|| backoff(&p, svc.backoff_n));
                     svc.backoff = now + dur as i64;

@@ -23,6 +23,7 @@ pub struct RedisStore {
     acquire: Script,
     release: Script,
     report: Script,
+    renew: Script,
 }
 
 fn opt(v: Option<u32>) -> u32 {
@@ -50,9 +51,10 @@ impl RedisStore {
             acquire: Script::new(include_str!("lua/acquire_v2.lua")),
             release: Script::new(include_str!("lua/release_v2.lua")),
             report: Script::new(include_str!("lua/report_v2.lua")),
+            renew: Script::new(include_str!("lua/renew_v2.lua")),
         };
         let mut conn = store.pool.get().await?;
-        for s in [&store.acquire, &store.release, &store.report] {
+        for s in [&store.acquire, &store.release, &store.report, &store.renew] {
             let _: String = s.prepare_invoke().load_async(&mut *conn).await?;
         }
         Ok(store)
@@ -167,13 +169,12 @@ impl RedisStore {
 
     pub async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<(), CoordError> {
         let mut conn = self.pool.get().await?;
-        let expiry = super::now_ms() as u64 + ttl_ms;
-        let _: i64 = redis::cmd("ZADD")
-            .arg(format!("{}:leases", self.svc(lease.service_id)))
-            .arg("XX")
-            .arg(expiry)
+        let _: i64 = self
+            .renew
+            .key(format!("{}:leases", self.svc(lease.service_id)))
             .arg(&lease.member)
-            .query_async(&mut *conn)
+            .arg(ttl_ms)
+            .invoke_async(&mut *conn)
             .await?;
         Ok(())
     }

@@ -21,10 +21,14 @@ pub async fn by_id(db: &DatabaseConnection, id: i64) -> Result<Option<user::Mode
 
 pub async fn list(
     db: &DatabaseConnection,
+    tenant: Option<i64>,
     after: Option<i64>,
     limit: u64,
 ) -> Result<Vec<user::Model>, DbErr> {
     let mut q = user::Entity::find().order_by_asc(user::Column::Id);
+    if let Some(t) = tenant {
+        q = q.filter(user::Column::TenantId.eq(t));
+    }
     if let Some(a) = after {
         q = q.filter(user::Column::Id.gt(a));
     }

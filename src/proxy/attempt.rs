@@ -94,7 +94,7 @@ impl Attempt {
         let spec = &self.svc.specs[self.index];
         let usage = Usage {
             success,
-            tokens: prompt + completion,
+            tokens: prompt.saturating_add(completion),
             cost: 0.0,
             key_tpm: spec.tpm,
             client: self.client,
@@ -181,7 +181,7 @@ pub async fn report(
         Fault::Exhausted => Some("exhausted"),
         Fault::RateLimited { .. } if r.service_backoff_until.is_some() => None,
         Fault::RateLimited { .. } => Some("cooling"),
-        Fault::Failure if r.until > 0 => Some("cooling"),
+        Fault::Failure if r.until > crate::coord::now_ms() => Some("cooling"),
         Fault::Failure | Fault::Clear => None,
     };
     if let Some(b) = r.service_backoff_until {

@@ -74,11 +74,9 @@ pub fn check(
     if ak.expires_at.is_some_and(|t| t <= Utc::now()) {
         return Err((ErrorKind::BadAccessKey, "access key expired"));
     }
-    let allowed = if ak.slugs.is_empty() {
-        ak.tenant_id == svc.tenant_id
-    } else {
-        ak.slugs.iter().any(|s| s == &svc.slug)
-    };
+    // An access key only ever reaches its own tenant's services; `slugs` narrows that further.
+    let allowed = ak.tenant_id == svc.tenant_id
+        && (ak.slugs.is_empty() || ak.slugs.iter().any(|s| s == &svc.slug));
     if !allowed {
         return Err((
             ErrorKind::SlugNotAllowed,

@@ -1,6 +1,8 @@
 //! Forwarding with failover: pick a key (one coordination call), send, classify the answer, mark
 //! the key and retry on the next one while nothing has reached the client. Bodies stream both ways;
 //! request bodies up to `retry_buffer_bytes` are buffered so that they can be sent again.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -31,25 +33,43 @@ enum Mode {
 
 pub async fn llm(
     State(state): State<AppState>,
-    Path((slug, path)): Path<(String, String)>,
+    Path((slug, _)): Path<(String, String)>,
     req: Request,
 ) -> Response {
+    let path = raw_rest(req.uri().path(), 2);
     handle(state, slug, path, Mode::Llm, req).await
 }
 
 pub async fn rest(
     State(state): State<AppState>,
-    Path((slug, path)): Path<(String, String)>,
+    Path((slug, _)): Path<(String, String)>,
     req: Request,
 ) -> Response {
+    let path = raw_rest(req.uri().path(), 2);
     handle(state, slug, path, Mode::Rest, req).await
 }
 
-pub async fn default_slug(
-    State(state): State<AppState>,
-    Path(path): Path<String>,
-    req: Request,
-) -> Response {
+/// The request path after its first `skip` segments, still percent-encoded as the client sent
+/// it: the router's decoded copy would turn `%2F` into `/` and `%3F` into `?` upstream.
+fn raw_rest(path: &str, skip: usize) -> String {
+    path.trim_start_matches('/')
+        .splitn(skip + 1, '/')
+        .nth(skip)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// True when the path, once decoded, has a `.` or `..` segment (`%2F` counts as a slash): such a
+/// path could climb out of the service's base URL on an upstream that normalises it.
+fn has_dot_segment(path: &str) -> bool {
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .split(['/', '\\'])
+        .any(|seg| seg == "." || seg == "..")
+}
+
+pub async fn default_slug(State(state): State<AppState>, req: Request) -> Response {
+    let path = raw_rest(req.uri().path(), 1);
     let Some(slug) = state.config.proxy.default_slug.clone() else {
         let f = guess_format(req.headers(), req.uri().path());
         return ProxyError::new(
@@ -142,8 +162,10 @@ fn request_headers(incoming: &HeaderMap, keep_length: bool) -> HeaderMap {
     let listed = connection_listed(incoming);
     let mut out = HeaderMap::with_capacity(incoming.len());
     for (name, value) in incoming {
+        // Accept-Encoding is dropped so answers arrive uncompressed: usage is read from them.
         if is_hop_by_hop(name, &listed)
             || auth::CREDENTIAL_HEADERS.contains(&name.as_str())
+            || name == header::ACCEPT_ENCODING
             || (!keep_length && name == header::CONTENT_LENGTH)
         {
             continue;
@@ -164,14 +186,24 @@ fn response_headers(upstream: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The longest cooldown an upstream's Retry-After can impose on a key (one day).
+const MAX_RETRY_AFTER_MS: u64 = 86_400_000;
+
+/// Retry-After in ms (seconds or an HTTP date), clamped to a day; 0 or garbage = no hint, so the
+/// key's own backoff applies instead.
 fn retry_after_ms(h: &HeaderMap) -> Option<u64> {
     let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<f64>() {
-        return (secs >= 0.0).then(|| (secs * 1000.0) as u64);
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    let ms = (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
-    Some(ms.max(0) as u64)
+    let ms = if let Ok(secs) = v.parse::<f64>() {
+        if !secs.is_finite() || secs <= 0.0 {
+            return None;
+        }
+        (secs * 1000.0).min(MAX_RETRY_AFTER_MS as f64) as u64
+    } else {
+        let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+        let ms = (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
+        u64::try_from(ms).ok()?
+    };
+    (ms > 0).then_some(ms.min(MAX_RETRY_AFTER_MS))
 }
 #[derive(Deserialize)]
 struct ModelField {
@@ -257,6 +289,14 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
             ProxyError::new(ErrorKind::UnknownSlug, fmt, msg),
         );
     }
+    if has_dot_segment(&path) {
+        let e = ProxyError::new(
+            ErrorKind::BadRequest,
+            fmt,
+            "the path must not contain . or .. segments",
+        );
+        return finish_err(&slug, started, e);
+    }
     let query = req.uri().query().map(str::to_string);
     let cred = auth::credential(req.headers(), query.as_deref());
     let (access_key_id, client) = match auth::check(&state, &snap, &svc, cred) {
@@ -291,6 +331,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
             ProxyError::new(ErrorKind::BodyTooLarge, fmt, msg),
         );
     }
+    let body_fault = BodyFault::default();
     let mut body = match declared {
         Some(n) if n <= state.config.proxy.retry_buffer_bytes as u64 => {
             match axum::body::to_bytes(body, n as usize).await {
@@ -302,7 +343,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                 }
             }
         }
-        _ => ReqBody::Stream(Some(limit_body(body, max_body))),
+        _ => ReqBody::Stream(Some(limit_body(body, max_body, body_fault.clone()))),
     };
     let model = match &body {
         ReqBody::Buffered(b) if !b.is_empty() => serde_json::from_slice::<ModelField>(b)
@@ -440,11 +481,20 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
         let timeout = svc
             .request_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
+        // Cut short by the request's own deadline: the key had less than its timeout.
+        let truncated = timeout < svc.request_timeout;
         let outcome = |label: &'static str| {
             metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "slug" => slug.clone(), "outcome" => label)
                 .increment(1);
         };
         let resp = match tokio::time::timeout(timeout, send).await {
+            Err(_) if truncated => {
+                // The request ran out of time, not the key: release it without a verdict.
+                outcome("deadline");
+                drop(attempt);
+                last_failure = Some(Failure::Timeout);
+                break;
+            }
             Err(_) => {
                 outcome("timeout");
                 attempt
@@ -452,6 +502,22 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                     .await;
                 last_failure = Some(Failure::Timeout);
                 continue;
+            }
+            Ok(Err(_)) if body_fault.get() != 0 => {
+                // The client's body failed (too large, or it broke off): not the key's fault.
+                drop(attempt);
+                let (kind, msg) = if body_fault.get() == BodyFault::TOO_LARGE {
+                    (
+                        ErrorKind::BodyTooLarge,
+                        format!("request body exceeds the limit of {max_body} bytes"),
+                    )
+                } else {
+                    (
+                        ErrorKind::BadRequest,
+                        "the request body could not be read".to_string(),
+                    )
+                };
+                return finish_err(&slug, started, ProxyError::new(kind, fmt, msg));
             }
             Ok(Err(e)) => {
                 outcome("connect_error");
@@ -656,15 +722,36 @@ async fn read_small(resp: reqwest::Response) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Applies `max_body_bytes` to a body of unknown length as it streams.
-fn limit_body(body: Body, max: usize) -> Body {
+/// What went wrong with a streamed request body, if anything: the client's fault, not the key's.
+#[derive(Clone, Default)]
+struct BodyFault(Arc<AtomicU8>);
+
+impl BodyFault {
+    const TOO_LARGE: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Applies `max_body_bytes` to a body of unknown length as it streams, and notes in `fault`
+/// when the client's body failed (too large, or the client broke off).
+fn limit_body(body: Body, max: usize, fault: BodyFault) -> Body {
     let mut seen = 0usize;
+    let broken = fault.clone();
     let stream = body
         .into_data_stream()
-        .map_err(axum::Error::new)
+        .map_err(move |e| {
+            broken.0.store(BodyFault::BROKEN, Ordering::Relaxed);
+            axum::Error::new(e)
+        })
         .and_then(move |chunk| {
             seen += chunk.len();
             let over = seen > max;
+            if over {
+                fault.0.store(BodyFault::TOO_LARGE, Ordering::Relaxed);
+            }
             async move {
                 if over {
                     Err(axum::Error::new(std::io::Error::other(
@@ -704,6 +791,8 @@ struct Metered {
     /// end is recognised by the count rather than by the stream's end.
     expected: Option<u64>,
     sent: u64,
+    /// Longest wait for the next chunk before the stream counts as broken.
+    idle: Duration,
     attempt: Option<Attempt>,
     scanner: UsageScanner,
     sse: bool,
@@ -741,6 +830,7 @@ fn deliver(
 ) -> Response {
     let status = resp.status();
     let headers = response_headers(resp.headers());
+    let idle = attempt.svc.request_timeout;
     let sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -748,6 +838,7 @@ fn deliver(
     let m = Metered {
         expected: resp.content_length(),
         sent: 0,
+        idle,
         inner: resp.bytes_stream().boxed(),
         attempt: Some(attempt),
         scanner: UsageScanner::new(sse),
@@ -759,7 +850,13 @@ fn deliver(
     };
     let stream = futures::stream::unfold(m, |mut m| async move {
         let attempt = m.attempt.take()?;
-        match m.inner.next().await {
+        let next = match tokio::time::timeout(m.idle, m.inner.next()).await {
+            Ok(Some(Ok(chunk))) => Some(Ok(chunk)),
+            Ok(Some(Err(e))) => Some(Err(e.without_url().to_string())),
+            Ok(None) => None,
+            Err(_) => Some(Err(format!("no data for {} ms", m.idle.as_millis()))),
+        };
+        match next {
             Some(Ok(chunk)) => {
                 m.scanner.feed(&chunk);
                 m.sent += chunk.len() as u64;
@@ -775,7 +872,7 @@ fn deliver(
                 None
             }
             Some(Err(e)) => {
-                tracing::warn!(key = %attempt.masked(), error = %e.without_url(), "upstream stream broke mid-way");
+                tracing::warn!(key = %attempt.masked(), error = %e, "upstream stream broke mid-way");
                 let svc = attempt.svc.clone();
                 let key_id = attempt.key_id();
                 let state = attempt.state.clone();

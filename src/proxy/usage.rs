@@ -6,6 +6,8 @@
 use serde_json::Value;
 
 const JSON_CAP: usize = 2 * 1024 * 1024;
+/// Upstream-reported counts above this are not believed (they would lock a client out for years).
+const MAX_TOKENS: u64 = 10_000_000;
 
 #[derive(Debug, Default)]
 pub struct UsageScanner {
@@ -70,7 +72,7 @@ impl UsageScanner {
     }
 
     fn take(&mut self, v: &Value) {
-        let n = |v: &Value| v.as_u64();
+        let n = |v: &Value| v.as_u64().map(|n| n.min(MAX_TOKENS));
         let mut seen = |p: Option<u64>, c: Option<u64>| {
             if let Some(p) = p {
                 self.prompt = self.prompt.max(p);

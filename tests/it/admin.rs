@@ -325,3 +325,84 @@ both!(deleted_access_key_stops_working, |b: Backend| async move {
         .await;
     assert_eq!(s, 404);
 });
+
+both!(
+    tenant_admins_see_and_change_only_their_own_tenant,
+    |b: Backend| async move {
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+        let up = crate::mock::start().await;
+        let app = TestApp::spawn(b).await;
+        keygate::db::entity::tenant::ActiveModel {
+            id: Set(2),
+            name: Set("other".into()),
+            created_at: Set(chrono::Utc::now()),
+        }
+        .insert(&app.state.db)
+        .await
+        .unwrap();
+        let ak1 = app
+            .with_service("t1-slug", &up.base, &["sk-tenant-one-1"])
+            .await;
+        let (s, v) = app
+        .admin("POST", "/admin/users", Some(json!({"username": "t2admin", "password": "tenant-two-pass", "role": "admin", "tenant_id": 2})))
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let t2 = app.login("t2admin", "tenant-two-pass").await;
+        // Users: only its own tenant; new users land in it; other tenants' users are invisible.
+        let (_, v) = app.admin_as(&t2, "GET", "/admin/users", None).await;
+        let names: Vec<&str> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["username"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["t2admin"]);
+        let (s, v) = app
+            .admin_as(
+                &t2,
+                "POST",
+                "/admin/users",
+                Some(json!({"username": "t2op", "password": "tenant-two-op", "role": "operator"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(
+            v["tenant_id"], 2,
+            "created in the caller's tenant, never global"
+        );
+        let (s, _) = app
+        .admin_as(&t2, "POST", "/admin/users", Some(json!({"username": "sneaky", "password": "tenant-two-op", "role": "admin", "tenant_id": 1})))
+        .await;
+        assert_eq!(s, 400);
+        let (s, _) = app
+            .admin_as(
+                &t2,
+                "PATCH",
+                "/admin/users/1",
+                Some(json!({"password": "taken-over-now"})),
+            )
+            .await;
+        assert_eq!(s, 404, "the global admin is out of reach");
+        let (s, _) = app.admin_as(&t2, "DELETE", "/admin/users/1", None).await;
+        assert_eq!(s, 404);
+        // Services and access keys: another tenant's slug can't be seen or called.
+        let (_, v) = app.admin_as(&t2, "GET", "/admin/services", None).await;
+        assert!(v["items"].as_array().unwrap().is_empty(), "{v}");
+        let (s, _) = app
+            .admin_as(&t2, "GET", "/admin/services/t1-slug/keys", None)
+            .await;
+        assert_eq!(s, 404);
+        let (s, v) = app
+            .admin_as(
+                &t2,
+                "POST",
+                "/admin/access-keys",
+                Some(json!({"name": "reach-out", "slugs": ["t1-slug"]})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let foreign = v["key"].as_str().unwrap().to_string();
+        assert_eq!(app.chat("t1-slug", &foreign).await.status(), 403);
+        assert_eq!(app.chat("t1-slug", &ak1).await.status(), 200);
+    }
+);

@@ -21,7 +21,7 @@ pub fn policy() -> Policy {
         recovery_ms: 300,
         backoff_base_ms: 200,
         backoff_max_ms: 10_000,
-        upstream_wide_window_ms: 10_000,
+        upstream_wide_window_ms: 1_000,
         upstream_wide_percent: 60,
         probe_lock_ms: 2_000,
     }
@@ -683,5 +683,60 @@ contract!(
         let mut r = req(Strategy::LeastUsed, &ks);
         r.excluded = &tried;
         assert_eq!(p.a.acquire(&r).await.unwrap(), Acquire::NoKey);
+    }
+);
+
+contract!(
+    retry_after_zero_means_no_hint_on_every_store,
+    |p: Pair| async move {
+        let before = keygate::coord::now_ms();
+        let r =
+            p.a.report(
+                1,
+                100,
+                None,
+                Fault::RateLimited {
+                    retry_after_ms: Some(0),
+                },
+                1,
+            )
+            .await
+            .unwrap();
+        assert!(
+            r.until - before >= 200,
+            "the 200 ms backoff applies, not 0: {r:?}"
+        );
+    }
+);
+
+contract!(
+    the_service_backoff_step_resets_after_a_quiet_window,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1]);
+        let r = req(Strategy::RoundRobin, &ks);
+        let limit = Fault::RateLimited {
+            retry_after_ms: None,
+        };
+        // Two keys of two limited at once: upstream-wide, first step (200 ms).
+        p.a.report(1, 100, None, limit, 2).await.unwrap();
+        let t0 = keygate::coord::now_ms();
+        let first = p.b.report(1, 101, None, limit, 2).await.unwrap();
+        let step1 = first.service_backoff_until.expect("upstream-wide") - t0;
+        assert!((200..=260).contains(&step1), "{step1}");
+        // After the backoff and a quiet window (1 s) the next upstream-wide limit starts over.
+        assert!(
+            granted_within(&p.a, &r, Duration::from_secs(3))
+                .await
+                .is_some()
+        );
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        p.a.report(1, 100, None, limit, 2).await.unwrap();
+        let t1 = keygate::coord::now_ms();
+        let again = p.b.report(1, 101, None, limit, 2).await.unwrap();
+        let step = again.service_backoff_until.expect("upstream-wide again") - t1;
+        assert!(
+            (200..=260).contains(&step),
+            "back to the first step, not 400 ms: {step}"
+        );
     }
 );

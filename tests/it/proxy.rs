@@ -368,3 +368,138 @@ both!(default_slug_serves_v1, |b: Backend| async move {
     assert_eq!(r.status(), 200);
     assert_eq!(up.mock.seen()[0].path, "/v1/chat/completions");
 });
+
+both!(
+    paths_are_forwarded_raw_and_dot_segments_refused,
+    |b: Backend| async move {
+        let up = mock::start().await;
+        let app = TestApp::spawn(b).await;
+        let ak = app
+            .with_service("raw", &up.base, &["sk-raw-path-key1"])
+            .await;
+        // Sent as raw request lines: URL libraries (reqwest's too) would normalise the dots away.
+        for bad in [
+            "/llm/raw/..%2F..%2Fadmin",
+            "/llm/raw/v1/%2e%2e/secret",
+            "/llm/raw/v1/./x",
+            "/llm/raw/v1/..%5Cx",
+        ] {
+            assert_eq!(raw_status(&app, bad, &ak).await, 400, "{bad}");
+        }
+        let r = app
+            .http
+            .get(app.url("/llm/raw/v1/files/a%2Fb%3Fc?limit=2"))
+            .bearer_auth(&ak)
+            .header("accept-encoding", "gzip, br")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let seen = up.mock.seen();
+        assert_eq!(seen.len(), 1, "refused paths never reach the upstream");
+        assert_eq!(
+            seen[0].path, "/v1/files/a%2Fb%3Fc",
+            "encoded as the client sent it"
+        );
+        assert_eq!(seen[0].query.as_deref(), Some("limit=2"));
+        assert!(
+            seen[0].headers.get("accept-encoding").is_none(),
+            "answers must come uncompressed"
+        );
+    }
+);
+
+both!(
+    an_oversized_streamed_body_is_413_and_not_the_keys_fault,
+    |b: Backend| async move {
+        let up = mock::start().await;
+        let mut shared = crate::harness::Shared::new(b).await;
+        shared.config.proxy.max_body_bytes = 4096;
+        let app = TestApp::spawn_with(&shared.config).await;
+        let ak = app
+            .with_service("chunky", &up.base, &["sk-chunky-key-01"])
+            .await;
+        // No Content-Length: the body streams, and the limit applies as it goes.
+        let chunks =
+            futures::stream::iter((0..16).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1024])));
+        let r = app
+            .http
+            .post(app.url("/llm/chunky/v1/files"))
+            .bearer_auth(&ak)
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413);
+        assert!(
+            crate::harness::eventually(Duration::from_secs(3), || async {
+                let (_, v) = app.admin("GET", "/admin/services/chunky/keys", None).await;
+                v["items"][0]["in_flight"] == 0
+            })
+            .await,
+            "lease released"
+        );
+        let (_, v) = app.admin("GET", "/admin/services/chunky/keys", None).await;
+        assert_eq!(v["items"][0]["consecutive_failures"], 0, "{v}");
+        assert_eq!(v["items"][0]["status"], "active");
+    }
+);
+
+both!(
+    a_stream_that_stalls_past_the_request_timeout_is_ended_and_marked,
+    |b: Backend| async move {
+        let up = mock::start().await;
+        let gate = Arc::new(tokio::sync::Notify::new());
+        up.mock
+            .set("sk-stalls-key-01", Behaviour::GatedStream(gate.clone()));
+        let app = TestApp::spawn(b).await;
+        crate::pool::service(
+            &app,
+            "stall",
+            &up.base,
+            json!({"request_timeout_ms": 300}),
+            &[("sk-stalls-key-01", 1)],
+        )
+        .await;
+        let ak = app.access_key().await;
+        let r = app.chat("stall", &ak).await;
+        assert_eq!(r.status(), 200);
+        let text = String::from_utf8_lossy(
+            &tokio::time::timeout(Duration::from_secs(10), r.bytes())
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .into_owned();
+        assert!(
+            text.contains("first") && text.contains("\"error\""),
+            "{text}"
+        );
+        // The stalled stream's lease is released and its failure recorded (off the client's path).
+        assert!(
+            crate::harness::eventually(Duration::from_secs(3), || async {
+                let (_, v) = app.admin("GET", "/admin/services/stall/keys", None).await;
+                v["items"][0]["consecutive_failures"] == 1 && v["items"][0]["in_flight"] == 0
+            })
+            .await
+        );
+    }
+);
+
+/// Status of a GET sent over a plain socket, path exactly as given.
+async fn raw_status(app: &TestApp, path: &str, key: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}

@@ -44,6 +44,9 @@ if kind == 'rate_limited' then
   if n >= 2 and hit * 100 >= tonumber(ARGV[10]) * n then
     -- Most keys of the service were refused within the window: the limit is upstream-wide
     -- (per IP or per account). Back off the service instead of burning every key.
+    -- The backoff grows while upstream-wide limits keep coming; a quiet window resets it.
+    local prev = tonumber(redis.call('HGET', KEYS[1], 'backoff') or '0') or 0
+    if prev < now - window then redis.call('HSET', KEYS[1], 'backoff_n', 0) end
     local step = redis.call('HINCRBY', KEYS[1], 'backoff_n', 1)
     local dur = retry_after
     if dur <= 0 then
