@@ -57,6 +57,18 @@ struct KeyState {
     tat_tpm: f64,
 }
 
+/// A usable key, as evaluated for one acquire.
+struct Cand {
+    i: usize,
+    fails: u32,
+    inflight: u32,
+    last: i64,
+    cw: i64,
+    bal: Option<f64>,
+    probe: bool,
+    new_krpm: Option<f64>,
+}
+
 #[derive(Default)]
 struct ClientState {
     tat_rpm: f64,
@@ -139,119 +151,139 @@ impl MemoryStore {
             }
         }
 
-        struct Cand {
-            i: usize,
-            fails: u32,
-            inflight: u32,
-            last: i64,
-            cw: i64,
-            bal: Option<f64>,
-            probe: bool,
-            new_krpm: Option<f64>,
-        }
         let cap = req.cap.unwrap_or(0);
         let price = req.price.unwrap_or(0.0);
-        let mut cands: Vec<Cand> = Vec::new();
+        let strategy = req.strategy;
         let mut at_cap = false;
-        for (i, spec) in req.keys.iter().enumerate() {
+        // Evaluates key i: a candidate when it is usable now (same rules as acquire_v2.lua).
+        let mut eval = |keys: &HashMap<i64, KeyState>, i: usize| -> Option<Cand> {
+            let spec = &req.keys[i];
             if req.excluded.contains(&spec.id) {
-                continue;
+                return None;
             }
-            let k = st.keys.get(&spec.id).cloned().unwrap_or_default();
-            let mut usable = k.until == 0 || (k.until > 0 && k.until <= now);
+            let k = keys.get(&spec.id);
+            let until = k.map_or(0, |k| k.until);
+            if !(until == 0 || (until > 0 && until <= now)) {
+                return None;
+            }
             let mut probe = false;
-            if usable && k.halfopen {
-                if k.probe > now {
-                    usable = false;
-                } else {
-                    probe = true;
+            if k.is_some_and(|k| k.halfopen) {
+                if k.is_some_and(|k| k.probe > now) {
+                    return None;
                 }
+                probe = true;
             }
             let mut new_krpm = None;
-            if usable && let Some(l) = spec.rpm {
-                let (ok, tat, _, _) = gcra(k.tat_rpm, nowf, MINUTE_MS, l, 1.0);
-                usable = ok;
+            if let Some(l) = spec.rpm {
+                let (ok, tat, _, _) = gcra(k.map_or(0.0, |k| k.tat_rpm), nowf, MINUTE_MS, l, 1.0);
+                if !ok {
+                    return None;
+                }
                 new_krpm = Some(tat);
             }
-            if usable && let Some(l) = spec.tpm {
-                usable = gcra(k.tat_tpm, nowf, MINUTE_MS, l, 0.0).0;
-            }
-            let bal = k.bal.or(spec.balance);
-            if usable
-                && req.strategy == Strategy::Balance
-                && price > 0.0
-                && bal.is_some_and(|b| b < price)
+            if let Some(l) = spec.tpm
+                && !gcra(k.map_or(0.0, |k| k.tat_tpm), nowf, MINUTE_MS, l, 0.0).0
             {
-                usable = false;
+                return None;
             }
-            if usable && cap > 0 && k.inflight >= cap {
-                usable = false;
+            let bal = k.and_then(|k| k.bal).or(spec.balance);
+            if strategy == Strategy::Balance && price > 0.0 && bal.is_some_and(|b| b < price) {
+                return None;
+            }
+            let inflight = k.map_or(0, |k| k.inflight);
+            if cap > 0 && inflight >= cap {
                 at_cap = true;
+                return None;
             }
-            if usable {
-                cands.push(Cand {
-                    i,
-                    fails: k.fails,
-                    inflight: k.inflight,
-                    last: k.last,
-                    cw: k.cw,
-                    bal,
-                    probe,
-                    new_krpm,
-                });
-            }
-        }
-        if cands.is_empty() {
-            return if at_cap {
-                Acquire::AtCapacity
-            } else {
-                Acquire::NoKey
-            };
-        }
+            Some(Cand {
+                i,
+                fails: k.map_or(0, |k| k.fails),
+                inflight,
+                last: k.map_or(0, |k| k.last),
+                cw: k.map_or(0, |k| k.cw),
+                bal,
+                probe,
+                new_krpm,
+            })
+        };
 
-        let pick = match req.strategy {
-            Strategy::Weighted => {
-                let mut total = 0i64;
-                let mut best = 0usize;
-                for c in cands.iter_mut() {
-                    c.cw += req.keys[c.i].weight.max(1) as i64;
-                    total += req.keys[c.i].weight.max(1) as i64;
-                }
-                for (j, c) in cands.iter().enumerate() {
-                    if c.cw > cands[best].cw {
-                        best = j;
+        let n = req.keys.len();
+        let c: Cand = match strategy {
+            Strategy::RoundRobin | Strategy::Random => {
+                // First usable key from the cursor (or a random start); round robin moves the
+                // cursor just past it.
+                let start = match strategy {
+                    Strategy::RoundRobin => {
+                        st.services.entry(req.service_id).or_default().rr as usize
                     }
+                    _ => rand::random::<u32>() as usize,
+                } % n;
+                let found = (0..n)
+                    .map(|j| (start + j) % n)
+                    .find_map(|i| eval(&st.keys, i));
+                if let Some(c) = &found
+                    && strategy == Strategy::RoundRobin
+                {
+                    st.services.entry(req.service_id).or_default().rr = ((c.i + 1) % n) as u64;
                 }
-                cands[best].cw -= total;
-                for c in &cands {
-                    st.keys.entry(req.keys[c.i].id).or_default().cw = c.cw;
+                match found {
+                    Some(c) => c,
+                    None if at_cap => return Acquire::AtCapacity,
+                    None => return Acquire::NoKey,
                 }
-                best
             }
-            Strategy::LeastUsed => {
-                let mut best = 0usize;
-                for (j, c) in cands.iter().enumerate() {
-                    let b = &cands[best];
-                    if c.inflight < b.inflight || (c.inflight == b.inflight && c.last < b.last) {
-                        best = j;
+            _ => {
+                let mut cands: Vec<Cand> = (0..n).filter_map(|i| eval(&st.keys, i)).collect();
+                if cands.is_empty() {
+                    return if at_cap {
+                        Acquire::AtCapacity
+                    } else {
+                        Acquire::NoKey
+                    };
+                }
+                let best = match strategy {
+                    Strategy::Weighted => {
+                        let mut total = 0i64;
+                        for c in cands.iter_mut() {
+                            let w = req.keys[c.i].weight.max(1) as i64;
+                            c.cw += w;
+                            total += w;
+                        }
+                        let mut best = 0usize;
+                        for (j, c) in cands.iter().enumerate() {
+                            if c.cw > cands[best].cw {
+                                best = j;
+                            }
+                        }
+                        cands[best].cw -= total;
+                        for c in &cands {
+                            st.keys.entry(req.keys[c.i].id).or_default().cw = c.cw;
+                        }
+                        best
                     }
-                }
-                best
-            }
-            Strategy::Random => rand::random::<u32>() as usize % cands.len(),
-            Strategy::Balance => {
-                let mut best = 0usize;
-                for (j, c) in cands.iter().enumerate() {
-                    if c.bal.unwrap_or(-1.0) > cands[best].bal.unwrap_or(-1.0) {
-                        best = j;
+                    Strategy::LeastUsed => {
+                        let mut best = 0usize;
+                        for (j, c) in cands.iter().enumerate() {
+                            let b = &cands[best];
+                            if c.inflight < b.inflight
+                                || (c.inflight == b.inflight && c.last < b.last)
+                            {
+                                best = j;
+                            }
+                        }
+                        best
                     }
-                }
-                best
-            }
-            Strategy::RoundRobin => {
-                let svc = st.services.entry(req.service_id).or_default();
-                svc.rr += 1;
-                ((svc.rr - 1) % cands.len() as u64) as usize
+                    _ => {
+                        let mut best = 0usize;
+                        for (j, c) in cands.iter().enumerate() {
+                            if c.bal.unwrap_or(-1.0) > cands[best].bal.unwrap_or(-1.0) {
+                                best = j;
+                            }
+                        }
+                        best
+                    }
+                };
+                cands.swap_remove(best)
             }
         };
 
@@ -264,7 +296,6 @@ impl MemoryStore {
                 cl.tat_rpd = t;
             }
         }
-        let c = &cands[pick];
         let spec = &req.keys[c.i];
         let lease_id = new_lease_id();
         let member = format!("{}:{lease_id}", spec.id);

@@ -20,7 +20,7 @@
 -- ARGV[13 + 6*(i-1) ..] per key i: id, weight, rpm, tpm, db balance ('' = none), excluded (1|0)
 --
 -- Returns {code, index, fails, probe, retry_after_ms, rpm_remaining, rpd_remaining, tpm_remaining}
--- Round robin rotates over the usable keys: with all keys usable it is the key list in order.
+-- Round robin takes the first usable key from the cursor on and moves the cursor past it.
 --   code 1 granted (index 1-based), 2 client over a limit, 3 every usable key at its cap,
 --   4 service backing off (upstream-wide 429), 0 no usable key. Remaining: -1 = no limit.
 -- Read by coord::redis::RedisStore::acquire into coord::Acquire.
@@ -95,80 +95,95 @@ end
 local strategy = ARGV[1]
 local cap = tonumber(ARGV[2])
 local price = tonumber(ARGV[9])
-local cand = {}
 local at_cap = false
-for i = 1, n do
-  local a = 13 + 6 * (i - 1)
-  local excluded = ARGV[a + 5] == '1'
-  if not excluded then
-    local f = redis.call('HMGET', KEYS[i + 3], 'until', 'fails', 'inflight', 'last', 'cw', 'probe',
-      'halfopen', 'bal', 'tat_rpm', 'tat_tpm')
-    local u = tonumber(f[1]) or 0
-    local usable = u == 0 or (u > 0 and u <= now)
-    local probe = false
-    if usable and f[7] == '1' then
-      -- half-open after a failure trip: one trial request at a time
-      if (tonumber(f[6]) or 0) > now then usable = false else probe = true end
-    end
-    local k_rpm, k_tpm = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local new_krpm
-    if usable and k_rpm > 0 then
-      local ok
-      ok, new_krpm = gcra(f[9], MIN, k_rpm, 1)
-      usable = ok
-    end
-    if usable and k_tpm > 0 then
-      usable = gcra(f[10], MIN, k_tpm, 0)
-    end
-    local bal = tonumber(f[8]) or tonumber(ARGV[a + 4])
-    if usable and strategy == 'balance' and price > 0 and bal ~= nil and bal < price then
-      usable = false
-    end
-    local inflight = tonumber(f[3]) or 0
-    if usable and cap > 0 and inflight >= cap then
-      usable = false
-      at_cap = true
-    end
-    if usable then
-      cand[#cand + 1] = {i = i, fails = tonumber(f[2]) or 0, inflight = inflight,
-        last = tonumber(f[4]) or 0, cw = tonumber(f[5]) or 0, w = tonumber(ARGV[a + 1]),
-        bal = bal, probe = probe, new_krpm = new_krpm}
-    end
-  end
-end
 
-if #cand == 0 then
-  if at_cap then return {3, 0, 0, 0, 0, rem_rpm, rem_rpd, rem_tpm} end
-  return {0, 0, 0, 0, 0, rem_rpm, rem_rpd, rem_tpm}
+-- Evaluates key i: a candidate table when it is usable now, else nil.
+local function eval(i)
+  local a = 13 + 6 * (i - 1)
+  if ARGV[a + 5] == '1' then return nil end
+  local f = redis.call('HMGET', KEYS[i + 3], 'until', 'fails', 'inflight', 'last', 'cw', 'probe',
+    'halfopen', 'bal', 'tat_rpm', 'tat_tpm')
+  local u = tonumber(f[1]) or 0
+  if not (u == 0 or (u > 0 and u <= now)) then return nil end
+  local probe = false
+  if f[7] == '1' then
+    -- half-open after a failure trip: one trial request at a time
+    if (tonumber(f[6]) or 0) > now then return nil end
+    probe = true
+  end
+  local k_rpm, k_tpm = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local new_krpm
+  if k_rpm > 0 then
+    local ok
+    ok, new_krpm = gcra(f[9], MIN, k_rpm, 1)
+    if not ok then return nil end
+  end
+  if k_tpm > 0 and not gcra(f[10], MIN, k_tpm, 0) then return nil end
+  local bal = tonumber(f[8]) or tonumber(ARGV[a + 4])
+  if strategy == 'balance' and price > 0 and bal ~= nil and bal < price then return nil end
+  local inflight = tonumber(f[3]) or 0
+  if cap > 0 and inflight >= cap then
+    at_cap = true
+    return nil
+  end
+  return {i = i, fails = tonumber(f[2]) or 0, inflight = inflight, last = tonumber(f[4]) or 0,
+    cw = tonumber(f[5]) or 0, w = tonumber(ARGV[a + 1]), bal = bal, probe = probe,
+    new_krpm = new_krpm}
 end
 
 local pick
-if strategy == 'weighted' then
-  local total = 0
-  for _, c in ipairs(cand) do
-    c.cw = c.cw + c.w
-    total = total + c.w
-    if pick == nil or c.cw > pick.cw then pick = c end
+if strategy == 'rr' or strategy == 'random' then
+  -- Scan from the cursor (or a random start) and stop at the first usable key: one key read in
+  -- the common case. Round robin then moves the cursor just past the key it took, so the
+  -- rotation is exact, and fair among the usable keys while others are out.
+  local start
+  if strategy == 'rr' then
+    start = tonumber(redis.call('HGET', KEYS[1], 'rr') or '0') or 0
+  else
+    start = tonumber(ARGV[10]) % n
   end
-  pick.cw = pick.cw - total
-  for _, c in ipairs(cand) do redis.call('HSET', KEYS[c.i + 3], 'cw', c.cw) end
-elseif strategy == 'least_used' then
-  for _, c in ipairs(cand) do
-    if pick == nil or c.inflight < pick.inflight
-      or (c.inflight == pick.inflight and c.last < pick.last) then pick = c end
-  end
-elseif strategy == 'random' then
-  pick = cand[(tonumber(ARGV[10]) % #cand) + 1]
-elseif strategy == 'balance' then
-  for _, c in ipairs(cand) do
-    local b = c.bal or -1
-    if pick == nil or b > (pick.bal or -1) then pick = c end
+  for j = 0, n - 1 do
+    local i0 = (start + j) % n
+    local c = eval(i0 + 1)
+    if c then
+      pick = c
+      if strategy == 'rr' then redis.call('HSET', KEYS[1], 'rr', (i0 + 1) % n) end
+      break
+    end
   end
 else
-  -- round robin over the usable keys (in key-list order), so the rotation stays exact among
-  -- them while others are out
-  local c = redis.call('HINCRBY', KEYS[1], 'rr', 1)
-  pick = cand[((c - 1) % #cand) + 1]
+  local cand = {}
+  for i = 1, n do
+    local c = eval(i)
+    if c then cand[#cand + 1] = c end
+  end
+  if strategy == 'weighted' then
+    local total = 0
+    for _, c in ipairs(cand) do
+      c.cw = c.cw + c.w
+      total = total + c.w
+      if pick == nil or c.cw > pick.cw then pick = c end
+    end
+    if pick then
+      pick.cw = pick.cw - total
+      for _, c in ipairs(cand) do redis.call('HSET', KEYS[c.i + 3], 'cw', c.cw) end
+    end
+  elseif strategy == 'least_used' then
+    for _, c in ipairs(cand) do
+      if pick == nil or c.inflight < pick.inflight
+        or (c.inflight == pick.inflight and c.last < pick.last) then pick = c end
+    end
+  else
+    -- balance: the highest live balance first
+    for _, c in ipairs(cand) do
+      if pick == nil or (c.bal or -1) > (pick.bal or -1) then pick = c end
+    end
+  end
+end
+
+if pick == nil then
+  if at_cap then return {3, 0, 0, 0, 0, rem_rpm, rem_rpd, rem_tpm} end
+  return {0, 0, 0, 0, 0, rem_rpm, rem_rpd, rem_tpm}
 end
 
 if charge then
