@@ -8,7 +8,7 @@ use http::HeaderName;
 use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 
-use crate::coord::{ClientLimits, KeySpec, Strategy};
+use crate::coord::{ClientLimits, KeySet, KeySpec, Strategy};
 use crate::crypto::{Cipher, mask};
 use crate::db;
 
@@ -104,7 +104,7 @@ pub struct ServiceRt {
     pub enabled: bool,
     pub keys: Vec<KeyRt>,
     /// What the coordination store is given, in the order of `keys`.
-    pub specs: Vec<KeySpec>,
+    pub specs: KeySet,
 }
 
 pub struct AccessKeyRt {
@@ -199,7 +199,7 @@ impl Snapshot {
                     cap: limit(s.key_concurrency),
                     enabled: s.enabled,
                     keys,
-                    specs,
+                    specs: KeySet::new(specs),
                 }),
             );
         }

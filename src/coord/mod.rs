@@ -65,6 +65,65 @@ pub struct KeySpec {
     pub balance: Option<f64>,
 }
 
+/// A service's keys as the store is given them, with the compact form the Lua script takes built
+/// once (when the config snapshot loads), not per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySet {
+    pub specs: Vec<KeySpec>,
+    /// `id,id,...` in list order.
+    ids_csv: String,
+    /// `index:weight:rpm:tpm:balance;...` for keys with anything but the defaults (1-based index).
+    overrides: String,
+}
+
+impl KeySet {
+    pub fn new(specs: Vec<KeySpec>) -> Self {
+        let ids_csv = specs
+            .iter()
+            .map(|k| k.id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let overrides = specs
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| {
+                k.weight > 1 || k.rpm.is_some() || k.tpm.is_some() || k.balance.is_some()
+            })
+            .map(|(i, k)| {
+                format!(
+                    "{}:{}:{}:{}:{}",
+                    i + 1,
+                    k.weight.max(1),
+                    k.rpm.unwrap_or(0),
+                    k.tpm.unwrap_or(0),
+                    k.balance.map(|b| b.to_string()).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(";");
+        Self {
+            specs,
+            ids_csv,
+            overrides,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+}
+
+impl std::ops::Deref for KeySet {
+    type Target = [KeySpec];
+    fn deref(&self) -> &[KeySpec] {
+        &self.specs
+    }
+}
+
 /// Limits of the access key a request came with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientLimits {
@@ -117,7 +176,7 @@ impl Default for Policy {
 pub struct AcquireReq<'a> {
     pub service_id: i64,
     pub strategy: Strategy,
-    pub keys: &'a [KeySpec],
+    pub keys: &'a KeySet,
     /// Keys already tried by this request.
     pub excluded: &'a [i64],
     /// Per-key concurrency cap.

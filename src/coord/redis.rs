@@ -83,10 +83,13 @@ impl RedisStore {
         inv.key(&svc)
             .key(format!("{svc}:leases"))
             .key(self.client(req.client.map(|c| c.access_key_id)));
-        for k in req.keys {
-            inv.key(self.key(k.id));
-        }
         let c = req.client;
+        let excluded = req
+            .excluded
+            .iter()
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         inv.arg(req.strategy.script_name())
             .arg(opt(req.cap))
             .arg(req.lease_ttl_ms)
@@ -98,15 +101,10 @@ impl RedisStore {
             .arg(req.price.unwrap_or(0.0))
             .arg(rand::random::<u32>())
             .arg(self.policy.probe_lock_ms)
-            .arg(&self.prefix);
-        for k in req.keys {
-            inv.arg(k.id)
-                .arg(k.weight.max(1))
-                .arg(opt(k.rpm))
-                .arg(opt(k.tpm))
-                .arg(k.balance.map(|b| b.to_string()).unwrap_or_default())
-                .arg(if req.excluded.contains(&k.id) { 1 } else { 0 });
-        }
+            .arg(&self.prefix)
+            .arg(&req.keys.ids_csv)
+            .arg(&req.keys.overrides)
+            .arg(excluded);
         let mut conn = self.pool.get().await?;
         let r: Vec<i64> = inv.invoke_async(&mut *conn).await?;
         let [code, index, fails, probe, retry_after, rpm, rpd, tpm] = r[..] else {

@@ -54,6 +54,18 @@ pub fn handle() -> PrometheusHandle {
             );
             metrics::describe_counter!(COORD_ERRORS_TOTAL, "Coordination store errors");
             metrics::describe_counter!(SNAPSHOT_RELOADS_TOTAL, "Config snapshot reloads");
+            // Histogram samples queue up until upkeep folds them into buckets; without a
+            // scrape they would pile up, so upkeep runs on its own.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("spawn the metrics upkeep thread");
             handle
         })
         .clone()

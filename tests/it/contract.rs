@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use keygate::coord::memory::MemoryStore;
 use keygate::coord::redis::RedisStore;
 use keygate::coord::{
-    Acquire, AcquireReq, ClientLimits, Coord, Fault, KeySpec, Lease, Policy, Strategy, Usage,
+    Acquire, AcquireReq, ClientLimits, Coord, Fault, KeySet, KeySpec, Lease, Policy, Strategy,
+    Usage,
 };
 
 use crate::harness::eventually;
@@ -75,7 +76,11 @@ macro_rules! contract {
     };
 }
 
-fn keys(weights: &[u32]) -> Vec<KeySpec> {
+fn keys(weights: &[u32]) -> KeySet {
+    KeySet::new(specs(weights))
+}
+
+fn specs(weights: &[u32]) -> Vec<KeySpec> {
     weights
         .iter()
         .enumerate()
@@ -89,7 +94,7 @@ fn keys(weights: &[u32]) -> Vec<KeySpec> {
         .collect()
 }
 
-fn req<'a>(strategy: Strategy, keys: &'a [KeySpec]) -> AcquireReq<'a> {
+fn req<'a>(strategy: Strategy, keys: &'a KeySet) -> AcquireReq<'a> {
     AcquireReq {
         service_id: 1,
         strategy,
@@ -204,10 +209,11 @@ contract!(random_uses_every_key, |p: Pair| async move {
 contract!(
     balance_picks_the_richest_key_and_skips_keys_below_the_price,
     |p: Pair| async move {
-        let mut ks = keys(&[1, 1, 1]);
-        ks[0].balance = Some(5.0);
-        ks[1].balance = Some(50.0);
-        ks[2].balance = Some(20.0);
+        let mut sp = specs(&[1, 1, 1]);
+        sp[0].balance = Some(5.0);
+        sp[1].balance = Some(50.0);
+        sp[2].balance = Some(20.0);
+        let ks = KeySet::new(sp);
         let mut r = req(Strategy::Balance, &ks);
         let (i, l, _) = take(&p.a, &r).await;
         assert_eq!(i, 1);
@@ -411,8 +417,9 @@ contract!(
 contract!(
     an_upstream_key_over_its_own_rpm_is_skipped,
     |p: Pair| async move {
-        let mut ks = keys(&[1, 1]);
-        ks[0].rpm = Some(3);
+        let mut sp = specs(&[1, 1]);
+        sp[0].rpm = Some(3);
+        let ks = KeySet::new(sp);
         let counts = spread(&p, &req(Strategy::RoundRobin, &ks), 20).await;
         assert_eq!(counts[0], 3, "{counts:?}");
         assert_eq!(counts[1], 17, "{counts:?}");
@@ -536,7 +543,7 @@ contract!(
     |p: Pair| async move {
         let ks = keys(&[1, 1]);
         let r = req(Strategy::RoundRobin, &ks);
-        let single = [ks[0].clone()];
+        let single = KeySet::new(vec![ks[0].clone()]);
         let only_first = req(Strategy::RoundRobin, &single);
         // Threshold 2: a success in between resets the count.
         p.a.report(1, 100, None, Fault::Failure, 2).await.unwrap();

@@ -4,9 +4,10 @@
 -- KEYS[1]      service hash      {rr = cursor, backoff = ms epoch of an upstream-wide backoff}
 -- KEYS[2]      service leases    zset, member "<key id>:<lease id>", score = lease expiry (ms)
 -- KEYS[3]      client hash       {tat_rpm, tat_rpd, tat_tpm} of the access key (unused if no client)
--- KEYS[4..n+3] key hashes        {until, reason, fails, cool_n, inflight, last, cw, probe,
---                                 halfopen, bal, tat_rpm, tat_tpm}; until: 0 = in rotation,
---                                 -1 = out until re-enabled, else ms epoch
+-- <prefix>k:<key id>             key hashes {until, reason, fails, cool_n, inflight, last, cw,
+--                                 probe, halfopen, bal, tat_rpm, tat_tpm}; until: 0 = in
+--                                 rotation, -1 = out until re-enabled, else ms epoch. Named from
+--                                 ARGV, so Redis Cluster is not supported (one primary).
 -- ARGV[1]  strategy: rr | weighted | least_used | random | balance
 -- ARGV[2]  per-key concurrency cap (0 = none)
 -- ARGV[3]  lease ttl ms
@@ -16,8 +17,11 @@
 -- ARGV[9]  request price (0 = unknown)
 -- ARGV[10] random integer (for the random strategy)
 -- ARGV[11] half-open probe lock ms
--- ARGV[12] key prefix (to release expired leases of any key of the service)
--- ARGV[13 + 6*(i-1) ..] per key i: id, weight, rpm, tpm, db balance ('' = none), excluded (1|0)
+-- ARGV[12] key prefix
+-- ARGV[13] key ids of the service, comma-separated, in list order (built once per config load)
+-- ARGV[14] keys with settings other than the defaults (weight 1, no rpm/tpm, no balance):
+--          "index:weight:rpm:tpm:balance;..." (1-based index, 0 = no limit, '' = no balance)
+-- ARGV[15] key ids this request already tried, comma-separated
 --
 -- Returns {code, index, fails, probe, retry_after_ms, rpm_remaining, rpd_remaining, tpm_remaining}
 -- Round robin takes the first usable key from the cursor on and moves the cursor past it.
@@ -26,8 +30,19 @@
 -- Read by coord::redis::RedisStore::acquire into coord::Acquire.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS - 3
 local MIN, DAY = 60000, 86400000
+local ids = {}
+for id in string.gmatch(ARGV[13], '[^,]+') do ids[#ids + 1] = id end
+local n = #ids
+if n == 0 then return {0, 0, 0, 0, 0, -1, -1, -1} end
+local spec = {}
+for idx, w, rpm, tpm, bal in string.gmatch(ARGV[14], '(%d+):(%d+):(%d+):(%d+):([^;]*)') do
+  spec[tonumber(idx)] = {w = tonumber(w), rpm = tonumber(rpm), tpm = tonumber(tpm), bal = tonumber(bal)}
+end
+local DEFAULT = {w = 1, rpm = 0, tpm = 0}
+local excluded = {}
+for id in string.gmatch(ARGV[15], '[^,]+') do excluded[id] = true end
+local function key_hash(i) return ARGV[12] .. 'k:' .. ids[i] end
 
 local function gcra(tat, period, limit, cost)
   -- Generic cell rate: `limit` per `period`. Returns allowed, new tat, retry after, remaining.
@@ -99,9 +114,9 @@ local at_cap = false
 
 -- Evaluates key i: a candidate table when it is usable now, else nil.
 local function eval(i)
-  local a = 13 + 6 * (i - 1)
-  if ARGV[a + 5] == '1' then return nil end
-  local f = redis.call('HMGET', KEYS[i + 3], 'until', 'fails', 'inflight', 'last', 'cw', 'probe',
+  if excluded[ids[i]] then return nil end
+  local sp = spec[i] or DEFAULT
+  local f = redis.call('HMGET', key_hash(i), 'until', 'fails', 'inflight', 'last', 'cw', 'probe',
     'halfopen', 'bal', 'tat_rpm', 'tat_tpm')
   local u = tonumber(f[1]) or 0
   if not (u == 0 or (u > 0 and u <= now)) then return nil end
@@ -111,7 +126,7 @@ local function eval(i)
     if (tonumber(f[6]) or 0) > now then return nil end
     probe = true
   end
-  local k_rpm, k_tpm = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local k_rpm, k_tpm = sp.rpm, sp.tpm
   local new_krpm
   if k_rpm > 0 then
     local ok
@@ -119,7 +134,7 @@ local function eval(i)
     if not ok then return nil end
   end
   if k_tpm > 0 and not gcra(f[10], MIN, k_tpm, 0) then return nil end
-  local bal = tonumber(f[8]) or tonumber(ARGV[a + 4])
+  local bal = tonumber(f[8]) or sp.bal
   if strategy == 'balance' and price > 0 and bal ~= nil and bal < price then return nil end
   local inflight = tonumber(f[3]) or 0
   if cap > 0 and inflight >= cap then
@@ -127,7 +142,7 @@ local function eval(i)
     return nil
   end
   return {i = i, fails = tonumber(f[2]) or 0, inflight = inflight, last = tonumber(f[4]) or 0,
-    cw = tonumber(f[5]) or 0, w = tonumber(ARGV[a + 1]), bal = bal, probe = probe,
+    cw = tonumber(f[5]) or 0, w = sp.w, bal = bal, probe = probe,
     new_krpm = new_krpm}
 end
 
@@ -166,7 +181,7 @@ else
     end
     if pick then
       pick.cw = pick.cw - total
-      for _, c in ipairs(cand) do redis.call('HSET', KEYS[c.i + 3], 'cw', c.cw) end
+      for _, c in ipairs(cand) do redis.call('HSET', key_hash(c.i), 'cw', c.cw) end
     end
   elseif strategy == 'least_used' then
     for _, c in ipairs(cand) do
@@ -191,8 +206,8 @@ if charge then
   if new_rpd then redis.call('HSET', KEYS[3], 'tat_rpd', new_rpd) end
   redis.call('PEXPIRE', KEYS[3], DAY * 2)
 end
-local kh = KEYS[pick.i + 3]
-local kid = ARGV[13 + 6 * (pick.i - 1)]
+local kh = key_hash(pick.i)
+local kid = ids[pick.i]
 if pick.new_krpm then redis.call('HSET', kh, 'tat_rpm', pick.new_krpm) end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), kid .. ':' .. ARGV[4])
 redis.call('HINCRBY', kh, 'inflight', 1)
