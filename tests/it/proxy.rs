@@ -419,9 +419,12 @@ both!(
         let ak = app
             .with_service("chunky", &up.base, &["sk-chunky-key-01"])
             .await;
-        // No Content-Length: the body streams, and the limit applies as it goes.
+        // No Content-Length: the body streams, and the limit applies as it goes. 5 KiB, then the
+        // client waits (as one that reads early answers would): keygate refuses as soon as the
+        // limit is passed, without waiting for a body end that never comes.
         let chunks =
-            futures::stream::iter((0..16).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1024])));
+            futures::stream::iter((0..5).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1024])))
+                .chain(futures::stream::pending());
         let r = app
             .http
             .post(app.url("/llm/chunky/v1/files"))
