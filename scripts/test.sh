@@ -26,4 +26,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
-exec cargo test --workspace --locked "$@"
+# Unit and integration tests of every crate (there are no doctests). The last line totals the
+# per-binary "test result" lines, so the closing line speaks for the whole suite.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
