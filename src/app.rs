@@ -58,16 +58,11 @@ impl App {
 
         let coord = match config.redis.url.as_ref().map(|u| u.expose_secret()) {
             Some(url) if !url.is_empty() => Coord::Redis(
-                RedisStore::connect(
-                    url,
-                    &config.redis.prefix,
-                    config.redis.pool_size,
-                    config.policy(),
-                )
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot connect to Redis {}: {e}", db::redacted_url(url))
-                })?,
+                RedisStore::connect(url, &config.redis.prefix, config.policy())
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot connect to Redis {}: {e}", db::redacted_url(url))
+                    })?,
             ),
             _ => {
                 if config.is_enterprise() {

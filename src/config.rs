@@ -45,7 +45,6 @@ pub struct RedisConfig {
     pub url: Option<SecretString>,
     /// Every Redis key keygate writes starts with this prefix.
     pub prefix: String,
-    pub pool_size: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,7 +121,6 @@ impl Config {
             .set_default("database.data_dir", "./data")?
             .set_default("database.max_connections", 20)?
             .set_default("redis.prefix", "keygate:")?
-            .set_default("redis.pool_size", 32)?
             .set_default("auth.jwt_ttl_secs", 3600)?
             .set_default("auth.admin_username", "admin")?
             .set_default("proxy.max_body_bytes", 32 * 1024 * 1024)?

@@ -305,8 +305,6 @@ impl LiveState {
 pub enum CoordError {
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
     #[error("unexpected script reply: {0}")]
     Reply(String),
 }
@@ -316,7 +314,6 @@ impl CoordError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Redis(_) => "redis",
-            Self::Pool(_) => "pool",
             Self::Reply(_) => "reply",
         }
     }

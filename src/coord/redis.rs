@@ -7,7 +7,8 @@
 //! `s:<service>:429`, `k:<key>` (health, leases in flight, limits, live balance), `a:<access key>`
 //! (client limits), `cfgver`. Keys are computed inside scripts, so Redis Cluster is not supported;
 //! use a single primary (with replicas or Sentinel).
-use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
+use std::time::Duration;
+
 use redis::{AsyncCommands, Script};
 
 use super::{
@@ -17,7 +18,9 @@ use super::{
 
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: Pool,
+    /// One multiplexed connection shared by every request: concurrent commands are pipelined
+    /// onto it, and it reconnects by itself.
+    conn: redis::aio::ConnectionManager,
     prefix: String,
     policy: Policy,
     acquire: Script,
@@ -35,17 +38,18 @@ fn remaining(v: i64) -> Option<u64> {
 }
 
 impl RedisStore {
-    pub async fn connect(
-        url: &str,
-        prefix: &str,
-        pool_size: usize,
-        policy: Policy,
-    ) -> anyhow::Result<Self> {
-        let mut cfg = PoolConfig::from_url(url);
-        cfg.pool = Some(deadpool_redis::PoolConfig::new(pool_size));
-        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
+    pub async fn connect(url: &str, prefix: &str, policy: Policy) -> anyhow::Result<Self> {
+        // A Redis that stops answering fails requests fast (503) instead of hanging them; the
+        // manager reconnects in the background with a capped backoff.
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(2));
+        let conn = redis::Client::open(url)?
+            .get_connection_manager_with_config(cfg)
+            .await?;
         let store = Self {
-            pool,
+            conn,
             prefix: prefix.to_string(),
             policy,
             acquire: Script::new(include_str!("lua/acquire_v2.lua")),
@@ -53,9 +57,9 @@ impl RedisStore {
             report: Script::new(include_str!("lua/report_v2.lua")),
             renew: Script::new(include_str!("lua/renew_v2.lua")),
         };
-        let mut conn = store.pool.get().await?;
+        let mut conn = store.conn.clone();
         for s in [&store.acquire, &store.release, &store.report, &store.renew] {
-            let _: String = s.prepare_invoke().load_async(&mut *conn).await?;
+            let _: String = s.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(store)
     }
@@ -105,8 +109,8 @@ impl RedisStore {
             .arg(&req.keys.ids_csv)
             .arg(&req.keys.overrides)
             .arg(excluded);
-        let mut conn = self.pool.get().await?;
-        let r: Vec<i64> = inv.invoke_async(&mut *conn).await?;
+        let mut conn = self.conn.clone();
+        let r: Vec<i64> = inv.invoke_async(&mut conn).await?;
         let [code, index, fails, probe, retry_after, rpm, rpd, tpm] = r[..] else {
             return Err(CoordError::Reply(format!("acquire returned {r:?}")));
         };
@@ -147,7 +151,7 @@ impl RedisStore {
     }
 
     pub async fn release(&self, lease: &Lease, u: &Usage) -> Result<(), CoordError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn.clone();
         let _: (i64, String) = self
             .release
             .key(format!("{}:leases", self.svc(lease.service_id)))
@@ -160,19 +164,19 @@ impl RedisStore {
             .arg(opt(u.key_tpm))
             .arg(opt(u.client.and_then(|c| c.tpm)))
             .arg(u.key_balance.map(|b| b.to_string()).unwrap_or_default())
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }
 
     pub async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<(), CoordError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn.clone();
         let _: i64 = self
             .renew
             .key(format!("{}:leases", self.svc(lease.service_id)))
             .arg(&lease.member)
             .arg(ttl_ms)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }
@@ -191,7 +195,7 @@ impl RedisStore {
             _ => 0,
         };
         let p = &self.policy;
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn.clone();
         let (fails, until, backoff): (i64, i64, i64) = self
             .report
             .key(&svc)
@@ -209,7 +213,7 @@ impl RedisStore {
             .arg(p.upstream_wide_window_ms)
             .arg(p.upstream_wide_percent)
             .arg(key_id)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(Report {
             fails: fails.max(0) as u32,
@@ -222,7 +226,7 @@ impl RedisStore {
         if key_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         for id in key_ids {
             pipe.cmd("HMGET")
@@ -233,7 +237,7 @@ impl RedisStore {
                 .arg("inflight");
         }
         let rows: Vec<(Option<f64>, Option<i64>, Option<String>, Option<i64>)> =
-            pipe.query_async(&mut *conn).await?;
+            pipe.query_async(&mut conn).await?;
         Ok(rows
             .into_iter()
             .map(|(u, f, r, i)| LiveState {
@@ -246,7 +250,7 @@ impl RedisStore {
     }
 
     pub async fn set_balance(&self, key_id: i64, balance: Option<f64>) -> Result<(), CoordError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn.clone();
         match balance {
             Some(b) => {
                 let _: i64 = conn.hset(self.key(key_id), "bal", b.to_string()).await?;
@@ -259,23 +263,21 @@ impl RedisStore {
     }
 
     pub async fn config_version(&self) -> Result<u64, CoordError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn.clone();
         let v: Option<u64> = conn.get(format!("{}cfgver", self.prefix)).await?;
         Ok(v.unwrap_or(0))
     }
 
     pub async fn bump_config_version(&self) -> Result<u64, CoordError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.conn.clone();
         Ok(conn.incr(format!("{}cfgver", self.prefix), 1u64).await?)
     }
 
     pub async fn ping(&self) -> bool {
-        match self.pool.get().await {
-            Ok(mut c) => redis::cmd("PING")
-                .query_async::<String>(&mut *c)
-                .await
-                .is_ok(),
-            Err(_) => false,
-        }
+        let mut c = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_ok()
     }
 }

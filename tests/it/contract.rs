@@ -48,12 +48,8 @@ pub async fn memory() -> Pair {
 pub async fn redis() -> Pair {
     let url = &servers().redis_url;
     let prefix = format!("c{}:", uuid::Uuid::new_v4().simple());
-    let a = RedisStore::connect(url, &prefix, 16, policy())
-        .await
-        .unwrap();
-    let b = RedisStore::connect(url, &prefix, 16, policy())
-        .await
-        .unwrap();
+    let a = RedisStore::connect(url, &prefix, policy()).await.unwrap();
+    let b = RedisStore::connect(url, &prefix, policy()).await.unwrap();
     Pair {
         a: Coord::Redis(a),
         b: Coord::Redis(b),
