@@ -51,9 +51,10 @@ impl App {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = telemetry::metrics::handle();
 
-        let db = db::connect(&config.database).await?;
+        // Secrets first: a misconfigured replica stops before it touches the database.
         let cipher = bootstrap::cipher(&config)?;
         let jwt = bootstrap::jwt_secret(&config)?;
+        let db = db::connect(&config.database).await?;
         bootstrap::ensure_admin(&db, &config).await?;
 
         let coord = match config.redis.url.as_ref().map(|u| u.expose_secret()) {

@@ -69,3 +69,55 @@ async fn binary_starts_with_no_configuration_and_prints_the_admin_password_once(
     assert!(dir.path().join("data/keygate.db").exists());
     assert!(dir.path().join("data/encryption.key").exists());
 }
+
+#[test]
+fn migrate_command_creates_the_schema_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("migrations applied"));
+    assert!(dir.path().join("data/keygate.db").exists());
+    // Migrating an up-to-date database is a no-op that succeeds.
+    let again = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+}
+
+#[test]
+fn enterprise_mode_refuses_to_start_without_shared_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env(
+            "DATABASE_URL",
+            crate::servers::servers().pg_base.clone() + "/postgres",
+        )
+        .env("PORT", crate::servers::free_port().to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("KEYGATE_ENCRYPTION_KEY") || err.contains("JWT_SECRET"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("postgres://postgres@"),
+        "no connection URL in the error: {err}"
+    );
+}
