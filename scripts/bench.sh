@@ -113,6 +113,7 @@ gateway() { # name, then env assignments
   local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
   echo "{\"target\": \"$name\", \"peak_rss_kb\": $rss}" >> "$RESULTS"
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  PIDS=("${PIDS[@]/$pid}")   # gone: never signal a pid the system may hand out again
 }
 
 for c in $CONCURRENCY; do

@@ -209,21 +209,13 @@ impl MemoryStore {
 
         let n = req.keys.len();
         let c: Cand = match strategy {
-            Strategy::RoundRobin | Strategy::Random => {
-                // First usable key from the cursor (or a random start); round robin moves the
-                // cursor just past it.
-                let start = match strategy {
-                    Strategy::RoundRobin => {
-                        st.services.entry(req.service_id).or_default().rr as usize
-                    }
-                    _ => rand::random::<u32>() as usize,
-                } % n;
+            Strategy::RoundRobin => {
+                // First usable key from the cursor, which then moves just past it.
+                let start = st.services.entry(req.service_id).or_default().rr as usize % n;
                 let found = (0..n)
                     .map(|j| (start + j) % n)
                     .find_map(|i| eval(&st.keys, i));
-                if let Some(c) = &found
-                    && strategy == Strategy::RoundRobin
-                {
+                if let Some(c) = &found {
                     st.services.entry(req.service_id).or_default().rr = ((c.i + 1) % n) as u64;
                 }
                 match found {
@@ -261,6 +253,7 @@ impl MemoryStore {
                         }
                         best
                     }
+                    Strategy::Random => rand::random::<u32>() as usize % cands.len(),
                     Strategy::LeastUsed => {
                         let mut best = 0usize;
                         for (j, c) in cands.iter().enumerate() {

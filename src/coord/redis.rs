@@ -44,7 +44,8 @@ impl RedisStore {
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(2));
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(1);
         let conn = redis::Client::open(url)?
             .get_connection_manager_with_config(cfg)
             .await?;

@@ -122,7 +122,6 @@ impl Attempt {
 
     /// The key failed: record the fault (releasing the lease) before another key is tried.
     pub async fn fail(mut self, fault: Fault, reason: &str) -> Option<Report> {
-        self.done = true;
         self.renew.abort();
         let r = report(
             &self.state,
@@ -134,6 +133,8 @@ impl Attempt {
             reason,
         )
         .await;
+        // Only now: if the request is dropped mid-report, Drop still releases the lease.
+        self.done = true;
         self.state.lease_released.notify_waiters();
         r
     }

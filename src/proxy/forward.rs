@@ -367,6 +367,8 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
     };
     let deadline = started + svc.total_timeout;
 
+    let streamed = matches!(body, ReqBody::Stream(_));
+    let head = method == axum::http::Method::HEAD;
     let mut attempts = 0u32;
     let mut tried: Vec<i64> = Vec::new();
     let mut last_failure: Option<Failure> = None;
@@ -495,6 +497,16 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                 last_failure = Some(Failure::Timeout);
                 break;
             }
+            Err(_) if streamed && body_fault.get() != BodyFault::DONE => {
+                // The client was still uploading its body: its stall, not the key's.
+                drop(attempt);
+                let e = ProxyError::new(
+                    ErrorKind::ClientTimeout,
+                    fmt,
+                    "the request body did not arrive in time",
+                );
+                return finish_err(&slug, started, e);
+            }
             Err(_) => {
                 outcome("timeout");
                 attempt
@@ -542,7 +554,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                 } else {
                     "ok"
                 });
-                let mut out = deliver(&slug, started, fmt, resp, attempt, log, attempts);
+                let mut out = deliver(&slug, started, fmt, resp, attempt, log, attempts, head);
                 if let Some(c) = &client {
                     limit_headers(out.headers_mut(), c, &remaining);
                 }
@@ -729,6 +741,8 @@ struct BodyFault(Arc<AtomicU8>);
 impl BodyFault {
     const TOO_LARGE: u8 = 1;
     const BROKEN: u8 = 2;
+    /// The whole body went upstream.
+    const DONE: u8 = 3;
 
     fn get(&self) -> u8 {
         self.0.load(Ordering::Relaxed)
@@ -740,6 +754,7 @@ impl BodyFault {
 fn limit_body(body: Body, max: usize, fault: BodyFault) -> Body {
     let mut seen = 0usize;
     let broken = fault.clone();
+    let done = fault.clone();
     let stream = body
         .into_data_stream()
         .map_err(move |e| {
@@ -762,7 +777,14 @@ fn limit_body(body: Body, max: usize, fault: BodyFault) -> Body {
                 }
             }
         });
-    Body::from_stream(stream)
+    // Marks the end of the client's body, so a timeout while it is still uploading is not
+    // blamed on the key.
+    let end = futures::stream::once(async move {
+        done.0.store(BodyFault::DONE, Ordering::Relaxed);
+        None::<Result<Bytes, axum::Error>>
+    })
+    .filter_map(|x| async move { x });
+    Body::from_stream(stream.chain(end))
 }
 
 /// The terminal event a client gets when the upstream stream breaks after bytes were sent.
@@ -817,6 +839,7 @@ impl Metered {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Streams the upstream answer to the client unchanged, reading usage as it goes; releases the
 /// lease at the end, or marks the key and ends an SSE stream with an error event if it breaks.
 fn deliver(
@@ -827,9 +850,30 @@ fn deliver(
     attempt: Attempt,
     log: LogCtx,
     attempts: u32,
+    head: bool,
 ) -> Response {
     let status = resp.status();
     let headers = response_headers(resp.headers());
+    // An answer with no body (HEAD, 204, 304, Content-Length: 0) is never polled by the server,
+    // so it ends here.
+    let bodyless = head
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || resp.content_length() == Some(0);
+    if bodyless {
+        attempt.finish(
+            status.as_u16() < 400,
+            (0, 0),
+            status.as_u16(),
+            &log,
+            attempts,
+        );
+        let mut out = Response::new(Body::empty());
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        record(slug, status.as_u16(), started);
+        return out;
+    }
     let idle = attempt.svc.request_timeout;
     let sse = headers
         .get(header::CONTENT_TYPE)

@@ -4,7 +4,7 @@ mod attempt;
 mod auth;
 pub mod error;
 mod forward;
-mod usage;
+pub mod usage;
 
 use axum::Router;
 use axum::routing::any;

@@ -98,26 +98,37 @@ fn migrate_command_creates_the_schema_and_exits() {
 }
 
 #[test]
-fn enterprise_mode_refuses_to_start_without_shared_secrets() {
+fn enterprise_mode_refuses_to_start_without_shared_secrets_before_touching_the_database() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+    // Nothing listens on this port: if keygate tried the database first, the error would be a
+    // connection error instead of the missing secret.
+    let closed = crate::servers::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
         .current_dir(dir.path())
         .env_clear()
         .env(
             "DATABASE_URL",
-            crate::servers::servers().pg_base.clone() + "/postgres",
+            format!("postgres://keygate:hunter2@127.0.0.1:{closed}/keygate"),
         )
         .env("PORT", crate::servers::free_port().to_string())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("KEYGATE_ENCRYPTION_KEY") || err.contains("JWT_SECRET"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("postgres://postgres@"),
-        "no connection URL in the error: {err}"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keygate did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("KEYGATE_ENCRYPTION_KEY must be set"), "{err}");
+    assert!(!err.contains("hunter2"), "no password in the error: {err}");
 }

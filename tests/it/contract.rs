@@ -294,16 +294,18 @@ contract!(
         let ks = keys(&[1]);
         let mut r = req(Strategy::RoundRobin, &ks);
         r.cap = Some(1);
-        r.lease_ttl_ms = 400;
+        r.lease_ttl_ms = 800;
         let (_, held, _) = take(&p.a, &r).await;
         // Renewed for longer than its TTL: still held.
-        let until = Instant::now() + Duration::from_millis(900);
+        let until = Instant::now() + Duration::from_millis(1_600);
         while Instant::now() < until {
-            p.b.renew(&held, 400).await.unwrap();
+            p.b.renew(&held, 800).await.unwrap();
             assert_eq!(p.a.acquire(&r).await.unwrap(), Acquire::AtCapacity);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // The holder "dies" (no renewal, no release): the slot comes back by itself.
+        // The holder "dies" (no renewal, no release): the slot comes back by itself, measured
+        // from the last renewal.
+        p.b.renew(&held, 800).await.unwrap();
         let t0 = Instant::now();
         let freed = eventually(Duration::from_secs(3), || async {
             matches!(p.b.acquire(&r).await.unwrap(), Acquire::Granted { .. })
@@ -311,7 +313,7 @@ contract!(
         .await;
         assert!(freed, "an abandoned lease must expire");
         assert!(
-            t0.elapsed() >= Duration::from_millis(250),
+            t0.elapsed() >= Duration::from_millis(700),
             "not before its TTL: {:?}",
             t0.elapsed()
         );
@@ -441,24 +443,10 @@ contract!(
         .await
         .unwrap();
         assert_eq!(p.a.acquire(&r).await.unwrap(), Acquire::NoKey);
-        let back = eventually(Duration::from_secs(3), || async {
-            match p
-                .at(rand::random::<u8>() as usize)
-                .acquire(&r)
-                .await
-                .unwrap()
-            {
-                Acquire::Granted { lease, .. } => {
-                    ok(&p.a, &lease).await;
-                    true
-                }
-                _ => false,
-            }
-        })
-        .await;
+        let back = granted_within(&p.b, &r, Duration::from_secs(3)).await;
         let waited = t0.elapsed();
         println!("cooling for Retry-After 500 ms; back in rotation after {waited:?}");
-        assert!(back);
+        assert!(back.is_some());
         assert!(
             waited >= Duration::from_millis(480) && waited <= Duration::from_millis(600),
             "{waited:?}"

@@ -346,3 +346,65 @@ both!(
         assert!(failures, "the key's failure is recorded");
     }
 );
+
+both!(
+    an_answer_without_body_counts_as_a_success_and_releases_the_key,
+    |b: Backend| async move {
+        let up = mock::start().await;
+        up.mock
+            .set("sk-nobody-key-01", Behaviour::Status(500, None));
+        let app = TestApp::spawn(b).await;
+        service(&app, "nb", &up.base, json!({}), &[("sk-nobody-key-01", 1)]).await;
+        let ak = app.access_key().await;
+        assert_eq!(app.chat("nb", &ak).await.status(), 502);
+        up.mock
+            .set("sk-nobody-key-01", Behaviour::Status(204, None));
+        assert_eq!(app.chat("nb", &ak).await.status(), 204);
+        // The 204 reset the failure count and gave the lease back.
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                let (_, v) = app.admin("GET", "/admin/services/nb/keys", None).await;
+                v["items"][0]["consecutive_failures"] == 0 && v["items"][0]["in_flight"] == 0
+            })
+            .await
+        );
+    }
+);
+
+both!(
+    a_client_stalling_its_upload_gets_408_and_the_key_is_not_blamed,
+    |b: Backend| async move {
+        let up = mock::start().await;
+        let app = TestApp::spawn(b).await;
+        service(
+            &app,
+            "slowup",
+            &up.base,
+            json!({"request_timeout_ms": 300}),
+            &[("sk-slow-upload-1", 1)],
+        )
+        .await;
+        let ak = app.access_key().await;
+        // One chunk, then the client goes quiet (no Content-Length: the body streams upstream).
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(vec![b'{'; 10])])
+            .chain(futures::stream::pending());
+        let r = app
+            .http
+            .post(app.url("/llm/slowup/v1/chat/completions"))
+            .bearer_auth(&ak)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 408);
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                let (_, v) = app.admin("GET", "/admin/services/slowup/keys", None).await;
+                v["items"][0]["in_flight"] == 0
+            })
+            .await
+        );
+        let (_, v) = app.admin("GET", "/admin/services/slowup/keys", None).await;
+        assert_eq!(v["items"][0]["consecutive_failures"], 0, "{v}");
+    }
+);

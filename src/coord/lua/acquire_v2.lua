@@ -147,22 +147,17 @@ local function eval(i)
 end
 
 local pick
-if strategy == 'rr' or strategy == 'random' then
-  -- Scan from the cursor (or a random start) and stop at the first usable key: one key read in
-  -- the common case. Round robin then moves the cursor just past the key it took, so the
-  -- rotation is exact, and fair among the usable keys while others are out.
-  local start
-  if strategy == 'rr' then
-    start = tonumber(redis.call('HGET', KEYS[1], 'rr') or '0') or 0
-  else
-    start = tonumber(ARGV[10]) % n
-  end
+if strategy == 'rr' then
+  -- Scan from the cursor and stop at the first usable key: one key read in the common case. The
+  -- cursor then moves just past the key taken, so the rotation is exact, and fair among the
+  -- usable keys while others are out.
+  local start = tonumber(redis.call('HGET', KEYS[1], 'rr') or '0') or 0
   for j = 0, n - 1 do
     local i0 = (start + j) % n
     local c = eval(i0 + 1)
     if c then
       pick = c
-      if strategy == 'rr' then redis.call('HSET', KEYS[1], 'rr', (i0 + 1) % n) end
+      redis.call('HSET', KEYS[1], 'rr', (i0 + 1) % n)
       break
     end
   end
@@ -183,6 +178,9 @@ else
       pick.cw = pick.cw - total
       for _, c in ipairs(cand) do redis.call('HSET', key_hash(c.i), 'cw', c.cw) end
     end
+  elseif strategy == 'random' then
+    -- uniform among the usable keys
+    if #cand > 0 then pick = cand[(tonumber(ARGV[10]) % #cand) + 1] end
   elseif strategy == 'least_used' then
     for _, c in ipairs(cand) do
       if pick == nil or c.inflight < pick.inflight
