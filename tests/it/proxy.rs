@@ -506,3 +506,52 @@ async fn raw_status(app: &TestApp, path: &str, key: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+both!(
+    request_logs_are_written_in_batches_with_the_usage,
+    |b: Backend| async move {
+        use sea_orm::EntityTrait;
+        let up = mock::start().await;
+        let app = TestApp::spawn(b).await;
+        let ak = app
+            .with_service("logged", &up.base, &["sk-logged-key-01"])
+            .await;
+        for _ in 0..5 {
+            let r = app.chat("logged", &ak).await;
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await;
+        }
+        assert_eq!(
+            app.chat("nope", &ak).await.status(),
+            404,
+            "unknown slugs are not logged"
+        );
+        let db = app.state.db.clone();
+        assert!(
+            crate::harness::eventually(Duration::from_secs(5), || async {
+                keygate::db::logs::count_for_service(&db, "logged")
+                    .await
+                    .unwrap()
+                    == 5
+            })
+            .await,
+            "five rows reach the database off the request path"
+        );
+        let rows = keygate::db::entity::request_log::Entity::find()
+            .all(&db)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 5);
+        for r in rows {
+            assert_eq!((r.status, r.attempts), (200, 1));
+            assert_eq!(r.model.as_deref(), Some("gpt-test"));
+            assert_eq!(
+                (r.prompt_tokens, r.completion_tokens),
+                (Some(3), Some(1)),
+                "usage from the answer"
+            );
+            assert_eq!(r.path, "v1/chat/completions");
+            assert!(r.upstream_key_id.is_some() && r.access_key_id.is_some());
+        }
+    }
+);
