@@ -95,7 +95,7 @@ impl App {
             })
             .unwrap_or_default();
 
-        let (log_tx, log_rx) = tokio::sync::mpsc::channel(10_000);
+        let (events, receivers) = crate::events::Events::new(config.log.queue_capacity);
         let version = coord.config_version().await?;
         let snapshot = Snapshot::load(&db, &cipher, version).await?;
 
@@ -106,7 +106,7 @@ impl App {
             reload_lock: tokio::sync::Mutex::new(()),
             lease_released: tokio::sync::Notify::new(),
             global_keys,
-            logs: log_tx,
+            events: events.clone(),
             metrics,
             http,
             cipher,
@@ -116,7 +116,13 @@ impl App {
         });
 
         let tasks = vec![
-            tokio::spawn(db::logs::run_writer(db, log_rx, config.log.retention_days)),
+            tokio::spawn(crate::events::log_writer::run(
+                db.clone(),
+                events.clone(),
+                receivers.requests,
+            )),
+            tokio::spawn(crate::events::key_status::run(db.clone(), receivers.keys)),
+            tokio::spawn(db::logs::run_retention(db, config.log.retention_days)),
             tokio::spawn(refresh_loop(state.clone())),
         ];
 

@@ -26,6 +26,16 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Optional separate address for `/admin`, `/docs`, `/openapi.json` and `/metrics`.
     pub admin_listen: Option<SocketAddr>,
+    /// A client must send its whole request head within this time (slow-header defence), ms.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no bytes moving either way for this long is closed, ms.
+    pub idle_timeout_ms: u64,
+    /// Concurrent client connections per listener; further accepts wait (and say so in the log).
+    pub max_connections: usize,
+    /// Admin routes must receive their whole request body within this time, ms.
+    pub admin_body_timeout_ms: u64,
+    /// On shutdown, in-flight requests (streams included) get this long to finish, ms.
+    pub shutdown_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +64,12 @@ pub struct AuthConfig {
     pub jwt_ttl_secs: u64,
     pub admin_username: String,
     pub admin_password: Option<SecretString>,
+    /// Password hashes computed at once (Argon2 runs on the blocking pool behind this limit).
+    pub login_concurrency: usize,
+    /// First lockout after a failed login, doubled per further failure (per username and per IP), ms.
+    pub login_backoff_base_ms: u64,
+    /// Longest lockout after failed logins, ms.
+    pub login_backoff_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +114,13 @@ pub struct LogConfig {
     pub format: String,
     /// Days of request logs to keep; 0 keeps them forever.
     pub retention_days: u32,
+    /// Request events waiting for the log writer (memory); beyond it events go to the spool.
+    pub queue_capacity: usize,
+    /// Largest size of the local spool file that holds request events while the database is
+    /// unreachable; replayed in order when it returns. 0 disables spooling.
+    pub spool_max_bytes: u64,
+    /// Directory of the spool file; empty = `<data_dir>/spool`.
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -123,6 +146,14 @@ impl Config {
             .set_default("redis.prefix", "keygate:")?
             .set_default("auth.jwt_ttl_secs", 3600)?
             .set_default("auth.admin_username", "admin")?
+            .set_default("auth.login_concurrency", 2)?
+            .set_default("auth.login_backoff_base_ms", 500)?
+            .set_default("auth.login_backoff_max_ms", 300_000)?
+            .set_default("server.header_read_timeout_ms", 10_000)?
+            .set_default("server.idle_timeout_ms", 75_000)?
+            .set_default("server.max_connections", 20_000)?
+            .set_default("server.admin_body_timeout_ms", 15_000)?
+            .set_default("server.shutdown_grace_ms", 30_000)?
             .set_default("proxy.max_body_bytes", 32 * 1024 * 1024)?
             .set_default("proxy.retry_buffer_bytes", 4 * 1024 * 1024)?
             .set_default("proxy.refresh_interval_ms", 500)?
@@ -133,7 +164,9 @@ impl Config {
             .set_default("proxy.upstream_wide_percent", 60)?
             .set_default("proxy.upstream_wide_window_ms", 10_000)?
             .set_default("log.format", "text")?
-            .set_default("log.retention_days", 30)?;
+            .set_default("log.retention_days", 30)?
+            .set_default("log.queue_capacity", 50_000)?
+            .set_default("log.spool_max_bytes", 256 * 1024 * 1024)?;
         if let Some(f) = file {
             b = b.add_source(config::File::with_name(f).required(false));
         }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod coord;
 pub mod crypto;
 pub mod db;
+pub mod events;
 pub mod ops;
 pub mod proxy;
 pub mod snapshot;

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use sea_orm::DatabaseConnection;
-use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::coord::Coord;
 use crate::crypto::Cipher;
-use crate::db::entity::request_log;
+use crate::events::Events;
 use crate::snapshot::Snapshot;
 
 #[derive(Clone)]
@@ -28,7 +27,8 @@ pub struct Inner {
     pub http: reqwest::Client,
     /// Hex SHA-256 of each `GLOBAL_PROXY_KEYS` entry.
     pub global_keys: HashSet<String>,
-    pub logs: mpsc::Sender<request_log::ActiveModel>,
+    /// Request and key events, consumed by the sinks in `events` (never the database directly).
+    pub events: Events,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Woken whenever this replica releases a lease, so requests queued at a cap retry at once.
     pub lease_released: tokio::sync::Notify,

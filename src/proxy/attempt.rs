@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
 use crate::coord::{ClientLimits, Fault, Lease, Report, Usage};
-use crate::db::entity::request_log;
 use crate::snapshot::ServiceRt;
 use crate::state::AppState;
 use crate::telemetry::metrics as m;
@@ -194,14 +193,15 @@ pub async fn report(
             .increment(1);
         tracing::warn!(key = %masked, key_id, slug = %svc.slug, to, reason, fails = r.fails, until_ms = r.until, "upstream key out of rotation");
     }
-    let durable =
-        matches!(fault, Fault::Invalid | Fault::Exhausted).then(|| to.unwrap_or("invalid"));
-    let db = state.db.clone();
-    let reason = reason.to_string();
-    tokio::spawn(async move {
-        if let Err(e) = crate::db::keys::set_status(&db, key_id, durable, &reason).await {
-            tracing::warn!(error = %e, key_id, "could not persist key status");
-        }
+    let durable = match fault {
+        Fault::Invalid => Some("invalid"),
+        Fault::Exhausted => Some("exhausted"),
+        _ => None,
+    };
+    state.events.key_status(crate::events::KeyStatusChange {
+        key_id,
+        status: durable,
+        reason: reason.to_string(),
     });
     Some(r)
 }
@@ -217,28 +217,31 @@ pub fn write_log(
     (prompt, completion): (u64, u64),
     error_kind: Option<&str>,
 ) {
-    use sea_orm::ActiveValue::Set;
-    let row = request_log::ActiveModel {
-        id: Set(uuid::Uuid::now_v7()),
-        ts: Set(chrono::Utc::now()),
-        service: Set(svc.slug.clone()),
-        access_key_id: Set(log.access_key_id),
-        upstream_key_id: Set(upstream_key_id),
-        model: Set(log.model.clone()),
-        path: Set(log.path.chars().take(512).collect()),
-        status: Set(status as i32),
-        attempts: Set(attempts as i32),
-        latency_ms: Set(log.started.elapsed().as_millis() as i64),
-        ttft_ms: Set(None),
-        prompt_tokens: Set(tokens_col(prompt)),
-        completion_tokens: Set(tokens_col(completion)),
-        cost: Set(None),
-        error_kind: Set(error_kind.map(str::to_string)),
-    };
-    // A full queue drops the row rather than slow the request.
-    let _ = state.logs.try_send(row);
-}
-
-fn tokens_col(n: u64) -> Option<i32> {
-    (n > 0).then_some(n.min(i32::MAX as u64) as i32)
+    state.events.request(crate::events::RequestEvent {
+        id: uuid::Uuid::now_v7(),
+        ts: chrono::Utc::now(),
+        service: svc.slug.clone(),
+        access_key_id: log.access_key_id,
+        upstream_key_id,
+        tried: Vec::new(),
+        model: log.model.clone(),
+        upstream_model: None,
+        path: log.path.clone(),
+        status,
+        attempts,
+        latency_ms: log.started.elapsed().as_millis() as u64,
+        ttft_ms: None,
+        tokens: crate::events::Tokens {
+            prompt,
+            completion,
+            ..Default::default()
+        },
+        cost_micros: None,
+        error_kind: error_kind.map(str::to_string),
+        streamed: false,
+        cancelled: false,
+        estimated: false,
+        client_format: "openai",
+        upstream_format: "openai",
+    });
 }

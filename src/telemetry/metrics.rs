@@ -19,6 +19,10 @@ pub const SERVICE_BACKOFFS_TOTAL: &str = "keygate_service_backoffs_total";
 pub const CLIENT_RATE_LIMITED_TOTAL: &str = "keygate_client_rate_limited_total";
 /// Coordination store errors on the hot path, by `kind`.
 pub const COORD_ERRORS_TOTAL: &str = "keygate_coord_errors_total";
+/// Request events waiting for the log writer.
+pub const LOG_QUEUE_DEPTH: &str = "keygate_log_queue_depth";
+/// Request events that could not be kept (queue and spool full), by `reason`.
+pub const REQUEST_EVENTS_DROPPED_TOTAL: &str = "keygate_request_events_dropped_total";
 /// Snapshot reloads, by `trigger` (local, remote).
 pub const SNAPSHOT_RELOADS_TOTAL: &str = "keygate_snapshot_reloads_total";
 

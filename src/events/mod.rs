@@ -1,0 +1,168 @@
+//! Request and key events: what the data plane emits, and the sinks that consume them off the hot
+//! path. The data plane never names the database; it hands one `RequestEvent` per request (from
+//! the proxy's finaliser) and `KeyStatusChange`s to `Events`, and the sinks here persist them.
+//!
+//! - `log_writer`: request events -> `request_logs`, in batches; failed batches are retried, and
+//!   while the database is unreachable events spool to a bounded local file that is replayed in
+//!   order when it returns. On shutdown the queue is flushed (or spooled).
+//! - `key_status`: durable key status changes, coalesced to at most one write per key per second.
+pub mod key_status;
+pub mod log_writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::telemetry::metrics as m;
+
+/// Token counts of one request, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+    #[serde(default)]
+    pub cache_read: u64,
+    #[serde(default)]
+    pub cache_write: u64,
+}
+
+impl Tokens {
+    /// What rate limits (TPM) count.
+    pub fn total(&self) -> u64 {
+        self.prompt.saturating_add(self.completion)
+    }
+}
+
+/// One data-plane request, as it ended. Exactly one per request, whatever the exit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestEvent {
+    /// UUID v7: time-ordered, and the idempotency key of the log row (a replayed spool never
+    /// writes a row twice).
+    pub id: uuid::Uuid,
+    pub ts: DateTime<Utc>,
+    /// The slug the client called (`_unknown` is never stored: unknown slugs are not logged).
+    pub service: String,
+    pub access_key_id: Option<i64>,
+    /// The key that produced the answer (or the last one tried).
+    pub upstream_key_id: Option<i64>,
+    /// Every key tried, in order.
+    #[serde(default)]
+    pub tried: Vec<i64>,
+    /// The model the client asked for.
+    pub model: Option<String>,
+    /// The model sent upstream (after aliasing), when it differs.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    pub path: String,
+    pub status: u16,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub tokens: Tokens,
+    /// Cost in micro-units of the currency (1 = 0.000001), when priced.
+    #[serde(default)]
+    pub cost_micros: Option<i64>,
+    /// Low-cardinality reason when the request did not end in an upstream success.
+    pub error_kind: Option<String>,
+    pub streamed: bool,
+    /// The client went away before the answer ended.
+    #[serde(default)]
+    pub cancelled: bool,
+    /// Token counts were estimated, not reported by the upstream.
+    #[serde(default)]
+    pub estimated: bool,
+    /// Wire formats: the client's (from the path) and the upstream's (from the service kind).
+    pub client_format: &'static str,
+    pub upstream_format: &'static str,
+}
+
+/// A durable key status change (`invalid`, `exhausted`) or its clearing (None = active again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatusChange {
+    pub key_id: i64,
+    pub status: Option<&'static str>,
+    pub reason: String,
+}
+
+/// The handle the data plane emits through. Cheap to clone; never blocks.
+#[derive(Clone)]
+pub struct Events(Arc<Inner>);
+
+struct Inner {
+    requests: mpsc::Sender<RequestEvent>,
+    keys: mpsc::UnboundedSender<KeyStatusChange>,
+    closed: AtomicBool,
+    /// Asks the writers to flush and stop; each answers when done.
+    shutdown: parking_lot::Mutex<Vec<oneshot::Sender<oneshot::Sender<()>>>>,
+}
+
+/// The receiving ends, handed to the sinks when they start.
+pub struct Receivers {
+    pub requests: mpsc::Receiver<RequestEvent>,
+    pub keys: mpsc::UnboundedReceiver<KeyStatusChange>,
+}
+
+impl Events {
+    pub fn new(capacity: usize) -> (Self, Receivers) {
+        let (rtx, rrx) = mpsc::channel(capacity.max(16));
+        let (ktx, krx) = mpsc::unbounded_channel();
+        (
+            Self(Arc::new(Inner {
+                requests: rtx,
+                keys: ktx,
+                closed: AtomicBool::new(false),
+                shutdown: parking_lot::Mutex::new(Vec::new()),
+            })),
+            Receivers {
+                requests: rrx,
+                keys: krx,
+            },
+        )
+    }
+
+    /// Hands a request event to the log writer. A full queue is counted, never waited on: the
+    /// writer drains into the spool when the database is slow, so a full queue means the spool
+    /// is full too.
+    pub fn request(&self, ev: RequestEvent) {
+        match self.0.requests.try_send(ev) {
+            Ok(()) => metrics::gauge!(m::LOG_QUEUE_DEPTH).increment(1.0),
+            Err(_) => metrics::counter!(m::REQUEST_EVENTS_DROPPED_TOTAL, "reason" => "queue_full")
+                .increment(1),
+        }
+    }
+
+    pub fn key_status(&self, change: KeyStatusChange) {
+        let _ = self.0.keys.send(change);
+    }
+
+    /// Registers a sink that wants to hear about shutdown: it gets a sender to answer on once it
+    /// has flushed.
+    pub fn on_shutdown(&self) -> oneshot::Receiver<oneshot::Sender<()>> {
+        let (tx, rx) = oneshot::channel();
+        self.0.shutdown.lock().push(tx);
+        rx
+    }
+
+    /// Flushes every sink (queue to the database, or to the spool if it is down) and waits for
+    /// them, at most `within`. Called once, after the listeners have drained.
+    pub async fn flush_and_close(&self, within: std::time::Duration) {
+        if self.0.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let waiters: Vec<_> = std::mem::take(&mut *self.0.shutdown.lock());
+        let mut dones = Vec::new();
+        for w in waiters {
+            let (tx, rx) = oneshot::channel();
+            if w.send(tx).is_ok() {
+                dones.push(rx);
+            }
+        }
+        let all = futures::future::join_all(dones);
+        if tokio::time::timeout(within, all).await.is_err() {
+            tracing::warn!("event sinks did not flush within the shutdown grace period");
+        }
+    }
+}
