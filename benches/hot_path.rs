@@ -7,6 +7,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use keygate::coord::memory::MemoryStore;
 use keygate::coord::{Acquire, AcquireReq, KeySet, KeySpec, Policy, Strategy, Usage};
+use keygate::formats::Format;
 use keygate::proxy::usage::UsageScanner;
 
 fn keys(n: usize) -> KeySet {
@@ -71,20 +72,20 @@ fn usage(c: &mut Criterion) {
     let mut g = c.benchmark_group("usage scanner");
     g.bench_function("json answer", |b| {
         b.iter(|| {
-            let mut s = UsageScanner::new(false);
+            let mut s = UsageScanner::new(Format::OpenAi, false);
             s.feed(black_box(json));
             s.finish();
-            black_box(s.prompt + s.completion)
+            black_box(s.tokens.total())
         })
     });
     g.bench_function("sse stream, 52 events in 13 chunks", |b| {
         b.iter(|| {
-            let mut s = UsageScanner::new(true);
+            let mut s = UsageScanner::new(Format::OpenAi, true);
             for chunk in sse.chunks(sse.len() / 12) {
                 s.feed(black_box(chunk));
             }
             s.finish();
-            black_box(s.prompt + s.completion)
+            black_box(s.tokens.total())
         })
     });
     g.finish();

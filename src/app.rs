@@ -105,6 +105,8 @@ impl App {
             snapshot: ArcSwap::from_pointee(snapshot),
             reload_lock: tokio::sync::Mutex::new(()),
             lease_released: tokio::sync::Notify::new(),
+            hop_id: hop_id(&jwt),
+            leases: Default::default(),
             global_keys,
             events: events.clone(),
             metrics,
@@ -124,6 +126,7 @@ impl App {
             tokio::spawn(crate::events::key_status::run(db.clone(), receivers.keys)),
             tokio::spawn(db::logs::run_retention(db, config.log.retention_days)),
             tokio::spawn(refresh_loop(state.clone())),
+            tokio::spawn(proxy::leases::run(state.clone())),
         ];
 
         let (control, api) = control_routes().split_for_parts();
@@ -225,6 +228,13 @@ fn layers(router: Router) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+}
+
+/// The loop-marker id: derived from the JWT secret, which every replica of a deployment shares
+/// and other deployments do not, so keygate chained to another keygate is not a loop.
+fn hop_id(jwt: &secrecy::SecretString) -> axum::http::HeaderValue {
+    let digest = sha256_hex(&format!("keygate-hop\0{}", jwt.expose_secret()));
+    axum::http::HeaderValue::from_str(&digest[..16]).expect("hex is a valid header value")
 }
 
 /// Every replica checks the shared config version and reloads its snapshot when it moved.

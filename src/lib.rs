@@ -9,6 +9,7 @@ pub mod coord;
 pub mod crypto;
 pub mod db;
 pub mod events;
+pub mod formats;
 pub mod ops;
 pub mod proxy;
 pub mod snapshot;

@@ -30,6 +30,10 @@ pub struct Inner {
     /// Request and key events, consumed by the sinks in `events` (never the database directly).
     pub events: Events,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// This deployment's id in the `x-keygate-hop` loop marker (shared by its replicas).
+    pub hop_id: axum::http::HeaderValue,
+    /// Leases held by in-flight requests, renewed by one task.
+    pub leases: crate::proxy::leases::Renewer,
     /// Woken whenever this replica releases a lease, so requests queued at a cap retry at once.
     pub lease_released: tokio::sync::Notify,
     /// Serialises snapshot reloads so an older load never replaces a newer one.

@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::telemetry::metrics as m;
 
+/// The service name of requests whose slug named no service.
+pub const UNKNOWN_SERVICE: &str = "_unknown";
+
 /// Token counts of one request, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tokens {
@@ -127,6 +130,11 @@ impl Events {
     /// writer drains into the spool when the database is slow, so a full queue means the spool
     /// is full too.
     pub fn request(&self, ev: RequestEvent) {
+        // A slug that names no service belongs to no tenant and is chosen by whoever calls:
+        // such requests are counted in metrics, not stored.
+        if ev.service == UNKNOWN_SERVICE {
+            return;
+        }
         match self.0.requests.try_send(ev) {
             Ok(()) => metrics::gauge!(m::LOG_QUEUE_DEPTH).increment(1.0),
             Err(_) => metrics::counter!(m::REQUEST_EVENTS_DROPPED_TOTAL, "reason" => "queue_full")

@@ -1,15 +1,10 @@
 //! Errors the gateway itself returns on the data plane, in the error shape of the client's format
-//! (OpenAI, Anthropic or Gemini), so that SDKs surface them properly.
+//! (OpenAI, Anthropic or Gemini), so that SDKs surface them properly. The shapes live with each
+//! format in `crate::formats`.
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    OpenAi,
-    Anthropic,
-    Gemini,
-}
+pub use crate::formats::Format;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -24,6 +19,8 @@ pub enum ErrorKind {
     UpstreamRateLimited,
     NoUsableKey,
     UpstreamTimeout,
+    /// The request already passed through this keygate deployment: a service points back at it.
+    LoopDetected,
     Internal,
 }
 
@@ -41,6 +38,7 @@ impl ErrorKind {
             Self::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::NoUsableKey => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::LoopDetected => StatusCode::LOOP_DETECTED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -59,33 +57,8 @@ impl ErrorKind {
             Self::UpstreamRateLimited => "upstream_rate_limited",
             Self::NoUsableKey => "no_usable_key",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::LoopDetected => "loop_detected",
             Self::Internal => "internal",
-        }
-    }
-
-    fn openai_type(self) -> &'static str {
-        match self {
-            Self::BadAccessKey => "authentication_error",
-            Self::SlugNotAllowed => "permission_error",
-            Self::UnknownSlug => "not_found_error",
-            Self::BodyTooLarge | Self::BadRequest | Self::ClientTimeout => "invalid_request_error",
-            Self::NoUsableKey => "service_unavailable",
-            Self::UpstreamRateLimited | Self::RateLimited => "rate_limit_error",
-            Self::UpstreamFailed | Self::UpstreamTimeout | Self::Internal => "api_error",
-        }
-    }
-
-    fn gemini_status(self) -> &'static str {
-        match self {
-            Self::BadAccessKey => "UNAUTHENTICATED",
-            Self::SlugNotAllowed => "PERMISSION_DENIED",
-            Self::UnknownSlug => "NOT_FOUND",
-            Self::BodyTooLarge | Self::BadRequest => "INVALID_ARGUMENT",
-            Self::ClientTimeout => "DEADLINE_EXCEEDED",
-            Self::NoUsableKey => "UNAVAILABLE",
-            Self::UpstreamRateLimited | Self::RateLimited => "RESOURCE_EXHAUSTED",
-            Self::UpstreamTimeout => "DEADLINE_EXCEEDED",
-            Self::UpstreamFailed | Self::Internal => "INTERNAL",
         }
     }
 }
@@ -112,16 +85,7 @@ impl ProxyError {
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let status = self.kind.status();
-        let body = match self.format {
-            Format::OpenAi => json!({"error": {
-                "message": self.message, "type": self.kind.openai_type(),
-                "code": self.kind.label(), "param": null}}),
-            Format::Anthropic => json!({"type": "error", "error": {
-                "type": self.kind.openai_type(), "message": self.message}}),
-            Format::Gemini => json!({"error": {
-                "code": status.as_u16(), "message": self.message,
-                "status": self.kind.gemini_status()}}),
-        };
+        let body = self.format.error_body(self.kind, &self.message);
         let mut resp = (status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after_secs {
             resp.headers_mut()

@@ -1,19 +1,135 @@
-//! DATA PLANE: the route table. `/llm/{slug}/...` for LLM kinds, `/proxy/{slug}/...` for REST,
-//! `/v1/...` for the configured default slug.
-mod attempt;
-mod auth;
+//! DATA PLANE. A request goes through these stages, each in its own file:
+//! 1. `ingress`: slug, service, client format and endpoint, credential, loop marker, upstream URL;
+//! 2. `headers`: what is forwarded upstream and back;
+//! 3. `body`: buffer (retryable) or stream (one attempt), with the size limit;
+//! 4. `failover`: pick a key, send, classify, mark, retry: returns an outcome, builds no HTTP;
+//! 5. `meter`: the answer streams to the client while usage and TTFB are read;
+//! 6. `finish`: the single finaliser every exit passes through (lease, metrics, one event).
+//!
+//! Routes: `/llm/{slug}/...` for LLM kinds, `/proxy/{slug}/...` for REST, `/v1/...` for the
+//! configured default slug. The data plane reads only the config snapshot and the coordination
+//! store, and hands events to `crate::events`; it never names the database.
+pub mod auth;
+pub mod body;
 pub mod error;
-mod forward;
+pub mod failover;
+pub mod finish;
+pub mod headers;
+pub mod ingress;
+pub mod leases;
+pub mod meter;
 pub mod usage;
 
 use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::response::Response;
 use axum::routing::any;
+
+use error::{ErrorKind, ProxyError};
+use failover::Outcome;
+use finish::Finish;
+use ingress::Mode;
 
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/llm/{slug}/{*path}", any(forward::llm))
-        .route("/proxy/{slug}/{*path}", any(forward::rest))
-        .route("/v1/{*path}", any(forward::default_slug))
+        .route("/llm/{slug}/{*path}", any(llm))
+        .route("/llm/{slug}", any(llm))
+        .route("/llm/{slug}/", any(llm))
+        .route("/proxy/{slug}/{*path}", any(rest))
+        .route("/v1/{*path}", any(default_slug))
+}
+
+/// The slug segment, still percent-encoded: a slug is `[a-z0-9-]`, so anything encoded is
+/// simply an unknown slug, never a parse error.
+fn slug_of(path: &str) -> String {
+    path.trim_start_matches('/')
+        .split('/')
+        .nth(1)
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn llm(State(state): State<AppState>, req: Request) -> Response {
+    let slug = slug_of(req.uri().path());
+    let path = ingress::raw_rest(req.uri().path(), 2);
+    handle(state, slug, path, Mode::Llm, req).await
+}
+
+async fn rest(State(state): State<AppState>, req: Request) -> Response {
+    let slug = slug_of(req.uri().path());
+    let path = ingress::raw_rest(req.uri().path(), 2);
+    handle(state, slug, path, Mode::Rest, req).await
+}
+
+async fn default_slug(State(state): State<AppState>, req: Request) -> Response {
+    let path = format!("v1/{}", ingress::raw_rest(req.uri().path(), 1));
+    let Some(slug) = state.config.proxy.default_slug.clone() else {
+        let (fmt, _) = ingress::client_format(req.headers(), &path, Mode::Llm);
+        let mut fin = Finish::start(&state, "_default", &path, fmt);
+        fin.unknown_slug();
+        return fin.fail(ProxyError::new(
+            ErrorKind::UnknownSlug,
+            fmt,
+            "no default slug is configured: call /llm/<slug>/v1/... or set KEYGATE_DEFAULT_SLUG",
+        ));
+    };
+    handle(state, slug, path, Mode::Llm, req).await
+}
+
+/// The pipeline: each stage either hands on or ends the request through the finaliser.
+async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Request) -> Response {
+    let (fmt, endpoint) = ingress::client_format(req.headers(), &path, mode);
+    let mut fin = Finish::start(&state, &slug, &path, fmt);
+    if path.is_empty() && mode == Mode::Llm {
+        let e = ProxyError::new(
+            ErrorKind::BadRequest,
+            fmt,
+            format!(
+                "no API path: call /llm/{slug}/v1/... (for example /llm/{slug}/v1/chat/completions)"
+            ),
+        );
+        return fin.fail(e);
+    }
+    let adm = match ingress::admit(&state, &mut fin, endpoint, mode, req.headers(), req.uri()) {
+        Ok(a) => a,
+        Err(e) => return fin.fail(e),
+    };
+    let (parts, body) = req.into_parts();
+    let proxy = &state.config.proxy;
+    let mut body = match body::take(
+        &parts.headers,
+        body,
+        proxy.max_body_bytes,
+        proxy.retry_buffer_bytes,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err((kind, msg)) => {
+            let fmt = fin.client_fmt;
+            return fin.fail(ProxyError::new(kind, fmt, msg));
+        }
+    };
+    if fin.model.is_none()
+        && let body::ReqBody::Buffered(b) = &body
+        && !b.is_empty()
+    {
+        fin.model = fin.client_fmt.model_in_body(b);
+    }
+    let base = headers::upstream(&parts.headers, &state.hop_id, body.is_stream());
+    let ran = failover::run(&state, &mut fin, &adm, &parts.method, &base, &mut body).await;
+    let client = fin.client;
+    let mut resp = match ran.outcome {
+        Outcome::Answer { resp, error_kind } => {
+            meter::deliver(resp, fin, error_kind, parts.method == Method::HEAD)
+        }
+        Outcome::Error(e) => fin.fail(e),
+    };
+    if let (Some(c), Some(rem)) = (client, ran.remaining) {
+        headers::limits(resp.headers_mut(), &c, &rem);
+    }
+    resp
 }

@@ -1,0 +1,348 @@
+//! The finaliser: every request ends here exactly once, whatever the exit (an answer streamed to
+//! its end, an error keygate returns, a broken stream, the client going away, a coordination
+//! failure, a panic). It releases the lease with the usage seen so far, records the request
+//! metrics and emits one `RequestEvent`. A `Finish` that is dropped without being ended (the
+//! client cancelled, or a panic unwound the handler) ends itself in `Drop`.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::{IntoResponse, Response};
+
+use super::error::{ErrorKind, ProxyError};
+use crate::coord::{ClientLimits, Coord, Fault, Lease, Report, Usage};
+use crate::events::{KeyStatusChange, RequestEvent, Tokens};
+use crate::formats::Format;
+use crate::snapshot::ServiceRt;
+use crate::state::AppState;
+use crate::telemetry::metrics as m;
+
+/// HTTP status logged for a client that went away before the answer's head (nginx's 499).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The lease on the key currently serving the request.
+pub struct Held {
+    pub index: usize,
+    pub lease: Lease,
+    /// This request is the half-open trial of a key that tripped on failures.
+    pub probe: bool,
+    renewal: u64,
+}
+
+pub struct Finish {
+    state: AppState,
+    pub started: Instant,
+    /// Metric label: the slug, or `_unknown` for slugs that do not exist (attacker-controlled).
+    label: String,
+    pub slug: String,
+    pub svc: Option<Arc<ServiceRt>>,
+    pub client_fmt: Format,
+    pub upstream_fmt: Format,
+    pub access_key_id: Option<i64>,
+    pub client: Option<ClientLimits>,
+    pub model: Option<String>,
+    pub path: String,
+    pub attempts: u32,
+    pub tried: Vec<i64>,
+    held: Option<Held>,
+    /// Status of the answer's head once it went to the client (0 before).
+    pub status: u16,
+    pub ttft: Option<Duration>,
+    pub tokens: Tokens,
+    pub streamed: bool,
+    done: bool,
+}
+
+impl Finish {
+    pub fn start(state: &AppState, slug: &str, path: &str, fmt: Format) -> Self {
+        Self {
+            state: state.clone(),
+            started: Instant::now(),
+            label: slug.to_string(),
+            slug: slug.to_string(),
+            svc: None,
+            client_fmt: fmt,
+            upstream_fmt: fmt,
+            access_key_id: None,
+            client: None,
+            model: None,
+            path: path.to_string(),
+            attempts: 0,
+            tried: Vec::new(),
+            held: None,
+            status: 0,
+            ttft: None,
+            tokens: Tokens::default(),
+            streamed: false,
+            done: false,
+        }
+    }
+
+    /// The slug named no service: keep it out of metric labels.
+    pub fn unknown_slug(&mut self) {
+        self.label = crate::events::UNKNOWN_SERVICE.into();
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Takes the lease of a granted attempt; it is renewed while the request lives.
+    pub fn hold(&mut self, index: usize, lease: Lease, probe: bool) {
+        let ttl = self.svc.as_ref().map(|s| s.lease_ttl_ms).unwrap_or(30_000);
+        let renewal = self.state.leases.add(lease.clone(), ttl);
+        self.attempts += 1;
+        self.tried.push(lease.key_id);
+        self.held = Some(Held {
+            index,
+            lease,
+            probe,
+            renewal,
+        });
+    }
+
+    pub fn held(&self) -> Option<&Held> {
+        self.held.as_ref()
+    }
+
+    pub fn masked_key(&self) -> &str {
+        match (&self.svc, &self.held) {
+            (Some(svc), Some(h)) => &svc.keys[h.index].masked,
+            _ => "",
+        }
+    }
+
+    fn take_held(&mut self) -> Option<Held> {
+        let h = self.held.take()?;
+        self.state.leases.remove(h.renewal);
+        Some(h)
+    }
+
+    /// The key failed: record the fault (which releases its lease) before another is tried.
+    pub async fn fault(&mut self, fault: Fault, reason: &str) -> Option<Report> {
+        let h = self.take_held()?;
+        let svc = self.svc.clone()?;
+        let r = report(
+            &self.state,
+            &svc,
+            h.lease.key_id,
+            Some(&h.lease),
+            fault,
+            reason,
+        )
+        .await;
+        self.state.lease_released.notify_waiters();
+        r
+    }
+
+    /// Lets the key go without a verdict (the request's own deadline or body was at fault).
+    pub fn release_untried(&mut self) {
+        if let Some(h) = self.take_held() {
+            self.release(h, &Usage::default());
+        }
+    }
+
+    fn release(&self, h: Held, usage: &Usage) {
+        // The in-process store answers at once; Redis is released off the client's path.
+        match &self.state.coord {
+            Coord::Memory(mem) => {
+                mem.release(&h.lease, usage);
+                self.state.lease_released.notify_waiters();
+            }
+            Coord::Redis(_) => {
+                let (st, usage) = (self.state.clone(), *usage);
+                tokio::spawn(async move {
+                    if let Err(e) = st.coord.release(&h.lease, &usage).await {
+                        metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
+                        tracing::warn!(error = %e, "lease release failed; it will expire by its TTL");
+                    }
+                    st.lease_released.notify_waiters();
+                });
+            }
+        }
+    }
+
+    /// An error keygate answers itself: the single exit for every refusal and failure that
+    /// produced no upstream answer.
+    pub fn fail(mut self, e: ProxyError) -> Response {
+        self.release_untried();
+        self.status = e.kind.status().as_u16();
+        self.head_sent();
+        self.emit(Some(e.kind.label()), false);
+        let loop_detected = e.kind == ErrorKind::LoopDetected;
+        let mut resp = e.into_response();
+        if loop_detected {
+            resp.headers_mut()
+                .insert(super::headers::HOP, self.state.hop_id.clone());
+        }
+        resp
+    }
+
+    /// Records the time to the response head (the request-duration histogram).
+    pub fn head_sent(&self) {
+        metrics::histogram!(m::REQUEST_DURATION, "slug" => self.label.clone())
+            .record(self.started.elapsed().as_secs_f64());
+    }
+
+    /// The answer went to the client to its end: release with usage, and log.
+    pub fn end(mut self, success: bool, error_kind: Option<&str>) {
+        if let Some(h) = self.take_held() {
+            self.release_with_usage(h, success);
+        }
+        self.emit(error_kind, false);
+    }
+
+    /// The upstream stream broke after bytes reached the client: the key is marked (off the
+    /// client's path) and the request logged.
+    pub fn end_broken(mut self, reason: &'static str) {
+        if let (Some(h), Some(svc)) = (self.take_held(), self.svc.clone()) {
+            let st = self.state.clone();
+            tokio::spawn(async move {
+                report(
+                    &st,
+                    &svc,
+                    h.lease.key_id,
+                    Some(&h.lease),
+                    Fault::Failure,
+                    reason,
+                )
+                .await;
+                st.lease_released.notify_waiters();
+            });
+        }
+        self.emit(Some("stream_broken"), false);
+    }
+
+    fn release_with_usage(&self, h: Held, success: bool) {
+        let Some(svc) = &self.svc else { return };
+        if h.probe && success {
+            metrics::counter!(m::KEY_TRANSITIONS_TOTAL, "slug" => svc.slug.clone(), "to" => "active")
+                .increment(1);
+            tracing::info!(key = %svc.keys[h.index].masked, key_id = h.lease.key_id, slug = %svc.slug, to = "active", reason = "trial request succeeded", "upstream key back in rotation");
+        }
+        let spec = &svc.specs[h.index];
+        let usage = Usage {
+            success,
+            tokens: self.tokens.total(),
+            cost: 0.0,
+            key_tpm: spec.tpm,
+            client: self.client,
+            key_balance: spec.balance,
+        };
+        self.release(h, &usage);
+    }
+
+    fn emit(&mut self, error_kind: Option<&str>, cancelled: bool) {
+        self.done = true;
+        let status = self.status;
+        metrics::counter!(m::REQUESTS_TOTAL, "slug" => self.label.clone(), "status" => status.to_string())
+            .increment(1);
+        self.state.events.request(RequestEvent {
+            id: uuid::Uuid::now_v7(),
+            ts: chrono::Utc::now(),
+            service: self.label.clone(),
+            access_key_id: self.access_key_id,
+            upstream_key_id: self.tried.last().copied(),
+            tried: std::mem::take(&mut self.tried),
+            model: self.model.take(),
+            upstream_model: None,
+            path: std::mem::take(&mut self.path),
+            status,
+            attempts: self.attempts,
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            ttft_ms: self.ttft.map(|t| t.as_millis() as u64),
+            tokens: self.tokens,
+            cost_micros: None,
+            error_kind: error_kind.map(str::to_string),
+            streamed: self.streamed,
+            cancelled,
+            estimated: false,
+            client_format: self.client_fmt.name(),
+            upstream_format: self.upstream_fmt.name(),
+        });
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Unwinding from a panic, or the client went away (the server dropped the handler or
+        // the response body). Usage seen so far is charged: the upstream did the work.
+        let kind = if std::thread::panicking() {
+            "panic"
+        } else {
+            "client_cancelled"
+        };
+        if self.status == 0 {
+            self.status = if kind == "panic" { 500 } else { CLIENT_CLOSED };
+        }
+        let answered = self.status < 400;
+        if let Some(h) = self.take_held() {
+            if answered {
+                self.release_with_usage(h, true);
+            } else {
+                self.release(h, &Usage::default());
+            }
+        }
+        self.emit(Some(kind), true);
+    }
+}
+
+/// Records a key fault in the coordination store, with a metric and a log line on every
+/// transition out of rotation; the status goes to the key-status sink (coalesced, off the path).
+pub async fn report(
+    state: &AppState,
+    svc: &ServiceRt,
+    key_id: i64,
+    lease: Option<&Lease>,
+    fault: Fault,
+    reason: &str,
+) -> Option<Report> {
+    let masked = svc
+        .keys
+        .iter()
+        .find(|k| k.id == key_id)
+        .map(|k| k.masked.as_str())
+        .unwrap_or("");
+    let r = match state
+        .coord
+        .report(svc.id, key_id, lease, fault, svc.keys.len())
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
+            tracing::error!(error = %e, "could not record key outcome");
+            return None;
+        }
+    };
+    let to = match fault {
+        Fault::Invalid => Some("invalid"),
+        Fault::Exhausted => Some("exhausted"),
+        Fault::RateLimited { .. } if r.service_backoff_until.is_some() => None,
+        Fault::RateLimited { .. } => Some("cooling"),
+        Fault::Failure if r.until > crate::coord::now_ms() => Some("cooling"),
+        Fault::Failure | Fault::Clear => None,
+    };
+    if let Some(b) = r.service_backoff_until {
+        metrics::counter!(m::SERVICE_BACKOFFS_TOTAL, "slug" => svc.slug.clone()).increment(1);
+        tracing::warn!(slug = %svc.slug, until_ms = b, reason, "most keys rate-limited at once: backing off the whole service");
+    }
+    if let Some(to) = to {
+        metrics::counter!(m::KEY_TRANSITIONS_TOTAL, "slug" => svc.slug.clone(), "to" => to)
+            .increment(1);
+        tracing::warn!(key = %masked, key_id, slug = %svc.slug, to, reason, fails = r.fails, until_ms = r.until, "upstream key out of rotation");
+    }
+    let durable = match fault {
+        Fault::Invalid => Some("invalid"),
+        Fault::Exhausted => Some("exhausted"),
+        _ => None,
+    };
+    state.events.key_status(KeyStatusChange {
+        key_id,
+        status: durable,
+        reason: reason.to_string(),
+    });
+    Some(r)
+}
