@@ -265,6 +265,20 @@ impl Writer {
         done: Option<oneshot::Sender<()>>,
     ) {
         rx.close();
+        if self.down && self.spool.is_none() {
+            // Nowhere to keep them, and one insert timeout per batch would outlast the grace
+            // period: count them and go.
+            let mut n = 0u64;
+            while rx.recv().await.is_some() {
+                n += 1;
+            }
+            metrics::gauge!(m::LOG_QUEUE_DEPTH).decrement(n as f64);
+            metrics::counter!(m::REQUEST_EVENTS_DROPPED_TOTAL, "reason" => "no_spool").increment(n);
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+            return;
+        }
         if let Some((task, _)) = self.replaying.as_mut() {
             let res = task.await;
             self.replayed(res);
