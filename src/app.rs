@@ -117,13 +117,19 @@ impl App {
             config: config.clone(),
         });
 
+        let spool = crate::events::log_writer::open_spool(&config.log, &config.database.data_dir);
         let tasks = vec![
             tokio::spawn(crate::events::log_writer::run(
                 db.clone(),
                 events.clone(),
                 receivers.requests,
+                spool,
             )),
-            tokio::spawn(crate::events::key_status::run(db.clone(), receivers.keys)),
+            tokio::spawn(crate::events::key_status::run(
+                db.clone(),
+                events.clone(),
+                receivers.keys,
+            )),
             tokio::spawn(db::logs::run_retention(db, config.log.retention_days)),
             tokio::spawn(refresh_loop(state.clone())),
             tokio::spawn(proxy::leases::run(state.clone())),

@@ -21,8 +21,17 @@ pub const CLIENT_RATE_LIMITED_TOTAL: &str = "keygate_client_rate_limited_total";
 pub const COORD_ERRORS_TOTAL: &str = "keygate_coord_errors_total";
 /// Request events waiting for the log writer.
 pub const LOG_QUEUE_DEPTH: &str = "keygate_log_queue_depth";
-/// Request events that could not be kept (queue and spool full), by `reason`.
+/// Request events that could not be kept, by `reason` (queue_full, spool_full, spool_error,
+/// spool_corrupt, no_spool, rejected).
 pub const REQUEST_EVENTS_DROPPED_TOTAL: &str = "keygate_request_events_dropped_total";
+/// Bytes in the local spool file of request events (written while the database is unreachable).
+pub const LOG_SPOOL_BYTES: &str = "keygate_log_spool_bytes";
+/// Request-log rows inserted into the database (replays of rows already there not counted).
+pub const LOG_ROWS_WRITTEN_TOTAL: &str = "keygate_log_rows_written_total";
+/// Request-log batch inserts that failed (each attempt, replays included).
+pub const LOG_BATCHES_FAILED_TOTAL: &str = "keygate_log_batches_failed_total";
+/// Key status writes to the database (after coalescing: at most one per key per second).
+pub const KEY_STATUS_WRITES_TOTAL: &str = "keygate_key_status_writes_total";
 /// Snapshot reloads, by `trigger` (local, remote).
 pub const SNAPSHOT_RELOADS_TOTAL: &str = "keygate_snapshot_reloads_total";
 
@@ -58,6 +67,25 @@ pub fn handle() -> PrometheusHandle {
             );
             metrics::describe_counter!(COORD_ERRORS_TOTAL, "Coordination store errors");
             metrics::describe_counter!(SNAPSHOT_RELOADS_TOTAL, "Config snapshot reloads");
+            metrics::describe_gauge!(LOG_QUEUE_DEPTH, "Request events waiting for the log writer");
+            metrics::describe_counter!(
+                REQUEST_EVENTS_DROPPED_TOTAL,
+                "Request events that could not be kept, by reason"
+            );
+            metrics::describe_gauge!(
+                LOG_SPOOL_BYTES,
+                metrics::Unit::Bytes,
+                "Size of the local spool of request events"
+            );
+            metrics::describe_counter!(LOG_ROWS_WRITTEN_TOTAL, "Request-log rows inserted");
+            metrics::describe_counter!(
+                LOG_BATCHES_FAILED_TOTAL,
+                "Failed request-log batch inserts"
+            );
+            metrics::describe_counter!(
+                KEY_STATUS_WRITES_TOTAL,
+                "Key status writes to the database"
+            );
             // Histogram samples queue up until upkeep folds them into buckets; without a
             // scrape they would pile up, so upkeep runs on its own.
             let upkeep = handle.clone();

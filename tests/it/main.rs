@@ -11,3 +11,4 @@ mod contract;
 mod ops;
 mod pool;
 mod proxy;
+mod sinks;

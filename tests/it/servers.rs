@@ -185,3 +185,95 @@ fn wait_for_port(port: u16) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A Postgres of one test's own, which the test may stop and start again on the same port
+/// (the shared one must stay up for every other test). Stopped and removed when dropped, or by
+/// its watchdog if the process dies first.
+pub struct OwnPostgres {
+    /// `postgres://postgres@127.0.0.1:PORT` (trust auth; append `/dbname`).
+    pub base: String,
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    _watchdog: Child,
+}
+
+impl OwnPostgres {
+    pub fn start() -> Self {
+        let bin = pg_bin();
+        let as_postgres = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("keygate-own-pg-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "chown of the Postgres test dir failed");
+        }
+        let port = free_port();
+        let d = dir.display();
+        let b = bin.display();
+        let start = Self::start_command(&bin, &dir, port);
+        let script = format!(
+            r#"set -e
+"{b}/initdb" -D "{d}/data" -U postgres --auth=trust -E UTF8 --no-locale >"{d}/server.log" 2>&1
+{start}
+echo ready
+read _ || true
+"{b}/pg_ctl" -D "{d}/data" -m immediate -w stop >/dev/null 2>&1 || true
+rm -rf "{d}"
+"#
+        );
+        let watchdog = spawn_watchdog(&script, &dir, as_postgres);
+        Self {
+            base: format!("postgres://postgres@127.0.0.1:{port}"),
+            bin,
+            dir,
+            port,
+            as_postgres,
+            _watchdog: watchdog,
+        }
+    }
+
+    fn start_command(bin: &Path, dir: &Path, port: u16) -> String {
+        let (b, d) = (bin.display(), dir.display());
+        format!(
+            r#""{b}/pg_ctl" -D "{d}/data" -l "{d}/server.log" -w -t 60 -o "-p {port} -c listen_addresses=127.0.0.1 -k {d} -c fsync=off -c synchronous_commit=off -c full_page_writes=off" start >/dev/null"#
+        )
+    }
+
+    /// `pg_ctl stop -m fast`: sessions are cut and new connections refused until `restart`.
+    /// Blocking; call it from `spawn_blocking` in async tests.
+    pub fn stop(&self) {
+        let (b, d) = (self.bin.display(), self.dir.display());
+        self.run(&format!(
+            r#""{b}/pg_ctl" -D "{d}/data" -m fast -w -t 60 stop >/dev/null"#
+        ));
+    }
+
+    /// Starts the stopped server again on the same port and data. Blocking.
+    pub fn restart(&self) {
+        self.run(&Self::start_command(&self.bin, &self.dir, self.port));
+    }
+
+    fn run(&self, cmd: &str) {
+        let status = if self.as_postgres {
+            Command::new("su")
+                .args(["postgres", "-s", "/bin/sh", "-c", cmd])
+                .status()
+        } else {
+            Command::new("sh").args(["-c", cmd]).status()
+        };
+        if !status.map(|s| s.success()).unwrap_or(false) {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            panic!("`{cmd}` failed; log:\n{log}");
+        }
+    }
+}
