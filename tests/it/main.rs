@@ -9,6 +9,7 @@ mod binary;
 mod cluster;
 mod contract;
 mod ops;
+mod pipeline;
 mod pool;
 mod proxy;
 mod sinks;

@@ -22,6 +22,9 @@ pub enum Behaviour {
     Slow(std::time::Duration),
     /// SSE: the first event, then the connection breaks once `break_now` is notified.
     BreakingStream(Arc<Notify>),
+    /// SSE: a first event that reports usage (11 prompt, 2 completion tokens), then nothing more
+    /// until `gate` is notified.
+    UsageThenHold(Arc<Notify>),
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +164,21 @@ async fn handle(State(mock): State<Mock>, req: Request) -> Response {
             Response::builder()
                 .header("content-type", "text/event-stream")
                 .body(Body::from_stream(futures::StreamExt::chain(first, broken)))
+                .unwrap()
+        }
+        Behaviour::UsageThenHold(gate) => {
+            let first = futures::stream::once(async {
+                Ok::<Bytes, std::io::Error>(Bytes::from_static(
+                    b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":2}}\n\n",
+                ))
+            });
+            let rest = futures::stream::once(async move {
+                gate.notified().await;
+                Ok::<Bytes, std::io::Error>(Bytes::from_static(b"data: [DONE]\n\n"))
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(futures::StreamExt::chain(first, rest)))
                 .unwrap()
         }
         Behaviour::GatedStream(gate) => {
