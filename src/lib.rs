@@ -11,6 +11,7 @@ pub mod db;
 pub mod events;
 pub mod ops;
 pub mod proxy;
+pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod telemetry;
