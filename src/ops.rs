@@ -28,8 +28,7 @@ pub async fn healthz() -> axum::Json<Health> {
     })
 }
 
-/// Readiness: the database and the coordination store (Redis) answer, and the replica is not
-/// shutting down.
+/// Readiness: the database and the coordination store (Redis) answer, and no shutdown has begun.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {

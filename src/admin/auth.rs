@@ -163,7 +163,7 @@ impl IntoResponse for LoginError {
         (status = 200, body = LoginResponse),
         (status = 401, body = super::error::Problem),
         (status = 429, description = "Too many failed logins for this username or address",
-            body = super::error::Problem,
+            body = super::error::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds until the next attempt is considered")))))]
 pub async fn login(
     State(state): State<AppState>,
