@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::Router;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use utoipa_swagger_ui::SwaggerUi;
@@ -21,6 +23,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::config::Config;
 use crate::coord::{Coord, memory::MemoryStore, redis::RedisStore};
 use crate::crypto::sha256_hex;
+use crate::server::EdgeConfig;
 use crate::snapshot::Snapshot;
 use crate::state::{AppState, Inner};
 use crate::{admin, bootstrap, db, ops, proxy, telemetry};
@@ -107,6 +110,8 @@ impl App {
             lease_released: tokio::sync::Notify::new(),
             hop_id: hop_id(&jwt),
             leases: Default::default(),
+            login_guard: admin::login_guard::LoginGuard::new(&config.auth),
+            draining: std::sync::atomic::AtomicBool::new(false),
             global_keys,
             events: events.clone(),
             metrics,
@@ -136,8 +141,13 @@ impl App {
         ];
 
         let (control, api) = control_routes().split_for_parts();
+        // A client trickling an admin body would hold a connection and a handler open; the data
+        // plane is left out on purpose (LLM uploads may be slow and it bounds bodies itself).
         let control = control
             .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+            .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
+                config.server.admin_body_timeout_ms.max(1),
+            )))
             .with_state(state.clone());
         let data = proxy::routes().with_state(state.clone());
 
@@ -185,34 +195,52 @@ impl App {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    /// Serves until `shutdown` resolves, then shuts down in order: `/readyz` answers 503
+    /// (draining), the listeners stop accepting and in-flight requests (streams included) get up
+    /// to `shutdown_grace_ms` to finish, queued request logs are written, background tasks stop.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let mut rx2 = rx.clone();
+        let server = &self.state.config.server;
+        let grace = Duration::from_millis(server.shutdown_grace_ms);
+        let (tx, rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
+        let state = self.state.clone();
         tokio::spawn(async move {
             shutdown.await;
-            let _ = tx.send(true);
+            state.draining.store(true, Ordering::SeqCst);
+            tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown: draining");
+            let _ = tx.send(Some(Instant::now()));
         });
-        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|v| *v).await;
+        let stop = |mut rx: tokio::sync::watch::Receiver<Option<Instant>>| async move {
+            let _ = rx.wait_for(Option::is_some).await;
         };
-        let data = axum::serve(self.listener, self.router).with_graceful_shutdown(wait(rx));
-        let res = match (self.admin_listener, self.admin_router) {
+        let data = crate::server::serve(
+            self.listener,
+            self.router,
+            EdgeConfig::new("data", server),
+            stop(rx.clone()),
+        );
+        match (self.admin_listener, self.admin_router) {
             (Some(l), Some(r)) => {
-                let admin = axum::serve(l, r).with_graceful_shutdown(async move {
-                    let _ = rx2.wait_for(|v| *v).await;
-                });
-                tokio::try_join!(data, admin).map(|_| ())
+                let admin =
+                    crate::server::serve(l, r, EdgeConfig::new("admin", server), stop(rx.clone()));
+                tokio::join!(data, admin);
             }
             _ => data.await,
-        };
+        }
+        let began = (*rx.borrow()).unwrap_or_else(Instant::now);
+        // The flush gets what the drain left of the grace period, but never nothing: request logs
+        // are the audit trail, and the queue is written in batches (a second is plenty).
+        let left = grace
+            .saturating_sub(began.elapsed())
+            .max(Duration::from_secs(1));
+        self.state.events.flush_and_close(left).await;
         for t in self.tasks {
             t.abort();
         }
-        Ok(res?)
+        tracing::info!("shutdown complete");
+        Ok(())
     }
 }
 

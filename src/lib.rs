@@ -12,6 +12,7 @@ pub mod events;
 pub mod formats;
 pub mod ops;
 pub mod proxy;
+pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod telemetry;

@@ -9,7 +9,7 @@ use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
-    /// `ok` or `unavailable`.
+    /// `ok`, `unavailable` (a store is down) or `draining` (shutting down).
     pub status: &'static str,
     /// `ok`/`down`, absent for /healthz.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -28,10 +28,22 @@ pub async fn healthz() -> axum::Json<Health> {
     })
 }
 
-/// Readiness: the database and the coordination store (Redis) answer.
+/// Readiness: the database and the coordination store (Redis) answer, and no shutdown has begun.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
+    // Draining first, without probing the stores: the answer must not depend on them, and a
+    // replica on its way out should not spend connections on pings.
+    if state.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Health {
+                status: "draining",
+                database: None,
+                coordination: None,
+            }),
+        );
+    }
     let (db_ok, coord_ok) = tokio::join!(crate::db::ping(&state.db), state.coord.ping());
     let word = |ok: bool| if ok { "ok" } else { "down" };
     let ready = db_ok && coord_ok;

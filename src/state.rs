@@ -2,11 +2,13 @@
 use std::collections::HashSet;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use sea_orm::DatabaseConnection;
 
+use crate::admin::login_guard::LoginGuard;
 use crate::config::Config;
 use crate::coord::Coord;
 use crate::crypto::Cipher;
@@ -38,11 +40,19 @@ pub struct Inner {
     pub lease_released: tokio::sync::Notify,
     /// Serialises snapshot reloads so an older load never replaces a newer one.
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Bounds admin password hashing and backs off failed logins.
+    pub login_guard: LoginGuard,
+    /// Set when shutdown begins: `/readyz` answers 503 so load balancers stop sending traffic.
+    pub draining: AtomicBool,
 }
 
 impl AppState {
     pub fn new(inner: Inner) -> Self {
         Self(Arc::new(inner))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Reloads the snapshot unless it is already at `version`. The load reads the database after

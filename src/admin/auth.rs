@@ -1,14 +1,18 @@
 //! Admin authentication: login issues an HS256 JWT; every other admin route extracts `AuthUser`,
 //! which checks the token and that the user still exists and is enabled. Roles: admin > operator >
 //! viewer; viewers only read.
-use axum::extract::{FromRequestParts, State};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, Json};
-use crate::crypto;
+use super::login_guard::{self, Throttled};
 use crate::db;
 use crate::state::AppState;
 
@@ -122,28 +126,70 @@ pub struct LoginResponse {
     pub expires_in: u64,
 }
 
+/// What a login can fail with: the usual problem, or 429 while backing off after failures.
+pub enum LoginError {
+    Api(ApiError),
+    Throttled(Throttled),
+}
+
+impl From<ApiError> for LoginError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<Throttled> for LoginError {
+    fn from(t: Throttled) -> Self {
+        Self::Throttled(t)
+    }
+}
+
+impl IntoResponse for LoginError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Api(e) => e.into_response(),
+            Self::Throttled(t) => t.into_response(),
+        }
+    }
+}
+
 /// Log in with username and password; returns a bearer token for the admin API.
+///
+/// Failed logins back off exponentially per username and per client address; an attempt during
+/// a backoff is refused with 429 and `Retry-After` without checking the password.
 #[utoipa::path(post, path = "/admin/auth/login", tag = "auth",
     request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse), (status = 401, body = super::error::Problem)))]
+    responses(
+        (status = 200, body = LoginResponse),
+        (status = 401, body = super::error::Problem),
+        (status = 429, description = "Too many failed logins for this username or address",
+            body = super::error::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until the next attempt is considered")))))]
 pub async fn login(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Json(req): Json<LoginRequest>,
-) -> ApiResult<axum::Json<LoginResponse>> {
-    let user = db::users::by_username(&state.db, req.username.trim()).await?;
-    // Verify against a dummy hash when the user is unknown so timing does not reveal usernames.
-    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3xS0zLcyZr2jNGyCkqDtB4U7qBd7Y0cMPV0eP3z6V9s";
-    let ok = match &user {
-        Some(u) if !u.disabled => crypto::verify_password(&req.password, &u.password_hash),
-        _ => {
-            crypto::verify_password(&req.password, DUMMY);
-            false
-        }
+) -> Result<axum::Json<LoginResponse>, LoginError> {
+    let guard = &state.login_guard;
+    let addr = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let username = req.username.trim();
+    guard.check(username, addr)?;
+    let user = db::users::by_username(&state.db, username)
+        .await
+        .map_err(ApiError::from)?;
+    // Unknown and disabled users are verified too (against a dummy hash for unknown ones), so
+    // every failure costs one hash and timing does not reveal which usernames exist.
+    let (phc, enabled) = match &user {
+        Some(u) => (u.password_hash.clone(), !u.disabled),
+        None => (login_guard::DUMMY_HASH.to_string(), false),
     };
+    let ok = guard.verify(username, addr, req.password, phc).await? && enabled;
     let Some(user) = user.filter(|_| ok) else {
-        tracing::info!(username = %req.username.chars().take(64).collect::<String>(), "admin login failed");
-        return Err(ApiError::Unauthorized("wrong username or password"));
+        guard.failed(username, addr);
+        tracing::info!(username = %username.chars().take(64).collect::<String>(), "admin login failed");
+        return Err(ApiError::Unauthorized("wrong username or password").into());
     };
+    guard.succeeded(username);
     let now = chrono::Utc::now().timestamp() as u64;
     let ttl = state.config.auth.jwt_ttl_secs;
     let claims = Claims {
@@ -153,7 +199,7 @@ pub async fn login(
         exp: now + ttl,
     };
     let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &state.jwt_encoding)
-        .map_err(|e| ApiError::Internal(e.into()))?;
+        .map_err(|e| LoginError::Api(ApiError::Internal(e.into())))?;
     Ok(axum::Json(LoginResponse {
         access_token: token,
         token_type: "Bearer".into(),

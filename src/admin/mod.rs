@@ -4,6 +4,7 @@ pub mod auth;
 pub mod error;
 mod import;
 mod keys;
+pub mod login_guard;
 mod services;
 mod users;
 

@@ -34,6 +34,14 @@ pub const LOG_BATCHES_FAILED_TOTAL: &str = "keygate_log_batches_failed_total";
 pub const KEY_STATUS_WRITES_TOTAL: &str = "keygate_key_status_writes_total";
 /// Snapshot reloads, by `trigger` (local, remote).
 pub const SNAPSHOT_RELOADS_TOTAL: &str = "keygate_snapshot_reloads_total";
+/// Client connections open now, by `listener` (data, admin). At `server.max_connections` further
+/// clients wait in the accept queue.
+pub const CONNECTIONS_OPEN: &str = "keygate_connections_open";
+/// Admin password verifications actually run (Argon2), whatever their outcome. Throttled login
+/// attempts never reach a hash, so under a password-guessing flood this stays bounded.
+pub const LOGIN_HASHES_TOTAL: &str = "keygate_login_hashes_total";
+/// Admin login attempts refused with 429 because the username or client address is backing off.
+pub const LOGIN_THROTTLED_TOTAL: &str = "keygate_login_throttled_total";
 
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -85,6 +93,12 @@ pub fn handle() -> PrometheusHandle {
             metrics::describe_counter!(
                 KEY_STATUS_WRITES_TOTAL,
                 "Key status writes to the database"
+            );
+            metrics::describe_gauge!(CONNECTIONS_OPEN, "Client connections open, by listener");
+            metrics::describe_counter!(LOGIN_HASHES_TOTAL, "Admin password hashes verified");
+            metrics::describe_counter!(
+                LOGIN_THROTTLED_TOTAL,
+                "Admin logins refused while backing off"
             );
             // Histogram samples queue up until upkeep folds them into buckets; without a
             // scrape they would pile up, so upkeep runs on its own.

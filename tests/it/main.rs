@@ -8,6 +8,7 @@ mod admin;
 mod binary;
 mod cluster;
 mod contract;
+mod edge;
 mod ops;
 mod pipeline;
 mod pool;

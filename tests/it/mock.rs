@@ -25,6 +25,8 @@ pub enum Behaviour {
     /// SSE: a first event that reports usage (11 prompt, 2 completion tokens), then nothing more
     /// until `gate` is notified.
     UsageThenHold(Arc<Notify>),
+    /// SSE: `n` small events `gap` apart, then `[DONE]` (a token stream, for timing tests).
+    Chunks { n: usize, gap: std::time::Duration },
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +183,26 @@ async fn handle(State(mock): State<Mock>, req: Request) -> Response {
                 .body(Body::from_stream(futures::StreamExt::chain(first, rest)))
                 .unwrap()
         }
+        Behaviour::Chunks { n, gap } => {
+            let events = futures::stream::unfold(0usize, move |i| async move {
+                if i > n {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                let ev = if i == n {
+                    "data: [DONE]\n\n".to_string()
+                } else {
+                    format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{i}\"}}}}]}}\n\n")
+                };
+                Some((Ok::<Bytes, std::io::Error>(Bytes::from(ev)), i + 1))
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(events))
+                .unwrap()
+        }
         Behaviour::GatedStream(gate) => {
             let stream = async_stream(gate);
             Response::builder()
@@ -215,6 +237,28 @@ pub async fn start() -> MockServer {
         .with_state(mock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    MockServer {
+        mock,
+        base: format!("http://127.0.0.1:{port}/v1"),
+    }
+}
+
+/// Like `start`, with `TCP_NODELAY` on the mock's sockets, so timing tests measure keygate's
+/// own delays and not the mock's.
+pub async fn start_nodelay() -> MockServer {
+    use axum::serve::ListenerExt;
+    let mock = Mock::default();
+    let app = axum::Router::new()
+        .fallback(handle)
+        .with_state(mock.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let listener = listener.tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
