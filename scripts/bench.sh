@@ -3,16 +3,22 @@
 #
 # Starts the fast mock upstream (src/bin/keygate-mock-upstream.rs), then runs the load generator
 # `oha` (installed with cargo if missing) for BENCH_SECS seconds at concurrency 1, 32 and 256
-# against: the mock directly; keygate on SQLite + memory; keygate on Postgres + Redis (both with
-# 100 keys in the slug). Prints RPS, p50/p99/p99.9, keygate's added latency (difference of
-# percentiles against the direct run at the same concurrency), errors and keygate's peak RSS.
+# (JSON answers) and at BENCH_STREAM_CONCURRENCY (SSE streams of 20 chunks, timed to their last
+# byte) against: the mock directly; keygate on SQLite + memory; keygate on Postgres + Redis (both
+# with 100 keys in the slug). Prints RPS, p50/p99/p99.9, keygate's added latency (difference of
+# percentiles against the direct run at the same concurrency and mode), errors, keygate's CPU
+# time per proxied request (from /proc: user + system time over the run / requests answered),
+# its RSS idle and with BENCH_OPEN_STREAMS streams held open at once, and its peak RSS.
 # Everything listens on 127.0.0.1 and stops when the script ends.
 #
 #   scripts/bench.sh                 # BENCH_SECS=10 BENCH_CONCURRENCY="1 32 256" by default
+#   BENCH_BIN=/path/to/release scripts/bench.sh   # measure other binaries (e.g. an older build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${BENCH_SECS:-10}"
 CONCURRENCY="${BENCH_CONCURRENCY:-1 32 256}"
+STREAM_CONCURRENCY="${BENCH_STREAM_CONCURRENCY:-16}"
+OPEN_STREAMS="${BENCH_OPEN_STREAMS:-1000}"
 WORK=$(mktemp -d /tmp/keygate-bench.XXXXXX)
 chmod 755 "$WORK"   # the postgres user must reach its data dir inside
 PIDS=()
@@ -38,16 +44,20 @@ if [ -z "$PGBIN" ] || ! need redis-server; then
   exit 1
 fi
 
-echo "bench: building release binaries" >&2
-cargo build --release --locked --bins >&2
-BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN="$BENCH_BIN"
+else
+  echo "bench: building release binaries" >&2
+  cargo build --release --locked --bins >&2
+  BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 1 300); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bench: $1 did not come up" >&2; exit 1; }
 run_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$(printf '%q ' "$@")"; else "$@"; fi; }
 
 MOCK_PORT=$(free_port)
-"$BIN/keygate-mock-upstream" "$MOCK_PORT" >/dev/null & PIDS+=($!)
+HOLD_SECS=600 "$BIN/keygate-mock-upstream" "$MOCK_PORT" >/dev/null & PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/healthz"
 
 # Postgres and Redis on free loopback ports, thrown away at the end.
@@ -59,24 +69,68 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --d
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break; sleep 0.05; done
 
 BODY='{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
+STREAM_BODY='{"model":"bench","stream":true,"messages":[{"role":"user","content":"hello"}]}'
 RESULTS="$WORK/results.jsonl"; : > "$RESULTS"
+TICKS=$(getconf CLK_TCK)
 
-load() { # name url concurrency [extra oha args...]
-  local name=$1 url=$2 c=$3; shift 3
+cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+
+load() { # name mode url concurrency pid [extra oha args...]; pid = keygate's, for CPU time
+  local name=$1 mode=$2 url=$3 c=$4 pid=$5; shift 5
+  local body=$BODY; [ "$mode" = stream ] && body=$STREAM_BODY
+  local before; before=$(cpu_ticks "$pid")
   oha -z "${SECS}s" -c "$c" --no-tui --output-format json -m POST \
-    -H 'content-type: application/json' -d "$BODY" "$@" "$url" > "$WORK/oha.json"
-  python3 - "$name" "$c" "$WORK/oha.json" >> "$RESULTS" <<'PY'
+    -H 'content-type: application/json' -d "$body" "$@" "$url" > "$WORK/oha.json"
+  local after; after=$(cpu_ticks "$pid")
+  python3 - "$name" "$mode" "$c" "$WORK/oha.json" "$((after - before))" "$TICKS" >> "$RESULTS" <<'PY'
 import json, sys
-name, c, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+name, mode, c, path, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 r = json.load(open(path))
 p = r["latencyPercentiles"]
 codes = r.get("statusCodeDistribution", {})
 # Requests still in flight when the run's time is up are cut off by oha itself: not errors.
 errors = sum(v for k, v in r.get("errorDistribution", {}).items() if "deadline" not in k)
 errors += sum(v for k, v in codes.items() if k != "200")
-print(json.dumps({"target": name, "c": c, "rps": r["summary"]["requestsPerSec"],
+answered = sum(codes.values())
+cpu_us = ticks / hz * 1e6 / answered if answered and name != "direct" else None
+print(json.dumps({"target": name, "mode": mode, "c": c, "rps": r["summary"]["requestsPerSec"],
   "p50": p["p50"] * 1e3, "p99": p["p99"] * 1e3, "p999": p["p99.9"] * 1e3, "errors": errors,
-  "ok": codes.get("200", 0)}))
+  "ok": codes.get("200", 0), "cpu_us": cpu_us}))
+PY
+}
+
+# Opens N streams through keygate that the mock holds open, waits until each has its first
+# event, reads keygate's RSS, then closes them all. Prints the RSS in kB.
+open_streams() { # url access_key n pid
+  python3 - "$@" <<'PY'
+import asyncio, sys, urllib.parse
+url, key, n, pid = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+u = urllib.parse.urlsplit(url)
+body = b'{"model":"bench","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+head = (f"POST {u.path} HTTP/1.1\r\nhost: {u.netloc}\r\nauthorization: Bearer {key}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body
+async def one(opened):
+    r, w = await asyncio.open_connection(u.hostname, u.port)
+    w.write(head); await w.drain()
+    data = b""
+    while b"data:" not in data:
+        chunk = await r.read(4096)
+        if not chunk:
+            raise SystemExit("a stream closed early: " + data[:200].decode(errors="replace"))
+        data += chunk
+    opened.append(w)
+async def main():
+    opened = []
+    sem = asyncio.Semaphore(100)
+    async def guarded():
+        async with sem:
+            await one(opened)
+    await asyncio.wait_for(asyncio.gather(*[guarded() for _ in range(n)]), 120)
+    rss = next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS"))
+    for w in opened:
+        w.close()
+    print(rss)
+asyncio.run(main())
 PY
 }
 
@@ -106,41 +160,59 @@ gateway() { # name, then env assignments
   local keys; keys=$(python3 -c 'import json; print(json.dumps({"keys":[{"key":"sk-bench-%04d-%s" % (i, "x"*24)} for i in range(100)]}))')
   admin POST "$base/admin/services/bench/keys" "$token" "$keys" >/dev/null
   local ak; ak=$(admin POST "$base/admin/access-keys" "$token" '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+  # Idle: configured and warmed by one request, before any load.
+  curl -fs -o /dev/null -H "authorization: Bearer $ak" -H 'content-type: application/json' -d "$BODY" "$base/llm/bench/v1/chat/completions"
+  local idle; idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
   for c in $CONCURRENCY; do
     echo "bench: $name, concurrency $c, ${SECS}s" >&2
-    load "$name" "$base/llm/bench/v1/chat/completions" "$c" -H "authorization: Bearer $ak"
+    load "$name" json "$base/llm/bench/v1/chat/completions" "$c" "$pid" -H "authorization: Bearer $ak"
   done
+  for c in $STREAM_CONCURRENCY; do
+    echo "bench: $name, streams, concurrency $c, ${SECS}s" >&2
+    load "$name" stream "$base/llm/bench/v1/chat/completions" "$c" "$pid" -H "authorization: Bearer $ak"
+  done
+  echo "bench: $name, $OPEN_STREAMS streams held open" >&2
+  local open; open=$(open_streams "$base/llm/bench/v1/hold" "$ak" "$OPEN_STREAMS" "$pid")
   local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-  echo "{\"target\": \"$name\", \"peak_rss_kb\": $rss}" >> "$RESULTS"
+  echo "{\"target\": \"$name\", \"peak_rss_kb\": $rss, \"idle_rss_kb\": $idle, \"open_rss_kb\": $open}" >> "$RESULTS"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   PIDS=("${PIDS[@]/$pid}")   # gone: never signal a pid the system may hand out again
 }
 
 for c in $CONCURRENCY; do
   echo "bench: direct, concurrency $c, ${SECS}s" >&2
-  load direct "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$c"
+  load direct json "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$c" ""
+done
+for c in $STREAM_CONCURRENCY; do
+  echo "bench: direct, streams, concurrency $c, ${SECS}s" >&2
+  load direct stream "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$c" ""
 done
 gateway sqlite+memory
 gateway postgres+redis DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
   REDIS_URL="redis://127.0.0.1:$REDIS_PORT" JWT_SECRET=bench-jwt-secret-0123456789 \
   KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
 
-python3 - "$RESULTS" "$SECS" <<'PY'
+python3 - "$RESULTS" "$SECS" "$OPEN_STREAMS" <<'PY'
 import json, sys, os, platform
 rows = [json.loads(l) for l in open(sys.argv[1])]
-direct = {r["c"]: r for r in rows if r["target"] == "direct" and "c" in r}
-rss = {r["target"]: r["peak_rss_kb"] for r in rows if "peak_rss_kb" in r}
+direct = {(r["mode"], r["c"]): r for r in rows if r["target"] == "direct" and "c" in r}
+mem = {r["target"]: r for r in rows if "peak_rss_kb" in r}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"keygate benchmark: {os.cpu_count()} cores ({cpu}), {sys.argv[2]} s per run, 100 keys in the slug, mock upstream on loopback")
 print()
-print("| target | conc. | RPS | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | errors | peak RSS |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| target | mode | conc. | RPS | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | CPU/req µs | errors |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     if "c" not in r:
         continue
-    d = direct.get(r["c"])
+    d = direct.get((r["mode"], r["c"]))
     add = lambda k: "" if r["target"] == "direct" or d is None else f"{r[k] - d[k]:+.3f}"
-    mem = "" if r["target"] == "direct" else f"{rss.get(r['target'], 0) / 1024:.0f} MiB"
-    print(f"| {r['target']} | {r['c']} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['p999']:.3f} "
-          f"| {add('p50')} | {add('p99')} | {add('p999')} | {r['errors']} | {mem} |")
+    cpu_us = "" if r.get("cpu_us") is None else f"{r['cpu_us']:.0f}"
+    print(f"| {r['target']} | {r['mode']} | {r['c']} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['p999']:.3f} "
+          f"| {add('p50')} | {add('p99')} | {add('p999')} | {cpu_us} | {r['errors']} |")
+print()
+print(f"| target | idle RSS | RSS with {sys.argv[3]} open streams | peak RSS |")
+print("|---|---:|---:|---:|")
+for name, m in mem.items():
+    print(f"| {name} | {m['idle_rss_kb'] / 1024:.0f} MiB | {m['open_rss_kb'] / 1024:.0f} MiB | {m['peak_rss_kb'] / 1024:.0f} MiB |")
 PY

@@ -146,7 +146,7 @@ impl Config {
             .set_default("redis.prefix", "keygate:")?
             .set_default("auth.jwt_ttl_secs", 3600)?
             .set_default("auth.admin_username", "admin")?
-            .set_default("auth.login_concurrency", 2)?
+            .set_default("auth.login_concurrency", 1)?
             .set_default("auth.login_backoff_base_ms", 500)?
             .set_default("auth.login_backoff_max_ms", 300_000)?
             .set_default("server.header_read_timeout_ms", 10_000)?

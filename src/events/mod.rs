@@ -83,7 +83,8 @@ pub struct RequestEvent {
     pub upstream_format: &'static str,
 }
 
-/// A durable key status change (`invalid`, `exhausted`) or its clearing (None = active again).
+/// A key fault as the database should remember it: a durable status (`invalid`, `exhausted`),
+/// or None for a passing fault that only updates `last_error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyStatusChange {
     pub key_id: i64,

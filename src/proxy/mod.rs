@@ -42,6 +42,15 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/{*path}", any(default_slug))
 }
 
+/// A panic on the data plane becomes a 500 in the OpenAI error shape (the format most clients
+/// read) instead of a dropped connection; the finaliser has already logged the request as it
+/// unwound.
+pub fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    use axum::response::IntoResponse;
+    let body = crate::formats::Format::OpenAi.error_body(ErrorKind::Internal, "internal error");
+    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+}
+
 /// The slug segment, still percent-encoded: a slug is `[a-z0-9-]`, so anything encoded is
 /// simply an unknown slug, never a parse error.
 fn slug_of(path: &str) -> String {
