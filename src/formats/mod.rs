@@ -7,9 +7,11 @@
 //! of the errors keygate itself returns. Translation between formats plugs in here (a registry
 //! keyed by (client format, upstream format) with identity for same-format pairs).
 pub mod anthropic;
+pub mod canonical;
 pub mod gemini;
 pub mod openai;
 pub mod rest;
+pub mod sse;
 
 use bytes::Bytes;
 use serde_json::Value;
