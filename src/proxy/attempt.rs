@@ -94,7 +94,7 @@ impl Attempt {
         let usage = Usage {
             success,
             tokens: prompt.saturating_add(completion),
-            cost: 0.0,
+            cost: 0,
             key_tpm: spec.tpm,
             client: self.client,
             key_balance: spec.balance,
