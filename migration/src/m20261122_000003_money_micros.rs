@@ -26,13 +26,13 @@ const MONEY: [(&str, &str, &str, bool); 9] = [
     ("request_logs", "cost", "cost_micros", true),
     (
         "pricing_rules",
-        "input_per_1m",
+        "input_per1m",
         "input_per_mtok_micros",
         false,
     ),
     (
         "pricing_rules",
-        "output_per_1m",
+        "output_per1m",
         "output_per_mtok_micros",
         false,
     ),

@@ -8,6 +8,7 @@ mod admin;
 mod binary;
 mod cluster;
 mod contract;
+mod migrations;
 mod ops;
 mod pool;
 mod proxy;
