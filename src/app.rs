@@ -149,11 +149,9 @@ impl App {
                 config.server.admin_body_timeout_ms.max(1),
             )))
             .with_state(state.clone());
-        let data = proxy::routes()
-            .with_state(state.clone())
-            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-                proxy::panic_response,
-            ));
+        let data = proxy::routes().with_state(state.clone()).layer(
+            tower_http::catch_panic::CatchPanicLayer::custom(proxy::panic_response),
+        );
 
         let listener = TcpListener::bind(config.server.listen)
             .await

@@ -12,73 +12,13 @@ use crate::coord::{ClientLimits, KeySet, KeySpec, Strategy};
 use crate::crypto::{Cipher, mask};
 use crate::db;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    OpenAi,
-    Anthropic,
-    Gemini,
-    Rest,
-}
-
-impl Kind {
-    pub const ALL: [&'static str; 4] = ["openai", "anthropic", "gemini", "rest"];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "openai" => Self::OpenAi,
-            "anthropic" => Self::Anthropic,
-            "gemini" => Self::Gemini,
-            "rest" => Self::Rest,
-            _ => return None,
-        })
-    }
-
-    /// Upstream auth header and value template used when the service sets none.
-    pub fn default_auth(self) -> (&'static str, &'static str) {
-        match self {
-            Self::OpenAi | Self::Rest => ("authorization", "Bearer {key}"),
-            Self::Anthropic => ("x-api-key", "{key}"),
-            Self::Gemini => ("x-goog-api-key", "{key}"),
-        }
-    }
-}
+// The domain enums moved to `crate::domain`; these paths stay for the data plane.
+pub use crate::domain::{Kind, RetryOn};
 
 pub struct KeyRt {
     pub id: i64,
     pub secret: SecretString,
     pub masked: String,
-}
-
-/// Which upstream statuses are retried on another key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryOn {
-    codes: Vec<u16>,
-    any_5xx: bool,
-}
-
-impl RetryOn {
-    /// Parses `401,429,5xx`; None names the first bad item.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let mut r = RetryOn {
-            codes: Vec::new(),
-            any_5xx: false,
-        };
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            if item.eq_ignore_ascii_case("5xx") {
-                r.any_5xx = true;
-            } else {
-                match item.parse::<u16>() {
-                    Ok(c) if (400..=599).contains(&c) => r.codes.push(c),
-                    _ => return Err(format!("'{item}' is not a status 400-599 or 5xx")),
-                }
-            }
-        }
-        Ok(r)
-    }
-
-    pub fn retries(&self, status: u16) -> bool {
-        (self.any_5xx && (500..=599).contains(&status)) || self.codes.contains(&status)
-    }
 }
 
 pub struct ServiceRt {
@@ -148,7 +88,7 @@ impl Snapshot {
                         weight: k.weight.max(1) as u32,
                         rpm: limit(k.rpm),
                         tpm: limit(k.tpm),
-                        balance: k.balance,
+                        balance: k.balance_micros,
                     },
                 )),
                 Err(e) => tracing::error!(key_id = k.id, error = %e, "upstream key skipped"),
@@ -174,9 +114,9 @@ impl Snapshot {
                 .unwrap_or_default()
                 .into_iter()
                 .unzip();
-            let retry_on = RetryOn::parse(&s.retry_on).unwrap_or_else(|e| {
+            let retry_on = RetryOn::from_db(&s.retry_on).unwrap_or_else(|e| {
                 tracing::error!(slug = %s.slug, error = %e, "bad retry_on; using the default");
-                RetryOn::parse("401,402,403,429,5xx").expect("default parses")
+                RetryOn::default_policy()
             });
             let ms = |v: i32| std::time::Duration::from_millis(v.max(1) as u64);
             out.services.insert(

@@ -3,6 +3,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_initial;
 mod m20261122_000002_key_pool;
+mod m20261122_000003_money_micros;
 
 pub struct Migrator;
 
@@ -12,6 +13,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_initial::Migration),
             Box::new(m20261122_000002_key_pool::Migration),
+            Box::new(m20261122_000003_money_micros::Migration),
         ]
     }
 }

@@ -24,8 +24,14 @@ pub struct AccessKeyView {
     pub rpm: Option<i32>,
     pub tpm: Option<i32>,
     pub rpd: Option<i32>,
-    pub budget: Option<f64>,
-    pub spent: f64,
+    /// In currency units (exact to 0.000001).
+    #[serde(with = "crate::money::units_opt")]
+    #[schema(value_type = Option<f64>)]
+    pub budget: Option<i64>,
+    /// In currency units (exact to 0.000001).
+    #[serde(with = "crate::money::units")]
+    #[schema(value_type = f64)]
+    pub spent: i64,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub enabled: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -42,8 +48,8 @@ impl From<access_key::Model> for AccessKeyView {
             rpm: a.rpm,
             tpm: a.tpm,
             rpd: a.rpd,
-            budget: a.budget,
-            spent: a.spent,
+            budget: a.budget_micros,
+            spent: a.spent_micros,
             expires_at: a.expires_at,
             enabled: a.enabled,
             created_at: a.created_at,
@@ -68,7 +74,10 @@ pub struct CreateAccessKey {
     pub rpm: Option<i32>,
     pub tpm: Option<i32>,
     pub rpd: Option<i32>,
-    pub budget: Option<f64>,
+    /// In currency units (a decimal string is accepted too); stored exactly, to 0.000001.
+    #[serde(default, with = "crate::money::units_opt")]
+    #[schema(value_type = Option<f64>)]
+    pub budget: Option<i64>,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -80,7 +89,10 @@ pub struct PatchAccessKey {
     pub rpm: Option<i32>,
     pub tpm: Option<i32>,
     pub rpd: Option<i32>,
-    pub budget: Option<f64>,
+    /// In currency units (a decimal string is accepted too); stored exactly, to 0.000001.
+    #[serde(default, with = "crate::money::units_opt")]
+    #[schema(value_type = Option<f64>)]
+    pub budget: Option<i64>,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub enabled: Option<bool>,
 }
@@ -89,7 +101,6 @@ fn check(
     name: Option<&str>,
     slugs: Option<&[String]>,
     limits: [(&str, Option<i32>); 3],
-    budget: Option<f64>,
 ) -> ApiResult<()> {
     if let Some(n) = name
         && (n.trim().is_empty() || n.len() > 128)
@@ -108,11 +119,7 @@ fn check(
             return Err(ApiError::BadRequest(format!("{field}: must be at least 1")));
         }
     }
-    if budget.is_some_and(|b| !b.is_finite() || b < 0.0) {
-        return Err(ApiError::BadRequest(
-            "budget: must be a non-negative number".into(),
-        ));
-    }
+    // The budget's range and sign were checked when the body was read (`money::units_opt`).
     Ok(())
 }
 
@@ -155,7 +162,6 @@ pub async fn create(
         Some(&req.name),
         req.slugs.as_deref(),
         [("rpm", req.rpm), ("tpm", req.tpm), ("rpd", req.rpd)],
-        req.budget,
     )?;
     let (key, prefix) = new_access_key();
     let am = access_key::ActiveModel {
@@ -167,8 +173,8 @@ pub async fn create(
         rpm: Set(req.rpm),
         tpm: Set(req.tpm),
         rpd: Set(req.rpd),
-        budget: Set(req.budget),
-        spent: Set(0.0),
+        budget_micros: Set(req.budget),
+        spent_micros: Set(0),
         expires_at: Set(req.expires_at),
         enabled: Set(true),
         created_at: Set(chrono::Utc::now()),
@@ -212,7 +218,6 @@ pub async fn patch(
         req.name.as_deref(),
         req.slugs.as_deref(),
         [("rpm", req.rpm), ("tpm", req.tpm), ("rpd", req.rpd)],
-        req.budget,
     )?;
     let mut am: access_key::ActiveModel = find(&state, &user, id).await?.into();
     if let Some(n) = req.name {
@@ -231,7 +236,7 @@ pub async fn patch(
         am.rpd = Set(req.rpd);
     }
     if req.budget.is_some() {
-        am.budget = Set(req.budget);
+        am.budget_micros = Set(req.budget);
     }
     if req.expires_at.is_some() {
         am.expires_at = Set(req.expires_at);

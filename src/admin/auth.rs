@@ -16,25 +16,7 @@ use super::login_guard::{self, Throttled};
 use crate::db;
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Viewer,
-    Operator,
-    Admin,
-}
-
-impl Role {
-    pub const ALL: [&'static str; 3] = ["admin", "operator", "viewer"];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "admin" => Self::Admin,
-            "operator" => Self::Operator,
-            "viewer" => Self::Viewer,
-            _ => return None,
-        })
-    }
-}
+pub use crate::domain::Role;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {

@@ -137,8 +137,19 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::JsonRejection;
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Json(v)),
+            // A body of the wrong shape: serde's message leads with the field's path and, for an
+            // enum, lists the allowed values (`kind: unknown variant `cohere`, expected one of
+            // `openai`, ...`). The generic prefix would push the field name out of the lead.
+            Err(JsonRejection::JsonDataError(e)) => {
+                let text = e.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                    .unwrap_or(&text);
+                Err(ApiError::BadRequest(detail.to_string()))
+            }
             Err(rej) => Err(ApiError::BadRequest(rej.body_text())),
         }
     }

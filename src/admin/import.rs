@@ -8,7 +8,8 @@ pub struct ParsedKey {
     pub key: String,
     pub label: Option<String>,
     pub weight: i32,
-    pub balance: Option<f64>,
+    /// Micro-units (`crate::money`).
+    pub balance_micros: Option<i64>,
 }
 
 /// Shows the key masked only.
@@ -18,7 +19,7 @@ impl std::fmt::Debug for ParsedKey {
             .field("key", &crate::crypto::mask(&self.key))
             .field("label", &self.label)
             .field("weight", &self.weight)
-            .field("balance", &self.balance)
+            .field("balance_micros", &self.balance_micros)
             .finish()
     }
 }
@@ -75,11 +76,11 @@ pub fn check_key(k: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_balance(b: Option<f64>) -> Result<Option<f64>, String> {
-    match b {
-        Some(v) if !v.is_finite() || v < 0.0 => Err("balance must be a non-negative number".into()),
-        other => Ok(other),
-    }
+/// A balance in currency units, as JSON or CSV carries it, to micros.
+fn check_balance(b: Option<f64>) -> Result<Option<i64>, String> {
+    b.map(crate::money::amount_from_units_f64)
+        .transpose()
+        .map_err(|e| format!("balance {e}"))
 }
 
 fn check_weight(w: Option<i64>) -> Result<i32, String> {
@@ -116,7 +117,7 @@ pub fn from_json_items(items: Vec<serde_json::Value>) -> Result<Vec<ParsedKey>, 
                 key: s.trim().to_string(),
                 label: None,
                 weight: 1,
-                balance: None,
+                balance_micros: None,
             }),
             // serde's messages quote the offending value, which may be a key: say what is expected.
             v => serde_json::from_value::<JsonKey>(v)
@@ -131,7 +132,7 @@ pub fn from_json_items(items: Vec<serde_json::Value>) -> Result<Vec<ParsedKey>, 
                         key,
                         label: k.label.filter(|l| !l.trim().is_empty()),
                         weight: check_weight(k.weight)?,
-                        balance: check_balance(k.balance)?,
+                        balance_micros: check_balance(k.balance)?,
                     })
                 }),
         };
@@ -170,7 +171,7 @@ pub fn parse(format: Format, body: &[u8]) -> Result<Vec<ParsedKey>, Vec<String>>
                         key: l.to_string(),
                         label: None,
                         weight: 1,
-                        balance: None,
+                        balance_micros: None,
                     }),
                     Err(e) => errs.push(format!("line {}: {e}", i + 1)),
                 }
@@ -218,18 +219,16 @@ fn parse_csv(text: &str) -> Result<Vec<ParsedKey>, Vec<String>> {
             errs.push(format!("line {line}: {e}"));
             continue;
         }
-        let balance = match rec.get(1).filter(|b| !b.is_empty()) {
+        // The CSV text is decimal already: parsed straight to micros, never through a double.
+        let balance_micros = match rec.get(1).filter(|b| !b.is_empty()) {
             None => None,
-            Some(b) => match b
-                .parse::<f64>()
-                .map(Some)
-                .map_err(|_| ())
-                .and_then(|v| check_balance(v).map_err(|_| ()))
-            {
-                Ok(v) => v,
-                Err(()) => {
+            Some(b) => match crate::money::parse_units(b) {
+                Ok(m) if m >= 0 && !b.starts_with('-') => Some(m),
+                _ => {
                     errs.push(format!(
-                        "line {line}: balance '{b}' is not a non-negative number"
+                        "line {line}: balance '{}' is not a non-negative amount up to {}",
+                        b.chars().take(32).collect::<String>(),
+                        crate::money::MAX_UNITS
                     ));
                     continue;
                 }
@@ -239,7 +238,7 @@ fn parse_csv(text: &str) -> Result<Vec<ParsedKey>, Vec<String>> {
             key: key.to_string(),
             label: None,
             weight: 1,
-            balance,
+            balance_micros,
         });
     }
     if errs.is_empty() { Ok(out) } else { Err(errs) }
@@ -272,8 +271,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.len(), 2);
-        assert_eq!(ok[0].balance, Some(12.5));
-        assert_eq!(ok[1].balance, None);
+        assert_eq!(ok[0].balance_micros, Some(12_500_000));
+        assert_eq!(ok[1].balance_micros, None);
         let err = parse(
             Format::Csv,
             b"sk-aaaa1111,abc\nsk-bbbb2222,1,2\nsk-cccc3333,-1\n",

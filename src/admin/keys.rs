@@ -13,6 +13,7 @@ use super::services::find as find_service;
 use crate::coord::{Fault, LiveState, now_ms};
 use crate::crypto::{mask, sha256_hex};
 use crate::db::{self, entity::upstream_key};
+use crate::domain::KeyStatus;
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -22,11 +23,14 @@ pub struct KeyView {
     pub key: String,
     pub label: Option<String>,
     pub weight: i32,
-    /// `active`, `cooling`, `exhausted`, `invalid` or `disabled`, live across replicas.
-    pub status: String,
+    /// Live across replicas.
+    pub status: KeyStatus,
     /// When a cooling key returns to rotation (RFC 3339).
     pub cooling_until: Option<chrono::DateTime<chrono::Utc>>,
-    pub balance: Option<f64>,
+    /// Balance recorded for the key, in currency units (exact to 0.000001).
+    #[serde(with = "crate::money::units_opt")]
+    #[schema(value_type = Option<f64>)]
+    pub balance: Option<i64>,
     /// Requests per minute this key accepts (unset = unlimited).
     pub rpm: Option<i32>,
     /// Tokens per minute this key accepts (unset = unlimited).
@@ -45,9 +49,12 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
         .decrypt(&k.secret)
         .map(|s| mask(&s))
         .unwrap_or_else(|_| "(undecryptable)".into());
-    let status = match k.status.as_str() {
-        s @ ("invalid" | "exhausted" | "disabled") => s.to_string(),
-        _ => live.status(now).unwrap_or("active").to_string(),
+    let status = match KeyStatus::parse(&k.status) {
+        Some(s @ (KeyStatus::Invalid | KeyStatus::Exhausted | KeyStatus::Disabled)) => s,
+        _ => live
+            .status(now)
+            .and_then(KeyStatus::parse)
+            .unwrap_or(KeyStatus::Active),
     };
     let cooling_until = (live.until > now)
         .then(|| chrono::DateTime::from_timestamp_millis(live.until))
@@ -59,7 +66,7 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
         weight: k.weight,
         status,
         cooling_until,
-        balance: k.balance,
+        balance: k.balance_micros,
         rpm: k.rpm,
         tpm: k.tpm,
         in_flight: live.inflight,
@@ -103,13 +110,17 @@ pub struct AddKeysResult {
 pub struct PatchKey {
     pub label: Option<String>,
     pub weight: Option<i32>,
-    pub balance: Option<f64>,
+    /// In currency units (a decimal string is accepted too); stored exactly, to 0.000001.
+    #[serde(default, with = "crate::money::units_opt")]
+    #[schema(value_type = Option<f64>)]
+    pub balance: Option<i64>,
     /// Requests per minute for this key (0 = unlimited).
     pub rpm: Option<i32>,
     /// Tokens per minute for this key (0 = unlimited).
     pub tpm: Option<i32>,
-    /// `active` (re-enable, clears cooldowns and failure counts) or `disabled`.
-    pub status: Option<String>,
+    /// `active` (re-enable, clears cooldowns and failure counts) or `disabled`; the other
+    /// statuses are the gateway's to set.
+    pub status: Option<KeyStatus>,
 }
 
 /// List a service's upstream keys (masked).
@@ -144,7 +155,7 @@ async fn store(
             fingerprint: sha256_hex(&k.key),
             label: k.label,
             weight: k.weight,
-            balance: k.balance,
+            balance_micros: k.balance_micros,
         })
         .collect();
     let (added, duplicates) = db::keys::insert_new(&state.db, service_id, new).await?;
@@ -254,7 +265,8 @@ pub async fn import(
     Ok(axum::Json(store(&state, svc.id, keys).await?))
 }
 
-/// Export a service's keys as CSV (masked: `id,key,label,status,balance,weight`).
+/// Export a service's keys as CSV (masked: `id,key,label,status,balance,weight`; balance in
+/// currency units, exact decimal text).
 #[utoipa::path(get, path = "/admin/services/{slug}/keys/export", tag = "keys",
     params(("slug" = String, Path)), security(("bearer" = [])),
     responses((status = 200, content_type = "text/csv", body = String), (status = 404, body = Problem)))]
@@ -277,8 +289,10 @@ pub async fn export(
                 k.id.to_string(),
                 k.key,
                 k.label.unwrap_or_default(),
-                k.status,
-                k.balance.map(|b| b.to_string()).unwrap_or_default(),
+                k.status.to_string(),
+                k.balance
+                    .map(crate::money::format_units)
+                    .unwrap_or_default(),
                 k.weight.to_string(),
             ]);
         }
@@ -315,13 +329,9 @@ pub async fn patch(
         }
         am.weight = Set(w);
     }
+    // Range and sign were checked when the body was read (`money::units_opt`).
     if let Some(b) = req.balance {
-        if !b.is_finite() || b < 0.0 {
-            return Err(ApiError::BadRequest(
-                "balance: must be a non-negative number".into(),
-            ));
-        }
-        am.balance = Set(Some(b));
+        am.balance_micros = Set(Some(b));
     }
     let balance_changed = req.balance.is_some();
     for (field, v) in [("rpm", req.rpm), ("tpm", req.tpm)] {
@@ -339,18 +349,18 @@ pub async fn patch(
     }
     let mut clear = false;
     if let Some(s) = req.status {
-        match s.as_str() {
-            "active" => {
+        match s {
+            KeyStatus::Active => {
                 clear = true;
-                am.status = Set("active".into());
+                am.status = Set(s.as_str().into());
                 am.last_error = Set(None);
                 am.consecutive_failures = Set(0);
             }
-            "disabled" => am.status = Set("disabled".into()),
-            _ => {
-                return Err(ApiError::BadRequest(
-                    "status: must be active or disabled".into(),
-                ));
+            KeyStatus::Disabled => am.status = Set(s.as_str().into()),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "status: '{other}' is set by the gateway; use active or disabled"
+                )));
             }
         }
     }
@@ -362,7 +372,7 @@ pub async fn patch(
             .await?;
     }
     if balance_changed {
-        state.coord.set_balance(k.id, k.balance).await?;
+        state.coord.set_balance(k.id, k.balance_micros).await?;
     }
     state.config_changed().await?;
     let mut v = views(&state, vec![k]).await?;

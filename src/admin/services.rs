@@ -8,11 +8,8 @@ use utoipa::ToSchema;
 use super::auth::{AuthUser, Role};
 use super::error::{ApiError, ApiResult, Json, List, Page, Problem};
 use crate::db::{self, entity::service};
-use crate::snapshot::Kind;
+use crate::domain::{Kind, RetryOn, Strategy};
 use crate::state::AppState;
-
-use crate::coord::Strategy;
-use crate::snapshot::RetryOn;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServiceView {
@@ -20,15 +17,18 @@ pub struct ServiceView {
     pub tenant_id: i64,
     pub slug: String,
     pub name: String,
-    pub kind: String,
+    pub kind: Kind,
     pub base_url: String,
     pub auth_header: Option<String>,
     pub auth_format: Option<String>,
-    pub strategy: String,
+    pub strategy: Strategy,
     pub request_timeout_ms: i32,
     pub total_timeout_ms: i32,
     pub max_attempts: i32,
-    pub retry_on: String,
+    /// Failures retried on another key, in the canonical form: retry classes, then any extra
+    /// statuses (`["auth", "quota", "rate_limit", "server_error", "timeout", "connect"]`).
+    #[schema(value_type = Vec<crate::domain::RetryRule>)]
+    pub retry_on: RetryOn,
     pub key_concurrency: Option<i32>,
     pub queue_timeout_ms: i32,
     pub lease_ttl_ms: i32,
@@ -37,29 +37,38 @@ pub struct ServiceView {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-impl From<service::Model> for ServiceView {
-    fn from(s: service::Model) -> Self {
-        Self {
+impl TryFrom<service::Model> for ServiceView {
+    type Error = ApiError;
+
+    /// Fails only on a row edited by hand outside the API (the API writes valid values only).
+    fn try_from(s: service::Model) -> ApiResult<Self> {
+        let bad = |field: &str, e: String| {
+            ApiError::Internal(anyhow::anyhow!(
+                "service '{}' has a bad {field}: {e}",
+                s.slug
+            ))
+        };
+        Ok(Self {
+            kind: s.kind.parse().map_err(|e| bad("kind", e))?,
+            strategy: s.strategy.parse().map_err(|e| bad("strategy", e))?,
+            retry_on: RetryOn::from_db(&s.retry_on).map_err(|e| bad("retry_on", e))?,
             id: s.id,
             tenant_id: s.tenant_id,
             slug: s.slug,
             name: s.name,
-            kind: s.kind,
             base_url: s.base_url,
             auth_header: s.auth_header,
             auth_format: s.auth_format,
-            strategy: s.strategy,
             request_timeout_ms: s.request_timeout_ms,
             total_timeout_ms: s.total_timeout_ms,
             max_attempts: s.max_attempts,
-            retry_on: s.retry_on,
             key_concurrency: s.key_concurrency,
             queue_timeout_ms: s.queue_timeout_ms,
             lease_ttl_ms: s.lease_ttl_ms,
             enabled: s.enabled,
             created_at: s.created_at,
             updated_at: s.updated_at,
-        }
+        })
     }
 }
 
@@ -68,12 +77,11 @@ impl From<service::Model> for ServiceView {
 pub struct CreateService {
     /// `[a-z0-9][a-z0-9-]{0,62}`
     pub slug: String,
-    /// `openai`, `anthropic`, `gemini` or `rest`.
-    pub kind: String,
+    pub kind: Kind,
     /// For LLM kinds, includes the version segment (`https://api.openai.com/v1`).
     pub base_url: String,
-    /// `round_robin` (default), `weighted`, `least_used`, `random` or `balance`.
-    pub strategy: Option<String>,
+    /// Default `round_robin`.
+    pub strategy: Option<Strategy>,
     pub name: Option<String>,
     /// Header that carries the upstream key (default per kind).
     pub auth_header: Option<String>,
@@ -85,8 +93,10 @@ pub struct CreateService {
     pub max_attempts: Option<i32>,
     /// Deadline for a whole request across attempts, to the response head (default 300000).
     pub total_timeout_ms: Option<i32>,
-    /// Upstream statuses retried on another key (default `401,402,403,429,5xx`).
-    pub retry_on: Option<String>,
+    /// Failures retried on another key: retry classes and extra statuses, or the older status
+    /// string (default: every class).
+    #[schema(value_type = Option<crate::domain::RetryOnInput>)]
+    pub retry_on: Option<RetryOn>,
     /// Requests in flight per key at most (unset = unlimited; 0 clears it).
     pub key_concurrency: Option<i32>,
     /// How long a request waits for a key when all are at their cap (default 5000).
@@ -100,7 +110,7 @@ pub struct CreateService {
 #[derive(Debug, Default)]
 pub struct PoolSettings {
     pub total_timeout_ms: Option<i32>,
-    pub retry_on: Option<String>,
+    pub retry_on: Option<RetryOn>,
     pub key_concurrency: Option<i32>,
     pub queue_timeout_ms: Option<i32>,
     pub lease_ttl_ms: Option<i32>,
@@ -123,15 +133,17 @@ macro_rules! pool_of {
 pub struct PatchService {
     pub name: Option<String>,
     pub base_url: Option<String>,
-    pub strategy: Option<String>,
+    pub strategy: Option<Strategy>,
     pub auth_header: Option<String>,
     pub auth_format: Option<String>,
     pub request_timeout_ms: Option<i32>,
     pub max_attempts: Option<i32>,
     /// Deadline for a whole request across attempts, to the response head (default 300000).
     pub total_timeout_ms: Option<i32>,
-    /// Upstream statuses retried on another key (default `401,402,403,429,5xx`).
-    pub retry_on: Option<String>,
+    /// Failures retried on another key: retry classes and extra statuses, or the older status
+    /// string.
+    #[schema(value_type = Option<crate::domain::RetryOnInput>)]
+    pub retry_on: Option<RetryOn>,
     /// Requests in flight per key at most (unset = unlimited; 0 clears it).
     pub key_concurrency: Option<i32>,
     /// How long a request waits for a key when all are at their cap (default 5000).
@@ -166,16 +178,6 @@ fn check_base_url(u: &str) -> ApiResult<String> {
     Ok(u.trim_end_matches('/').to_string())
 }
 
-fn check_strategy(s: &str) -> ApiResult<()> {
-    match Strategy::parse(s) {
-        Some(_) => Ok(()),
-        None => Err(ApiError::BadRequest(format!(
-            "strategy: '{s}' is not one of {}",
-            Strategy::ALL.join(", ")
-        ))),
-    }
-}
-
 fn check_pool(p: &PoolSettings) -> ApiResult<()> {
     if p.total_timeout_ms
         .is_some_and(|t| !(100..=3_600_000).contains(&t))
@@ -183,9 +185,6 @@ fn check_pool(p: &PoolSettings) -> ApiResult<()> {
         return Err(ApiError::BadRequest(
             "total_timeout_ms: must be 100 to 3600000".into(),
         ));
-    }
-    if let Some(r) = &p.retry_on {
-        RetryOn::parse(r).map_err(|e| ApiError::BadRequest(format!("retry_on: {e}")))?;
     }
     if p.key_concurrency
         .is_some_and(|c| !(0..=100_000).contains(&c))
@@ -216,7 +215,7 @@ fn apply_pool(am: &mut service::ActiveModel, p: PoolSettings) {
         am.total_timeout_ms = Set(t);
     }
     if let Some(r) = p.retry_on {
-        am.retry_on = Set(r.replace(' ', ""));
+        am.retry_on = Set(r.to_db());
     }
     if let Some(c) = p.key_concurrency {
         am.key_concurrency = Set((c > 0).then_some(c));
@@ -275,7 +274,9 @@ pub async fn list(
     let rows = db::services::list(&state.db, user.tenant_scope(), page.after()?, limit).await?;
     let last = rows.last().map(|s| s.id);
     Ok(axum::Json(List::page(
-        rows.into_iter().map(Into::into).collect(),
+        rows.into_iter()
+            .map(TryInto::try_into)
+            .collect::<ApiResult<_>>()?,
         last,
         limit,
     )))
@@ -297,15 +298,7 @@ pub async fn create(
             "slug: must match [a-z0-9][a-z0-9-]{0,62}".into(),
         ));
     }
-    if Kind::parse(&req.kind).is_none() {
-        return Err(ApiError::BadRequest(format!(
-            "kind: must be one of {}",
-            Kind::ALL.join(", ")
-        )));
-    }
     let base_url = check_base_url(&req.base_url)?;
-    let strategy = req.strategy.unwrap_or_else(|| "round_robin".into());
-    check_strategy(&strategy)?;
     check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
     check_limits(req.request_timeout_ms, req.max_attempts)?;
     let pool = pool_of!(req);
@@ -314,11 +307,11 @@ pub async fn create(
         tenant_id: Set(user.write_tenant()),
         name: Set(req.name.unwrap_or_else(|| req.slug.clone())),
         slug: Set(req.slug.clone()),
-        kind: Set(req.kind),
+        kind: Set(req.kind.as_str().into()),
         base_url: Set(base_url),
         auth_header: Set(req.auth_header.map(|h| h.to_ascii_lowercase())),
         auth_format: Set(req.auth_format),
-        strategy: Set(strategy),
+        strategy: Set(req.strategy.unwrap_or_default().as_str().into()),
         model_aliases: Set(serde_json::json!({})),
         model_allow: Set(serde_json::json!([])),
         connect_timeout_ms: Set(10_000),
@@ -328,7 +321,7 @@ pub async fn create(
         total_timeout_ms: Set(300_000),
         queue_timeout_ms: Set(5_000),
         lease_ttl_ms: Set(60_000),
-        retry_on: Set("401,402,403,429,5xx".into()),
+        retry_on: Set(RetryOn::default_policy().to_db()),
         enabled: Set(req.enabled.unwrap_or(true)),
         ..Default::default()
     };
@@ -342,7 +335,7 @@ pub async fn create(
             other => other,
         })?;
     state.config_changed().await?;
-    Ok((StatusCode::CREATED, axum::Json(s.into())))
+    Ok((StatusCode::CREATED, axum::Json(s.try_into()?)))
 }
 
 /// Get a service.
@@ -354,7 +347,7 @@ pub async fn get(
     user: AuthUser,
     Path(slug): Path<String>,
 ) -> ApiResult<axum::Json<ServiceView>> {
-    Ok(axum::Json(find(&state, &user, &slug).await?.into()))
+    Ok(axum::Json(find(&state, &user, &slug).await?.try_into()?))
 }
 
 /// Update a service.
@@ -383,8 +376,7 @@ pub async fn patch(
         am.base_url = Set(check_base_url(&u)?);
     }
     if let Some(s) = req.strategy {
-        check_strategy(&s)?;
-        am.strategy = Set(s);
+        am.strategy = Set(s.as_str().into());
     }
     if let Some(h) = req.auth_header {
         am.auth_header = Set(Some(h.to_ascii_lowercase()));
@@ -403,7 +395,7 @@ pub async fn patch(
     }
     let s = db::services::update(&state.db, am).await?;
     state.config_changed().await?;
-    Ok(axum::Json(s.into()))
+    Ok(axum::Json(s.try_into()?))
 }
 
 /// Delete a service and its keys.

@@ -14,21 +14,26 @@ pub struct UserView {
     pub id: i64,
     pub tenant_id: Option<i64>,
     pub username: String,
-    pub role: String,
+    pub role: Role,
     pub disabled: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-impl From<user::Model> for UserView {
-    fn from(u: user::Model) -> Self {
-        Self {
+impl TryFrom<user::Model> for UserView {
+    type Error = ApiError;
+
+    /// Fails only on a row edited by hand outside the API.
+    fn try_from(u: user::Model) -> ApiResult<Self> {
+        Ok(Self {
+            role: u.role.parse().map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("user {} has a bad role: {e}", u.id))
+            })?,
             id: u.id,
             tenant_id: u.tenant_id,
             username: u.username,
-            role: u.role,
             disabled: u.disabled,
             created_at: u.created_at,
-        }
+        })
     }
 }
 
@@ -38,8 +43,7 @@ impl From<user::Model> for UserView {
 pub struct CreateUser {
     pub username: String,
     pub password: String,
-    /// `admin`, `operator` or `viewer`.
-    pub role: String,
+    pub role: Role,
     pub tenant_id: Option<i64>,
 }
 
@@ -48,7 +52,7 @@ pub struct CreateUser {
 #[serde(deny_unknown_fields)]
 pub struct PatchUser {
     pub password: Option<String>,
-    pub role: Option<String>,
+    pub role: Option<Role>,
     pub disabled: Option<bool>,
 }
 
@@ -59,12 +63,6 @@ fn check_password(p: &str) -> ApiResult<()> {
         ));
     }
     Ok(())
-}
-
-fn check_role(r: &str) -> ApiResult<()> {
-    Role::parse(r).map(|_| ()).ok_or_else(|| {
-        ApiError::BadRequest(format!("role: must be one of {}", Role::ALL.join(", ")))
-    })
 }
 
 /// List users.
@@ -81,7 +79,9 @@ pub async fn list(
     let rows = db::users::list(&state.db, user.tenant_scope(), page.after()?, limit).await?;
     let last = rows.last().map(|u| u.id);
     Ok(axum::Json(List::page(
-        rows.into_iter().map(UserView::from).collect(),
+        rows.into_iter()
+            .map(UserView::try_from)
+            .collect::<ApiResult<_>>()?,
         last,
         limit,
     )))
@@ -105,7 +105,6 @@ pub async fn create(
         ));
     }
     check_password(&req.password)?;
-    check_role(&req.role)?;
     // A tenant's admin creates users of that tenant only (never global ones).
     let tenant_id = match user.tenant_scope() {
         None => req.tenant_id,
@@ -117,13 +116,13 @@ pub async fn create(
         }
     };
     let hash = crate::crypto::hash_password(&req.password)?;
-    let u = db::users::create(&state.db, tenant_id, name, hash, &req.role)
+    let u = db::users::create(&state.db, tenant_id, name, hash, req.role.as_str())
         .await
         .map_err(|e| match ApiError::from(e) {
             ApiError::Conflict(_) => ApiError::Conflict(format!("username: '{name}' is taken")),
             other => other,
         })?;
-    Ok((StatusCode::CREATED, axum::Json(u.into())))
+    Ok((StatusCode::CREATED, axum::Json(u.try_into()?)))
 }
 
 /// A user the caller may see: everyone for global users, their own tenant's users otherwise.
@@ -146,7 +145,7 @@ pub async fn get(
     if user.id != id {
         user.require(Role::Admin)?;
     }
-    Ok(axum::Json(find(&state, &user, id).await?.into()))
+    Ok(axum::Json(find(&state, &user, id).await?.try_into()?))
 }
 
 /// Change a user's password, role or disabled flag.
@@ -168,9 +167,6 @@ pub async fn patch(
     if let Some(p) = &req.password {
         check_password(p)?;
     }
-    if let Some(r) = &req.role {
-        check_role(r)?;
-    }
     if user.id == id && req.disabled == Some(true) {
         return Err(ApiError::BadRequest(
             "disabled: you cannot disable yourself".into(),
@@ -187,12 +183,12 @@ pub async fn patch(
         existing,
         db::users::UserPatch {
             password_hash,
-            role: req.role,
+            role: req.role.map(|r| r.as_str().to_string()),
             disabled: req.disabled,
         },
     )
     .await?;
-    Ok(axum::Json(u.into()))
+    Ok(axum::Json(u.try_into()?))
 }
 
 /// Delete a user.

@@ -52,7 +52,8 @@ struct KeyState {
     cw: i64,
     probe: i64,
     halfopen: bool,
-    bal: Option<f64>,
+    /// Live balance in micro-units.
+    bal: Option<i64>,
     tat_rpm: f64,
     tat_tpm: f64,
 }
@@ -64,7 +65,7 @@ struct Cand {
     inflight: u32,
     last: i64,
     cw: i64,
-    bal: Option<f64>,
+    bal: Option<i64>,
     probe: bool,
     new_krpm: Option<f64>,
 }
@@ -152,10 +153,10 @@ impl MemoryStore {
         }
 
         let cap = req.cap.unwrap_or(0);
-        let price = req.price.unwrap_or(0.0);
+        let price = req.price.unwrap_or(0);
         let strategy = req.strategy;
         let mut at_cap = false;
-        // Evaluates key i: a candidate when it is usable now (same rules as acquire_v2.lua).
+        // Evaluates key i: a candidate when it is usable now (same rules as acquire_v3.lua).
         let mut eval = |keys: &HashMap<i64, KeyState>, i: usize| -> Option<Cand> {
             let spec = &req.keys[i];
             if req.excluded.contains(&spec.id) {
@@ -187,7 +188,7 @@ impl MemoryStore {
                 return None;
             }
             let bal = k.and_then(|k| k.bal).or(spec.balance);
-            if strategy == Strategy::Balance && price > 0.0 && bal.is_some_and(|b| b < price) {
+            if strategy == Strategy::Balance && price > 0 && bal.is_some_and(|b| b < price) {
                 return None;
             }
             let inflight = k.map_or(0, |k| k.inflight);
@@ -269,7 +270,7 @@ impl MemoryStore {
                     _ => {
                         let mut best = 0usize;
                         for (j, c) in cands.iter().enumerate() {
-                            if c.bal.unwrap_or(-1.0) > cands[best].bal.unwrap_or(-1.0) {
+                            if c.bal.unwrap_or(-1) > cands[best].bal.unwrap_or(-1) {
                                 best = j;
                             }
                         }
@@ -350,10 +351,11 @@ impl MemoryStore {
         {
             k.tat_tpm = k.tat_tpm.max(now as f64) + u.tokens as f64 * (MINUTE_MS / l as f64);
         }
-        if u.cost > 0.0
+        if u.cost > 0
             && let Some(db) = u.key_balance
         {
-            k.bal = Some(k.bal.unwrap_or(db) - u.cost);
+            // Integer micros, as HINCRBY in release_v3.lua: a debit is exact.
+            k.bal = Some(k.bal.unwrap_or(db).saturating_sub(u.cost));
         }
         if u.tokens > 0
             && let Some(c) = u.client
@@ -485,7 +487,7 @@ impl MemoryStore {
             .collect()
     }
 
-    pub fn set_balance(&self, key_id: i64, balance: Option<f64>) {
+    pub fn set_balance(&self, key_id: i64, balance: Option<i64>) {
         self.inner.state.lock().keys.entry(key_id).or_default().bal = balance;
     }
 

@@ -11,47 +11,7 @@ pub mod redis;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// How a service picks among its usable keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    /// Exact rotation over the usable keys (the key list, when all are usable), shared by all
-    /// replicas.
-    RoundRobin,
-    /// Smooth weighted round robin: weights 1/2/3 over 600 requests give exactly 100/200/300.
-    Weighted,
-    /// Fewest requests in flight, then least recently used.
-    LeastUsed,
-    Random,
-    /// Highest remaining balance first; keys whose balance is below the price are skipped.
-    Balance,
-}
-
-impl Strategy {
-    pub const ALL: [&'static str; 5] =
-        ["round_robin", "weighted", "least_used", "random", "balance"];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "round_robin" => Self::RoundRobin,
-            "weighted" => Self::Weighted,
-            "least_used" => Self::LeastUsed,
-            "random" => Self::Random,
-            "balance" => Self::Balance,
-            _ => return None,
-        })
-    }
-
-    /// The name the Lua script uses.
-    pub fn script_name(self) -> &'static str {
-        match self {
-            Self::RoundRobin => "rr",
-            Self::Weighted => "weighted",
-            Self::LeastUsed => "least_used",
-            Self::Random => "random",
-            Self::Balance => "balance",
-        }
-    }
-}
+pub use crate::domain::Strategy;
 
 /// What the store needs to know about one key of the service (from the config snapshot).
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +21,8 @@ pub struct KeySpec {
     /// Upstream key's own limits (None = unlimited).
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
-    /// Balance recorded in the database; seeds the live balance.
-    pub balance: Option<f64>,
+    /// Balance recorded in the database, in micro-units (`crate::money`); seeds the live balance.
+    pub balance: Option<i64>,
 }
 
 /// A service's keys as the store is given them, with the compact form the Lua script takes built
@@ -184,8 +144,8 @@ pub struct AcquireReq<'a> {
     pub lease_ttl_ms: u64,
     /// Charged on the first attempt of a request only.
     pub client: Option<ClientLimits>,
-    /// Price of the request when known (balance strategy).
-    pub price: Option<f64>,
+    /// Price of the request in micro-units when known (balance strategy).
+    pub price: Option<i64>,
 }
 
 /// Remaining allowance of the client, for `x-ratelimit-*` headers (None = no such limit).
@@ -268,14 +228,16 @@ pub struct Report {
 }
 
 /// The end of a request whose key answered.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub success: bool,
     pub tokens: u64,
-    pub cost: f64,
+    /// Cost in micro-units (0 = unknown), debited exactly from the key's live balance.
+    pub cost: i64,
     pub key_tpm: Option<u32>,
     pub client: Option<ClientLimits>,
-    pub key_balance: Option<f64>,
+    /// The key's balance in the database, in micro-units: seeds the live balance on first use.
+    pub key_balance: Option<i64>,
 }
 
 /// Live state of a key, for the admin API.
@@ -383,8 +345,8 @@ impl Coord {
         }
     }
 
-    /// Sets a key's live balance (an operator changed it).
-    pub async fn set_balance(&self, key_id: i64, balance: Option<f64>) -> Result<(), CoordError> {
+    /// Sets a key's live balance in micro-units (an operator changed it).
+    pub async fn set_balance(&self, key_id: i64, balance: Option<i64>) -> Result<(), CoordError> {
         match self {
             Self::Memory(m) => {
                 m.set_balance(key_id, balance);

@@ -1,5 +1,5 @@
 //! Redis coordination store for many replicas. Every change happens inside a Lua script whose file
-//! name carries a version (`acquire_v2`), so a rolling deploy never runs changed logic under an old
+//! name carries a version (`acquire_v3`), so a rolling deploy never runs changed logic under an old
 //! name; scripts are loaded at start and called by SHA (EVALSHA, falling back to EVAL). Each
 //! script's header documents its KEYS, ARGV and reply, which the methods here read.
 //!
@@ -53,8 +53,8 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             policy,
-            acquire: Script::new(include_str!("lua/acquire_v2.lua")),
-            release: Script::new(include_str!("lua/release_v2.lua")),
+            acquire: Script::new(include_str!("lua/acquire_v3.lua")),
+            release: Script::new(include_str!("lua/release_v3.lua")),
             report: Script::new(include_str!("lua/report_v2.lua")),
             renew: Script::new(include_str!("lua/renew_v2.lua")),
         };
@@ -103,7 +103,7 @@ impl RedisStore {
             .arg(opt(c.and_then(|c| c.rpm)))
             .arg(opt(c.and_then(|c| c.rpd)))
             .arg(opt(c.and_then(|c| c.tpm)))
-            .arg(req.price.unwrap_or(0.0))
+            .arg(req.price.unwrap_or(0))
             .arg(rand::random::<u32>())
             .arg(self.policy.probe_lock_ms)
             .arg(&self.prefix)
@@ -250,14 +250,15 @@ impl RedisStore {
             .collect())
     }
 
-    pub async fn set_balance(&self, key_id: i64, balance: Option<f64>) -> Result<(), CoordError> {
+    pub async fn set_balance(&self, key_id: i64, balance: Option<i64>) -> Result<(), CoordError> {
         let mut conn = self.conn.clone();
+        // `bal_micros`: the integer field the v3 scripts debit with HINCRBY.
         match balance {
             Some(b) => {
-                let _: i64 = conn.hset(self.key(key_id), "bal", b.to_string()).await?;
+                let _: i64 = conn.hset(self.key(key_id), "bal_micros", b).await?;
             }
             None => {
-                let _: i64 = conn.hdel(self.key(key_id), "bal").await?;
+                let _: i64 = conn.hdel(self.key(key_id), "bal_micros").await?;
             }
         }
         Ok(())

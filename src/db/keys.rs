@@ -50,7 +50,8 @@ pub struct NewKey {
     pub fingerprint: String,
     pub label: Option<String>,
     pub weight: i32,
-    pub balance: Option<f64>,
+    /// Micro-units.
+    pub balance_micros: Option<i64>,
 }
 
 /// Inserts keys whose fingerprint is not yet in the service, in one transaction.
@@ -90,9 +91,9 @@ pub async fn insert_new(
             label: Set(k.label),
             weight: Set(k.weight),
             status: Set("active".into()),
-            balance: Set(k.balance),
-            quota_total: Set(None),
-            quota_used: Set(0.0),
+            balance_micros: Set(k.balance_micros),
+            quota_total_micros: Set(None),
+            quota_used_micros: Set(0),
             rpm: Set(None),
             tpm: Set(None),
             last_used_at: Set(None),

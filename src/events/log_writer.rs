@@ -34,7 +34,8 @@ const REPLAY_MAX: Duration = Duration::from_secs(5);
 
 pub fn row(ev: &RequestEvent) -> request_log::ActiveModel {
     use sea_orm::ActiveValue::Set;
-    let tokens = |n: u64| (n > 0).then_some(n.min(i32::MAX as u64) as i32);
+    // 0 tokens means the upstream reported none: stored as NULL (unknown), not as a count.
+    let tokens = |n: u64| (n > 0).then_some(n.min(i64::MAX as u64) as i64);
     request_log::ActiveModel {
         id: Set(ev.id),
         ts: Set(ev.ts),
@@ -44,13 +45,25 @@ pub fn row(ev: &RequestEvent) -> request_log::ActiveModel {
         model: Set(ev.model.clone()),
         path: Set(ev.path.chars().take(512).collect()),
         status: Set(ev.status as i32),
-        attempts: Set(ev.attempts as i32),
-        latency_ms: Set(ev.latency_ms as i64),
-        ttft_ms: Set(ev.ttft_ms.map(|t| t as i64)),
+        attempts: Set(ev.attempts.min(i32::MAX as u32) as i32),
+        latency_ms: Set(ev.latency_ms.min(i64::MAX as u64) as i64),
+        ttft_ms: Set(ev.ttft_ms.map(|t| t.min(i64::MAX as u64) as i64)),
         prompt_tokens: Set(tokens(ev.tokens.prompt)),
         completion_tokens: Set(tokens(ev.tokens.completion)),
-        cost: Set(None),
+        cache_read_tokens: Set(tokens(ev.tokens.cache_read)),
+        cache_write_tokens: Set(tokens(ev.tokens.cache_write)),
+        cost_micros: Set(ev.cost_micros),
         error_kind: Set(ev.error_kind.clone()),
+        upstream_model: Set(ev.upstream_model.clone()),
+        streamed: Set(ev.streamed),
+        cancelled: Set(ev.cancelled),
+        estimated: Set(ev.estimated),
+        client_format: Set(Some(ev.client_format.to_string())),
+        upstream_format: Set(Some(ev.upstream_format.to_string())),
+        // A request that never reached a key tried none: NULL rather than `[]`.
+        tried: Set(
+            (!ev.tried.is_empty()).then(|| serde_json::to_string(&ev.tried).unwrap_or_default())
+        ),
     }
 }
 

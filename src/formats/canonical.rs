@@ -175,7 +175,10 @@ pub struct ChatResponse {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
     /// The answer's id and model; always first.
-    Start { id: String, model: String },
+    Start {
+        id: String,
+        model: String,
+    },
     TextDelta(String),
     ThinkingDelta(String),
     ToolCallStart {
@@ -191,7 +194,9 @@ pub enum StreamEvent {
     /// Usage so far (cumulative; the last one counts).
     Usage(Tokens),
     /// The upstream reported an error inside the stream.
-    Error { message: String },
+    Error {
+        message: String,
+    },
     /// The upstream's stream ended normally.
     End,
 }

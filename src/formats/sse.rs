@@ -104,7 +104,11 @@ mod tests {
 
     #[test]
     fn events_split_across_chunks_come_out_whole() {
-        let ev = read(&[b"event: message_start\nda", b"ta: {\"a\":1}\n", b"\ndata: [DONE]\n\n"]);
+        let ev = read(&[
+            b"event: message_start\nda",
+            b"ta: {\"a\":1}\n",
+            b"\ndata: [DONE]\n\n",
+        ]);
         assert_eq!(
             ev,
             vec![

@@ -250,6 +250,9 @@ pub async fn run(
                 let reason = format!("no answer within {} ms", per_attempt.as_millis());
                 fin.fault(Fault::Failure, &reason).await;
                 last_failure = Some(Failure::Timeout);
+                if !svc.retry_on.retries_timeout() {
+                    break;
+                }
                 continue;
             }
             Ok(Err(_))
@@ -287,6 +290,9 @@ pub async fn run(
                 };
                 fin.fault(Fault::Failure, reason).await;
                 last_failure = Some(Failure::Connect);
+                if !svc.retry_on.retries_connect() {
+                    break;
+                }
                 continue;
             }
             Ok(Ok(resp)) => resp,

@@ -223,7 +223,7 @@ impl Finish {
         let usage = Usage {
             success,
             tokens: self.tokens.total(),
-            cost: 0.0,
+            cost: 0,
             key_tpm: spec.tpm,
             client: self.client,
             key_balance: spec.balance,

@@ -48,7 +48,11 @@ pub fn routes() -> Router<AppState> {
 pub fn panic_response(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
     use axum::response::IntoResponse;
     let body = crate::formats::Format::OpenAi.error_body(ErrorKind::Internal, "internal error");
-    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 /// The slug segment, still percent-encoded: a slug is `[a-z0-9-]`, so anything encoded is

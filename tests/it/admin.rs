@@ -406,3 +406,232 @@ both!(
         assert_eq!(app.chat("t1-slug", &ak1).await.status(), 200);
     }
 );
+
+both!(
+    a_bad_enum_value_is_refused_naming_the_allowed_values,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        let svc = |extra: Value| {
+            let mut body = json!({"slug": "e", "kind": "openai", "base_url": "http://h/v1"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            body
+        };
+        for (body, field, allowed) in [
+            (
+                svc(json!({"kind": "cohere"})),
+                "kind",
+                "`openai`, `anthropic`, `gemini`, `rest`",
+            ),
+            (
+                svc(json!({"strategy": "fastest"})),
+                "strategy",
+                "`round_robin`, `weighted`, `least_used`, `random`, `balance`",
+            ),
+            (
+                svc(json!({"retry_on": ["auth", "teapot"]})),
+                "retry_on",
+                "auth, quota, rate_limit, server_error, timeout, connect",
+            ),
+            (
+                svc(json!({"retry_on": "401,abc"})),
+                "retry_on",
+                "auth, quota",
+            ),
+        ] {
+            let (s, v) = app.admin("POST", "/admin/services", Some(body)).await;
+            assert_eq!(s, 400, "{v}");
+            let detail = v["detail"].as_str().unwrap();
+            assert!(detail.starts_with(field), "{detail}");
+            assert!(detail.contains(allowed), "{detail}");
+            assert_eq!(v["type"], "https://keygate.dev/problems/validation");
+        }
+        let (s, v) = app
+            .admin(
+                "POST",
+                "/admin/users",
+                Some(json!({"username": "r", "password": "long-enough-1", "role": "root"})),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        let detail = v["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("role") && detail.contains("`viewer`, `operator`, `admin`"),
+            "{detail}"
+        );
+        app.create_service("e", "openai", "http://127.0.0.1:9/v1")
+            .await;
+        app.add_keys("e", &["sk-enum-key-0001"]).await;
+        let (_, v) = app.admin("GET", "/admin/services/e/keys", None).await;
+        let id = v["items"][0]["id"].as_i64().unwrap();
+        let path = format!("/admin/services/e/keys/{id}");
+        let (s, v) = app
+            .admin("PATCH", &path, Some(json!({"status": "paused"})))
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("`active`, `cooling`"),
+            "{v}"
+        );
+        let (s, v) = app
+            .admin("PATCH", &path, Some(json!({"status": "cooling"})))
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("use active or disabled"),
+            "{v}"
+        );
+        let (s, v) = app
+            .admin("PATCH", &path, Some(json!({"status": "disabled"})))
+            .await;
+        assert_eq!((s, &v["status"]), (200, &json!("disabled")), "{v}");
+    }
+);
+
+both!(
+    retry_on_takes_classes_or_the_old_status_string_and_answers_in_classes,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        app.create_service("r", "openai", "http://127.0.0.1:9/v1")
+            .await;
+        let (_, v) = app.admin("GET", "/admin/services/r", None).await;
+        assert_eq!(
+            v["retry_on"],
+            json!([
+                "auth",
+                "quota",
+                "rate_limit",
+                "server_error",
+                "timeout",
+                "connect"
+            ]),
+            "the default: every class"
+        );
+        assert_eq!(
+            (&v["kind"], &v["strategy"]),
+            (&json!("openai"), &json!("round_robin"))
+        );
+        let (s, v) = app
+            .admin(
+                "PATCH",
+                "/admin/services/r",
+                Some(json!({"retry_on": ["rate_limit", 408], "strategy": "balance"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["retry_on"], json!(["rate_limit", 408]));
+        assert_eq!(v["strategy"], "balance");
+        let (s, v) = app
+            .admin(
+                "PATCH",
+                "/admin/services/r",
+                Some(json!({"retry_on": "401,429,5xx"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            v["retry_on"],
+            json!(["rate_limit", "server_error", "timeout", "connect", 401]),
+            "the old form keeps its meaning: timeouts and connect errors were always retried"
+        );
+        let (_, v) = app.admin("GET", "/admin/services/r", None).await;
+        assert_eq!(
+            v["retry_on"],
+            json!(["rate_limit", "server_error", "timeout", "connect", 401])
+        );
+    }
+);
+
+both!(
+    amounts_are_decimal_units_on_the_wire_and_exact_underneath,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        app.create_service("money", "openai", "http://127.0.0.1:9/v1")
+            .await;
+        let (s, v) = import(
+            &app,
+            "money",
+            "text/csv",
+            "key,balance\nsk-money-00001,0.24\n",
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let (_, v) = app.admin("GET", "/admin/services/money/keys", None).await;
+        assert_eq!(v["items"][0]["balance"], json!(0.24));
+        let id = v["items"][0]["id"].as_i64().unwrap();
+        let rows = keygate::db::keys::list(&app.state.db, 1, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(rows[0].balance_micros, Some(240_000), "stored as micros");
+        // 0.1 + 0.2 as the client's arithmetic gives it is stored as 0.3 exactly.
+        let (s, v) = app
+            .admin(
+                "PATCH",
+                &format!("/admin/services/money/keys/{id}"),
+                Some(json!({"balance": 0.1 + 0.2})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["balance"], json!(0.3));
+        let csv = app
+            .http
+            .get(app.url("/admin/services/money/keys/export"))
+            .bearer_auth(&app.token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            csv.lines().nth(1).unwrap().ends_with(",active,0.3,1"),
+            "{csv}"
+        );
+
+        let (s, v) = app
+            .admin(
+                "POST",
+                "/admin/access-keys",
+                Some(json!({"name": "b", "budget": "12.345678"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(
+            (&v["budget"], &v["spent"]),
+            (&json!(12.345678), &json!(0.0))
+        );
+        for (budget, says) in [
+            (json!(-1), "must not be negative"),
+            (json!(1e300), "at most 1000000000"),
+            (json!("ten"), "is not a decimal number"),
+            (json!(true), "expected an amount"),
+        ] {
+            let (s, v) = app
+                .admin(
+                    "POST",
+                    "/admin/access-keys",
+                    Some(json!({"name": "b", "budget": budget})),
+                )
+                .await;
+            assert_eq!(s, 400, "{v}");
+            let detail = v["detail"].as_str().unwrap();
+            assert!(
+                detail.starts_with("budget") && detail.contains(says),
+                "{detail}"
+            );
+        }
+        let (s, v) = import(&app, "money", "text/csv", "sk-money-00002,-0.5\n").await;
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains("non-negative"),
+            "{v}"
+        );
+    }
+);

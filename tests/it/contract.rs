@@ -90,6 +90,11 @@ fn specs(weights: &[u32]) -> Vec<KeySpec> {
         .collect()
 }
 
+/// Whole currency units in micros.
+fn units(n: i64) -> i64 {
+    n * 1_000_000
+}
+
 fn req<'a>(strategy: Strategy, keys: &'a KeySet) -> AcquireReq<'a> {
     AcquireReq {
         service_id: 1,
@@ -206,9 +211,9 @@ contract!(
     balance_picks_the_richest_key_and_skips_keys_below_the_price,
     |p: Pair| async move {
         let mut sp = specs(&[1, 1, 1]);
-        sp[0].balance = Some(5.0);
-        sp[1].balance = Some(50.0);
-        sp[2].balance = Some(20.0);
+        sp[0].balance = Some(units(5));
+        sp[1].balance = Some(units(50));
+        sp[2].balance = Some(units(20));
         let ks = KeySet::new(sp);
         let mut r = req(Strategy::Balance, &ks);
         let (i, l, _) = take(&p.a, &r).await;
@@ -218,8 +223,8 @@ contract!(
             &l,
             &Usage {
                 success: true,
-                cost: 40.0,
-                key_balance: Some(50.0),
+                cost: units(40),
+                key_balance: Some(units(50)),
                 ..Default::default()
             },
         )
@@ -228,12 +233,68 @@ contract!(
         let (i, l, _) = take(&p.b, &r).await;
         assert_eq!(i, 2, "20 > 10 left on key 1");
         ok(&p.a, &l).await;
-        r.price = Some(25.0);
+        r.price = Some(units(25));
         assert_eq!(
             p.a.acquire(&r).await.unwrap(),
             Acquire::NoKey,
             "no key can pay 25"
         );
+    }
+);
+
+contract!(
+    balance_debits_are_exact_in_micros_across_replicas,
+    |p: Pair| async move {
+        // 0.3 units, spent as 0.1, 0.15 and 0.05 from alternating replicas. Floats drift on such
+        // sums (0.1 + 0.2 != 0.3); in micros the key ends at exactly 0 and price checks are exact.
+        let mut sp = specs(&[1]);
+        sp[0].balance = Some(300_000);
+        let ks = KeySet::new(sp);
+        let mut r = req(Strategy::Balance, &ks);
+        for (i, cost) in [100_000, 150_000].into_iter().enumerate() {
+            let (_, l, _) = take(p.at(i), &r).await;
+            p.at(i + 1)
+                .release(
+                    &l,
+                    &Usage {
+                        success: true,
+                        cost,
+                        key_balance: Some(300_000),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        // Exactly 50_000 micros (0.05) left: a price one micro higher finds no key, an equal one
+        // does.
+        r.price = Some(50_001);
+        assert_eq!(p.a.acquire(&r).await.unwrap(), Acquire::NoKey);
+        r.price = Some(50_000);
+        let (_, l, _) = take(&p.b, &r).await;
+        p.a.release(
+            &l,
+            &Usage {
+                success: true,
+                cost: 50_000,
+                key_balance: Some(300_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        r.price = Some(1);
+        assert_eq!(
+            p.b.acquire(&r).await.unwrap(),
+            Acquire::NoKey,
+            "0.1 + 0.15 + 0.05 spent 0.3 to the micro"
+        );
+        // An operator top-up replaces the live balance on every replica.
+        p.a.set_balance(100, Some(1)).await.unwrap();
+        assert!(matches!(
+            p.b.acquire(&r).await.unwrap(),
+            Acquire::Granted { .. }
+        ));
     }
 );
 

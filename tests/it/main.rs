@@ -9,6 +9,7 @@ mod binary;
 mod cluster;
 mod contract;
 mod edge;
+mod migrations;
 mod ops;
 mod pipeline;
 mod pool;

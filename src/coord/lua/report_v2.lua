@@ -8,7 +8,7 @@
 -- ARGV[4] failure threshold, ARGV[5] recovery ms (failure trip), ARGV[6] backoff base ms,
 -- ARGV[7] backoff max ms, ARGV[8] number of keys in the service, ARGV[9] 429 window ms,
 -- ARGV[10] share of keys (percent) that makes a 429 burst upstream-wide, ARGV[11] key id
--- Returns {fails, until, service_backoff_until}: until as in acquire_v2.lua (0, -1 or ms epoch);
+-- Returns {fails, until, service_backoff_until}: until as in acquire_v3.lua (0, -1 or ms epoch);
 -- service_backoff_until 0 unless this report started an upstream-wide backoff.
 -- Read by coord::redis::RedisStore::report into coord::Report.
 local t = redis.call('TIME')

@@ -15,8 +15,9 @@ pub struct Model {
     pub rpm: Option<i32>,
     pub tpm: Option<i32>,
     pub rpd: Option<i32>,
-    pub budget: Option<f64>,
-    pub spent: f64,
+    /// Money in integer micro-units (1 unit = 1_000_000); the API shows units.
+    pub budget_micros: Option<i64>,
+    pub spent_micros: i64,
     pub expires_at: Option<DateTimeUtc>,
     pub enabled: bool,
     pub created_at: DateTimeUtc,

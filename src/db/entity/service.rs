@@ -24,7 +24,8 @@ pub struct Model {
     pub total_timeout_ms: i32,
     pub queue_timeout_ms: i32,
     pub lease_ttl_ms: i32,
-    /// Comma-separated upstream statuses retried on another key (`5xx` = 500-599).
+    /// Retry policy as `domain::RetryOn::to_db` writes it (`auth,rate_limit,408`); rows from before
+    /// retry classes hold statuses (`401,429,5xx`), which `RetryOn::from_db` still reads.
     pub retry_on: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -12,9 +12,10 @@ pub struct Model {
     pub label: Option<String>,
     pub weight: i32,
     pub status: String,
-    pub balance: Option<f64>,
-    pub quota_total: Option<f64>,
-    pub quota_used: f64,
+    /// Money in integer micro-units (1 unit = 1_000_000); the API shows units.
+    pub balance_micros: Option<i64>,
+    pub quota_total_micros: Option<i64>,
+    pub quota_used_micros: i64,
     pub rpm: Option<i32>,
     pub tpm: Option<i32>,
     pub last_used_at: Option<DateTimeUtc>,

@@ -1,26 +1,31 @@
--- keygate acquire v2: one call per attempt. Checks the client's rate limits, picks a key of the
+-- keygate acquire v3: one call per attempt. Checks the client's rate limits, picks a key of the
 -- service by its strategy among the usable ones, charges the limits and takes a lease on the key.
 --
 -- KEYS[1]      service hash      {rr = cursor, backoff = ms epoch of an upstream-wide backoff}
 -- KEYS[2]      service leases    zset, member "<key id>:<lease id>", score = lease expiry (ms)
 -- KEYS[3]      client hash       {tat_rpm, tat_rpd, tat_tpm} of the access key (unused if no client)
 -- <prefix>k:<key id>             key hashes {until, reason, fails, cool_n, inflight, last, cw,
---                                 probe, halfopen, bal, tat_rpm, tat_tpm}; until: 0 = in
+--                                 probe, halfopen, bal_micros, tat_rpm, tat_tpm}; until: 0 = in
 --                                 rotation, -1 = out until re-enabled, else ms epoch. Named from
 --                                 ARGV, so Redis Cluster is not supported (one primary).
+--                                 bal_micros is an integer (v2 kept a float `bal` in units; the new
+--                                 field name keeps v2 and v3 replicas from reading each other's).
+-- Money is integer micro-units (1 unit = 1000000) everywhere here; amounts stay below 2^53, so
+-- Lua numbers hold them exactly.
 -- ARGV[1]  strategy: rr | weighted | least_used | random | balance
 -- ARGV[2]  per-key concurrency cap (0 = none)
 -- ARGV[3]  lease ttl ms
 -- ARGV[4]  lease id
 -- ARGV[5]  charge client limits: 1 | 0 (0 on retries of the same request)
 -- ARGV[6..8] client rpm, rpd, tpm (0 = no limit)
--- ARGV[9]  request price (0 = unknown)
+-- ARGV[9]  request price in micros (0 = unknown)
 -- ARGV[10] random integer (for the random strategy)
 -- ARGV[11] half-open probe lock ms
 -- ARGV[12] key prefix
 -- ARGV[13] key ids of the service, comma-separated, in list order (built once per config load)
 -- ARGV[14] keys with settings other than the defaults (weight 1, no rpm/tpm, no balance):
---          "index:weight:rpm:tpm:balance;..." (1-based index, 0 = no limit, '' = no balance)
+--          "index:weight:rpm:tpm:balance;..." (1-based index, 0 = no limit, balance in micros,
+--          '' = no balance)
 -- ARGV[15] key ids this request already tried, comma-separated
 --
 -- Returns {code, index, fails, probe, retry_after_ms, rpm_remaining, rpd_remaining, tpm_remaining}
@@ -117,7 +122,7 @@ local function eval(i)
   if excluded[ids[i]] then return nil end
   local sp = spec[i] or DEFAULT
   local f = redis.call('HMGET', key_hash(i), 'until', 'fails', 'inflight', 'last', 'cw', 'probe',
-    'halfopen', 'bal', 'tat_rpm', 'tat_tpm')
+    'halfopen', 'bal_micros', 'tat_rpm', 'tat_tpm')
   local u = tonumber(f[1]) or 0
   if not (u == 0 or (u > 0 and u <= now)) then return nil end
   local probe = false

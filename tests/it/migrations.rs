@@ -1,0 +1,265 @@
+//! Schema migrations on a real database of each backend: money columns move from doubles to
+//! integer micros and back without losing a value.
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, Statement, Value};
+
+use crate::both;
+use crate::harness::Backend;
+use crate::servers::servers;
+
+/// An empty database of the backend; the guard keeps a SQLite file's directory alive.
+async fn empty_db(backend: Backend) -> (DatabaseConnection, Option<tempfile::TempDir>) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+            (Database::connect(url).await.unwrap(), Some(dir))
+        }
+        Backend::Postgres => {
+            let s = servers();
+            let name = format!("m_{}", uuid::Uuid::new_v4().simple());
+            let admin = Database::connect(format!("{}/postgres", s.pg_base))
+                .await
+                .unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+            let db = Database::connect(format!("{}/{name}", s.pg_base))
+                .await
+                .unwrap();
+            (db, None)
+        }
+    }
+}
+
+async fn exec(db: &DatabaseConnection, sql: &str, values: Vec<Value>) {
+    db.execute_raw(Statement::from_sql_and_values(
+        db.get_database_backend(),
+        sql,
+        values,
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The columns of one row, read by name.
+async fn one<T: sea_orm::TryGetable>(db: &DatabaseConnection, sql: &str, cols: &[&str]) -> Vec<T> {
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .expect("a row");
+    cols.iter()
+        .map(|c| {
+            row.try_get::<T>("", c)
+                .unwrap_or_else(|e| panic!("{c}: {e}"))
+        })
+        .collect()
+}
+
+/// Rows as the previous release wrote them, with amounts in currency units as doubles.
+async fn seed_before_micros(db: &DatabaseConnection) {
+    // `$n` for Postgres, `?` for SQLite.
+    let ph = |n: usize| match db.get_database_backend() {
+        sea_orm::DatabaseBackend::Postgres => (1..=n)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => vec!["?"; n].join(", "),
+    };
+    exec(
+        db,
+        &format!(
+            "INSERT INTO services (tenant_id, slug, name, kind, base_url, strategy, model_aliases, \
+             model_allow, connect_timeout_ms, request_timeout_ms, max_attempts) VALUES ({})",
+            ph(11)
+        ),
+        vec![
+            1i64.into(),
+            "m".into(),
+            "m".into(),
+            "openai".into(),
+            "http://h/v1".into(),
+            "balance".into(),
+            serde_json::json!({}).into(),
+            serde_json::json!([]).into(),
+            1000i32.into(),
+            1000i32.into(),
+            3i32.into(),
+        ],
+    )
+    .await;
+    exec(
+        db,
+        &format!(
+            "INSERT INTO upstream_keys (service_id, secret, fingerprint, status, balance, \
+             quota_total, quota_used) VALUES ({})",
+            ph(7)
+        ),
+        vec![
+            1i64.into(),
+            "v1:x".into(),
+            "fp".into(),
+            "active".into(),
+            0.24f64.into(),
+            Value::Double(None),
+            1.5f64.into(),
+        ],
+    )
+    .await;
+    exec(
+        db,
+        &format!(
+            "INSERT INTO access_keys (tenant_id, name, prefix, hash, slugs, budget, spent) \
+             VALUES ({})",
+            ph(7)
+        ),
+        vec![
+            1i64.into(),
+            "a".into(),
+            "kg-abcde".into(),
+            "h".into(),
+            serde_json::json!([]).into(),
+            10.1f64.into(),
+            (0.1f64 + 0.2f64).into(),
+        ],
+    )
+    .await;
+    exec(
+        db,
+        &format!(
+            "INSERT INTO request_logs (id, ts, service, path, status, attempts, latency_ms, \
+             prompt_tokens, cost) VALUES ({})",
+            ph(9)
+        ),
+        vec![
+            uuid::Uuid::now_v7().into(),
+            chrono::Utc::now().into(),
+            "m".into(),
+            "v1/chat/completions".into(),
+            200i32.into(),
+            1i32.into(),
+            12i64.into(),
+            3i32.into(),
+            0.000123f64.into(),
+        ],
+    )
+    .await;
+    exec(
+        db,
+        &format!(
+            "INSERT INTO pricing_rules (pattern, input_per1m, output_per1m, per_request) \
+             VALUES ({})",
+            ph(4)
+        ),
+        vec!["gpt-*".into(), 0.15f64.into(), 0.6f64.into(), 0.0f64.into()],
+    )
+    .await;
+}
+
+both!(
+    money_columns_become_exact_micros_and_come_back_on_rollback,
+    |b: Backend| async move {
+        let (db, _dir) = empty_db(b).await;
+        Migrator::up(&db, Some(2)).await.unwrap();
+        seed_before_micros(&db).await;
+
+        Migrator::up(&db, None).await.unwrap();
+        assert_eq!(
+            one::<Option<i64>>(
+                &db,
+                "SELECT balance_micros, quota_total_micros, quota_used_micros FROM upstream_keys",
+                &["balance_micros", "quota_total_micros", "quota_used_micros"],
+            )
+            .await,
+            vec![Some(240_000), None, Some(1_500_000)],
+            "0.24 is 240000 micros; NULL stays NULL"
+        );
+        assert_eq!(
+            one::<i64>(
+                &db,
+                "SELECT budget_micros, spent_micros FROM access_keys",
+                &["budget_micros", "spent_micros"],
+            )
+            .await,
+            vec![10_100_000, 300_000],
+            "0.1 + 0.2 stored as a double lands on exactly 300000"
+        );
+        assert_eq!(
+            one::<i64>(
+                &db,
+                "SELECT cost_micros, prompt_tokens FROM request_logs",
+                &["cost_micros", "prompt_tokens"],
+            )
+            .await,
+            vec![123, 3]
+        );
+        assert_eq!(
+            one::<i64>(
+                &db,
+                "SELECT input_per_mtok_micros, output_per_mtok_micros, per_request_micros \
+                 FROM pricing_rules",
+                &[
+                    "input_per_mtok_micros",
+                    "output_per_mtok_micros",
+                    "per_request_micros"
+                ],
+            )
+            .await,
+            vec![150_000, 600_000, 0]
+        );
+        // The entities read the migrated schema, new request-log columns at their defaults.
+        let k = keygate::db::entity::upstream_key::Entity::find()
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(k.balance_micros, Some(240_000));
+        let log = keygate::db::entity::request_log::Entity::find()
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.cost_micros, Some(123));
+        assert!(!log.streamed && !log.cancelled && !log.estimated);
+        assert_eq!((log.tried, log.upstream_model), (None, None));
+
+        Migrator::down(&db, Some(1)).await.unwrap();
+        assert_eq!(
+            one::<Option<f64>>(
+                &db,
+                "SELECT balance, quota_total, quota_used FROM upstream_keys",
+                &["balance", "quota_total", "quota_used"],
+            )
+            .await,
+            vec![Some(0.24), None, Some(1.5)]
+        );
+        assert_eq!(
+            one::<f64>(
+                &db,
+                "SELECT budget, spent, (SELECT cost FROM request_logs) AS cost, \
+                 (SELECT input_per1m FROM pricing_rules) AS input FROM access_keys",
+                &["budget", "spent", "cost", "input"],
+            )
+            .await,
+            vec![10.1, 0.3, 0.000123, 0.15]
+        );
+        let gone = db
+            .execute_unprepared("SELECT streamed FROM request_logs")
+            .await;
+        assert!(gone.is_err(), "the request-event columns are dropped");
+        // And up again: the migration is repeatable after a rollback.
+        Migrator::up(&db, None).await.unwrap();
+        assert_eq!(
+            one::<i64>(
+                &db,
+                "SELECT spent_micros FROM access_keys",
+                &["spent_micros"]
+            )
+            .await,
+            vec![300_000]
+        );
+    }
+);
