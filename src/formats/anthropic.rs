@@ -814,7 +814,7 @@ impl Decoder {
         }
     }
 
-    /// `message_delta` usage is cumulative; before API changes of 2025 it carried only
+    /// `message_delta` usage is cumulative; in older API versions it carried only
     /// `output_tokens`, so input counts missing there are kept from `message_start`.
     fn merge_usage(&mut self, u: &Value) -> Option<Tokens> {
         if !u.is_object() {
