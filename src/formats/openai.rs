@@ -144,6 +144,7 @@ const OPENAI_ONLY: &[(&str, &str)] = &[
     ),
     ("conversation", "stored conversations"),
     ("background", "background responses"),
+    ("prompt", "stored prompt templates"),
 ];
 
 /// `Unsupported` when `extra` (from an OpenAI chat or Responses client) holds something a
@@ -183,7 +184,7 @@ pub fn refuse_extra(extra: &Map<String, Value>, target: &str) -> Result<(), Unsu
     Ok(())
 }
 
-fn note_unsupported(extra: &mut Map<String, Value>, what: &str) {
+pub(crate) fn note_unsupported(extra: &mut Map<String, Value>, what: &str) {
     let list = extra
         .entry(UNSUPPORTED_KEY)
         .or_insert_with(|| Value::Array(Vec::new()));
@@ -194,11 +195,11 @@ fn note_unsupported(extra: &mut Map<String, Value>, what: &str) {
     }
 }
 
-fn bad(what: impl Into<String>) -> BadRequest {
+pub(crate) fn bad(what: impl Into<String>) -> BadRequest {
     BadRequest(what.into())
 }
 
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BadRequest> {
+pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BadRequest> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(bad("the request body must be a JSON object")),
@@ -206,7 +207,7 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BadRequest> {
     }
 }
 
-fn opt_u64(v: Option<&Value>, name: &str) -> Result<Option<u64>, BadRequest> {
+pub(crate) fn opt_u64(v: Option<&Value>, name: &str) -> Result<Option<u64>, BadRequest> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -216,7 +217,7 @@ fn opt_u64(v: Option<&Value>, name: &str) -> Result<Option<u64>, BadRequest> {
     }
 }
 
-fn opt_f64(v: Option<&Value>, name: &str) -> Result<Option<f64>, BadRequest> {
+pub(crate) fn opt_f64(v: Option<&Value>, name: &str) -> Result<Option<f64>, BadRequest> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -226,7 +227,7 @@ fn opt_f64(v: Option<&Value>, name: &str) -> Result<Option<f64>, BadRequest> {
     }
 }
 
-fn opt_bool(v: Option<&Value>, name: &str) -> Result<Option<bool>, BadRequest> {
+pub(crate) fn opt_bool(v: Option<&Value>, name: &str) -> Result<Option<bool>, BadRequest> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
@@ -236,7 +237,7 @@ fn opt_bool(v: Option<&Value>, name: &str) -> Result<Option<bool>, BadRequest> {
     }
 }
 
-fn opt_str(v: Option<&Value>, name: &str) -> Result<Option<String>, BadRequest> {
+pub(crate) fn opt_str(v: Option<&Value>, name: &str) -> Result<Option<String>, BadRequest> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -403,7 +404,7 @@ fn finish_to_wire(f: FinishReason) -> &'static str {
 }
 
 /// Appends parts to the last message when it has the same role, else starts a message.
-fn push_parts(messages: &mut Vec<Message>, role: Role, parts: Vec<Part>) {
+pub(crate) fn push_parts(messages: &mut Vec<Message>, role: Role, parts: Vec<Part>) {
     match messages.last_mut() {
         Some(m) if m.role == role => m.parts.extend(parts),
         _ => messages.push(Message { role, parts }),
@@ -640,6 +641,7 @@ pub fn encode_request(req: &ChatRequest) -> Result<Vec<u8>, Unsupported> {
         ("tool_choice", "this tool_choice"),
         ("previous_response_id", "previous_response_id"),
         ("conversation", "stored conversations"),
+        ("prompt", "stored prompt templates"),
     ] {
         if req.extra.get(key).is_some_and(|v| !v.is_null()) {
             return Err(Unsupported(format!(
@@ -872,7 +874,7 @@ fn usage_json(t: &crate::events::Tokens) -> Value {
     })
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
