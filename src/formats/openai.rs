@@ -588,14 +588,13 @@ fn is_reasoning_model(model: &str) -> bool {
 
 /// Chat fields keygate does not model that are copied from `extra` when present. Only fields
 /// whose name means the same in every format keygate reads (so an Anthropic `metadata` is never
-/// sent as OpenAI's `metadata`).
+/// sent as OpenAI's `metadata`, nor an Anthropic `service_tier` value OpenAI rejects).
 const CHAT_PASSTHROUGH: &[&str] = &[
     "seed",
     "presence_penalty",
     "frequency_penalty",
     "reasoning_effort",
     "verbosity",
-    "service_tier",
     "store",
     "prompt_cache_key",
     "safety_identifier",
