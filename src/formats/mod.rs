@@ -10,6 +10,7 @@ pub mod anthropic;
 pub mod canonical;
 pub mod gemini;
 pub mod openai;
+pub mod openai_responses;
 pub mod rest;
 pub mod sse;
 
