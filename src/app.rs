@@ -110,6 +110,7 @@ impl App {
             lease_released: tokio::sync::Notify::new(),
             hop_id: hop_id(&jwt),
             leases: Default::default(),
+            responses_fallback: Default::default(),
             login_guard: admin::login_guard::LoginGuard::new(&config.auth),
             draining: std::sync::atomic::AtomicBool::new(false),
             global_keys,

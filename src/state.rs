@@ -34,6 +34,8 @@ pub struct Inner {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// This deployment's id in the `x-keygate-hop` loop marker (shared by its replicas).
     pub hop_id: axum::http::HeaderValue,
+    /// Services whose upstream turned out to lack the Responses API.
+    pub responses_fallback: crate::proxy::translate::ResponsesFallback,
     /// Leases held by in-flight requests, renewed by one task.
     pub leases: crate::proxy::leases::Renewer,
     /// Woken whenever this replica releases a lease, so requests queued at a cap retry at once.

@@ -11,6 +11,7 @@ pub mod canonical;
 pub mod gemini;
 pub mod openai;
 pub mod openai_responses;
+pub mod registry;
 pub mod rest;
 pub mod sse;
 
@@ -86,6 +87,31 @@ impl Format {
             Self::Gemini => gemini::error_body(kind, message),
             Self::Rest => rest::error_body(kind, message),
         }
+    }
+
+    /// The error body for an upstream's error answer re-worded in this format, keeping its
+    /// status: the type names follow the status as each format names them.
+    pub fn upstream_error_body(self, status: u16, message: &str) -> Value {
+        let kind = match status {
+            400 | 422 => ErrorKind::BadRequest,
+            401 => ErrorKind::BadAccessKey,
+            403 => ErrorKind::SlugNotAllowed,
+            404 => ErrorKind::UnknownSlug,
+            408 => ErrorKind::ClientTimeout,
+            413 => ErrorKind::BodyTooLarge,
+            429 => ErrorKind::UpstreamRateLimited,
+            503 => ErrorKind::NoUsableKey,
+            504 => ErrorKind::UpstreamTimeout,
+            _ => ErrorKind::UpstreamFailed,
+        };
+        let mut v = self.error_body(kind, message);
+        // The code names keygate's own errors; an upstream's error keeps only its status.
+        match self {
+            Self::OpenAi | Self::Rest => v["error"]["code"] = Value::Null,
+            Self::Gemini => v["error"]["code"] = Value::from(status),
+            Self::Anthropic => {}
+        }
+        v
     }
 
     /// The terminal event of a stream that broke after bytes reached the client.

@@ -20,6 +20,14 @@ pub enum ReqBody {
 }
 
 impl ReqBody {
+    /// The body when it is buffered (and so can be sent again).
+    pub fn buffered(&self) -> Option<Bytes> {
+        match self {
+            Self::Buffered(b) => Some(b.clone()),
+            Self::Stream(..) => None,
+        }
+    }
+
     pub fn is_stream(&self) -> bool {
         matches!(self, Self::Stream(..))
     }
@@ -31,6 +39,30 @@ impl ReqBody {
             Self::Stream(s, _) => s
                 .take()
                 .map(|b| reqwest::Body::wrap_stream(b.into_data_stream())),
+        }
+    }
+
+    /// The whole body, read to its end (at most `max` bytes): translation needs all of it.
+    pub async fn whole(&mut self, max: usize) -> Result<Bytes, (ErrorKind, String)> {
+        match self {
+            Self::Buffered(b) => Ok(b.clone()),
+            Self::Stream(s, fault) => {
+                let body = s.take().ok_or((
+                    ErrorKind::BadRequest,
+                    "the request body was already sent".to_string(),
+                ))?;
+                match axum::body::to_bytes(body, max).await {
+                    Ok(b) => Ok(b),
+                    Err(_) if fault.get() == BodyFault::TOO_LARGE => Err((
+                        ErrorKind::BodyTooLarge,
+                        format!("request body exceeds the limit of {max} bytes"),
+                    )),
+                    Err(_) => Err((
+                        ErrorKind::BadRequest,
+                        "could not read request body".to_string(),
+                    )),
+                }
+            }
         }
     }
 

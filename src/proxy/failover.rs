@@ -111,13 +111,15 @@ pub async fn run(
             .increment(1);
     };
 
-    while fin.attempts < max_attempts && Instant::now() < deadline {
+    // Keys tried in this run (a Responses call retried as chat completions starts afresh).
+    let mut excluded: Vec<i64> = Vec::new();
+    while (excluded.len() as u32) < max_attempts && Instant::now() < deadline {
         let first = fin.attempts == 0;
         let areq = AcquireReq {
             service_id: svc.id,
             strategy: svc.strategy,
             keys: &svc.specs,
-            excluded: &fin.tried,
+            excluded: &excluded,
             cap: svc.cap,
             lease_ttl_ms: svc.lease_ttl_ms,
             client: if first { fin.client } else { None },
@@ -149,6 +151,7 @@ pub async fn run(
                 if first {
                     remaining = Some(rem);
                 }
+                excluded.push(lease.key_id);
                 fin.hold(index, lease, probe);
             }
             Acquire::ClientLimited {
@@ -387,7 +390,13 @@ pub async fn run(
         });
     }
     Ran {
-        outcome: Outcome::Error(exhausted(svc, fmt, fin.attempts, deadline, last_failure)),
+        outcome: Outcome::Error(exhausted(
+            svc,
+            fmt,
+            excluded.len() as u32,
+            deadline,
+            last_failure,
+        )),
         remaining,
     }
 }

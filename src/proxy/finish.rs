@@ -141,6 +141,14 @@ impl Finish {
         }
     }
 
+    /// The key answered well but the answer is not the one the client gets (it is asked again
+    /// another way): release it as a success, with no usage.
+    pub fn release_answered(&mut self) {
+        if let Some(h) = self.take_held() {
+            self.release_with_usage(h, true);
+        }
+    }
+
     fn release(&self, h: Held, usage: &Usage) {
         // The in-process store answers at once; Redis is released off the client's path.
         match &self.state.coord {

@@ -15,6 +15,13 @@ use tokio::time::{Instant, Sleep};
 use super::finish::Finish;
 use super::headers;
 use super::usage::UsageScanner;
+use crate::formats::registry::Transform;
+
+/// A translation of the answer on its way: the transform and the content type it produces.
+pub struct Translating {
+    pub transform: Box<dyn Transform>,
+    pub content_type: &'static str,
+}
 
 /// Builds the client's response from an upstream answer. `error_kind` marks a failure answer
 /// passed through as it is; `head` a HEAD request (no body will be polled).
@@ -23,9 +30,10 @@ pub fn deliver(
     mut fin: Finish,
     error_kind: Option<&'static str>,
     head: bool,
+    translating: Option<Translating>,
 ) -> Response {
     let status = resp.status();
-    let headers = headers::downstream(resp.headers());
+    let mut headers = headers::downstream(resp.headers());
     fin.status = status.as_u16();
     fin.head_sent();
     let success = error_kind.is_none() && status.as_u16() < 400;
@@ -47,13 +55,28 @@ pub fn deliver(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     fin.streamed = sse;
+    let transform = translating.map(|t| {
+        // The body is rewritten: its length and type are the translation's.
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static(t.content_type),
+        );
+        t.transform
+    });
     let idle = fin
         .svc
         .as_ref()
         .map(|s| s.request_timeout)
         .unwrap_or(Duration::from_secs(60));
     let metered = Metered {
-        expected: resp.content_length(),
+        expected: if transform.is_some() {
+            None
+        } else {
+            resp.content_length()
+        },
+        transform,
+        out: Vec::new(),
         sent: 0,
         idle,
         stall: Box::pin(tokio::time::sleep(idle)),
@@ -81,6 +104,9 @@ struct Metered {
     scanner: UsageScanner,
     /// None once the request has ended.
     fin: Option<Finish>,
+    /// Rewrites the answer into the client's format (None: bytes pass through as they are).
+    transform: Option<Box<dyn Transform>>,
+    out: Vec<u8>,
     success: bool,
     error_kind: Option<&'static str>,
     sse: bool,
@@ -90,8 +116,15 @@ impl Metered {
     fn end(&mut self) {
         self.scanner.finish();
         if let Some(mut fin) = self.fin.take() {
-            fin.tokens = self.scanner.tokens;
+            fin.tokens = self.tokens();
             fin.end(self.success, self.error_kind);
+        }
+    }
+
+    fn tokens(&self) -> crate::events::Tokens {
+        match &self.transform {
+            Some(t) => t.usage().unwrap_or_default(),
+            None => self.scanner.tokens,
         }
     }
 
@@ -103,7 +136,7 @@ impl Metered {
         };
         tracing::warn!(key = %fin.masked_key(), error = %why, "upstream stream broke mid-way");
         self.scanner.finish();
-        fin.tokens = self.scanner.tokens;
+        fin.tokens = self.tokens();
         let fmt = fin.client_fmt;
         fin.end_broken("stream broke mid-way");
         if self.sse {
@@ -121,33 +154,55 @@ impl Stream for Metered {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let Some(fin) = this.fin.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match this.inner.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if fin.ttft.is_none() {
-                    fin.ttft = Some(fin.started.elapsed());
+        loop {
+            let Some(fin) = this.fin.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.stall.as_mut().reset(Instant::now() + this.idle);
+                    this.sent += chunk.len() as u64;
+                    let chunk = match this.transform.as_mut() {
+                        None => {
+                            this.scanner.feed(&chunk);
+                            chunk
+                        }
+                        Some(t) => {
+                            t.chunk(&chunk, &mut this.out);
+                            if this.out.is_empty() {
+                                // Nothing to say yet (a partial event): read on.
+                                continue;
+                            }
+                            Bytes::from(std::mem::take(&mut this.out))
+                        }
+                    };
+                    if fin.ttft.is_none() {
+                        fin.ttft = Some(fin.started.elapsed());
+                    }
+                    if this.expected.is_some_and(|n| this.sent >= n) {
+                        this.end();
+                    }
+                    return Poll::Ready(Some(Ok(chunk)));
                 }
-                this.stall.as_mut().reset(Instant::now() + this.idle);
-                this.scanner.feed(&chunk);
-                this.sent += chunk.len() as u64;
-                if this.expected.is_some_and(|n| this.sent >= n) {
+                Poll::Ready(None) => {
+                    let tail = this.transform.as_mut().map(|t| {
+                        t.finish(&mut this.out);
+                        Bytes::from(std::mem::take(&mut this.out))
+                    });
                     this.end();
+                    return match tail {
+                        Some(t) if !t.is_empty() => Poll::Ready(Some(Ok(t))),
+                        _ => Poll::Ready(None),
+                    };
                 }
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(None) => {
-                this.end();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => this.broken(e.without_url().to_string()),
-            Poll::Pending => {
-                if this.stall.as_mut().poll(cx).is_ready() {
-                    let why = format!("no data for {} ms", this.idle.as_millis());
-                    return this.broken(why);
+                Poll::Ready(Some(Err(e))) => return this.broken(e.without_url().to_string()),
+                Poll::Pending => {
+                    if this.stall.as_mut().poll(cx).is_ready() {
+                        let why = format!("no data for {} ms", this.idle.as_millis());
+                        return this.broken(why);
+                    }
+                    return Poll::Pending;
                 }
-                Poll::Pending
             }
         }
     }
@@ -156,9 +211,12 @@ impl Stream for Metered {
 impl Drop for Metered {
     fn drop(&mut self) {
         // The client went away mid-answer: charge what the upstream reported so far.
-        if let Some(fin) = self.fin.as_mut() {
+        if self.fin.is_some() {
             self.scanner.finish();
-            fin.tokens = self.scanner.tokens;
+            let tokens = self.tokens();
+            if let Some(fin) = self.fin.as_mut() {
+                fin.tokens = tokens;
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod headers;
 pub mod ingress;
 pub mod leases;
 pub mod meter;
+pub mod translate;
 pub mod usage;
 
 use axum::Router;
@@ -106,7 +107,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
         );
         return fin.fail(e);
     }
-    let adm = match ingress::admit(&state, &mut fin, endpoint, mode, req.headers(), req.uri()) {
+    let mut adm = match ingress::admit(&state, &mut fin, endpoint, mode, req.headers(), req.uri()) {
         Ok(a) => a,
         Err(e) => return fin.fail(e),
     };
@@ -132,17 +133,77 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
     {
         fin.model = fin.client_fmt.model_in_body(b);
     }
-    let base = headers::upstream(&parts.headers, &state.hop_id, body.is_stream());
-    let ran = failover::run(&state, &mut fin, &adm, &parts.method, &base, &mut body).await;
-    let client = fin.client;
-    let mut resp = match ran.outcome {
-        Outcome::Answer { resp, error_kind } => {
-            meter::deliver(resp, fin, error_kind, parts.method == Method::HEAD)
+    let query = parts.uri.query();
+    let head = parts.method == Method::HEAD;
+    // A Responses call to an OpenAI upstream without `/responses` is tried once more, translated.
+    let mut native = state.responses_fallback.native(&adm.svc);
+    let original = body.buffered();
+    loop {
+        let tr = match translate::prepare(
+            &fin,
+            &mut adm,
+            query,
+            native,
+            &mut body,
+            proxy.max_body_bytes,
+        )
+        .await
+        {
+            Ok(t) => t,
+            Err(e) => return fin.fail(e),
+        };
+        let method = tr
+            .as_ref()
+            .map(|t| t.prepared.method.clone())
+            .unwrap_or_else(|| parts.method.clone());
+        let base = match &tr {
+            None => headers::upstream(&parts.headers, &state.hop_id, body.is_stream()),
+            Some(_) => translate::upstream_headers(
+                &headers::upstream(&parts.headers, &state.hop_id, false),
+                fin.client_fmt,
+                fin.upstream_fmt,
+            ),
+        };
+        let ran = failover::run(&state, &mut fin, &adm, &method, &base, &mut body).await;
+        let client = fin.client;
+        let mut resp = match ran.outcome {
+            Outcome::Answer { resp, .. }
+                if tr.is_none()
+                    && native
+                    && translate::lacks_responses(&adm, &fin, resp.status())
+                    && original.is_some() =>
+            {
+                state.responses_fallback.learn(&adm.svc);
+                fin.release_answered();
+                drop(resp);
+                native = false;
+                if let Some(b) = &original {
+                    body = body::ReqBody::Buffered(b.clone());
+                }
+                continue;
+            }
+            Outcome::Answer { resp, error_kind } => match &tr {
+                None => meter::deliver(resp, fin, error_kind, head, None),
+                Some(t) if resp.status().is_success() => {
+                    let sse = resp
+                        .headers()
+                        .get(axum::http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("text/event-stream"));
+                    let translating = meter::Translating {
+                        transform: t.plan.answer(&t.prepared, sse, t.wants_base64),
+                        content_type: t.plan.content_type(sse),
+                    };
+                    fin.model = t.prepared.model.clone().or(fin.model.take());
+                    meter::deliver(resp, fin, error_kind, head, Some(translating))
+                }
+                Some(_) => translate::error_answer(resp, fin, error_kind).await,
+            },
+            Outcome::Error(e) => fin.fail(e),
+        };
+        if let (Some(c), Some(rem)) = (client, ran.remaining) {
+            headers::limits(resp.headers_mut(), &c, &rem);
         }
-        Outcome::Error(e) => fin.fail(e),
-    };
-    if let (Some(c), Some(rem)) = (client, ran.remaining) {
-        headers::limits(resp.headers_mut(), &c, &rem);
+        return resp;
     }
-    resp
 }

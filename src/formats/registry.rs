@@ -1,0 +1,502 @@
+//! The translation registry: for a (client API, upstream format) pair, how to rewrite the request
+//! and how to turn the upstream's answer back into the client's format. `plan` returns None for
+//! same-format pairs: those pass through byte for byte and never reach this file.
+//!
+//! A request is read into the canonical model (`canonical.rs`) by the client's format file and
+//! written out by the upstream's; answers go the other way, whole for JSON and event by event for
+//! streams (`Transform`), so the first client byte follows the first upstream event.
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::canonical::{
+    BadRequest, ChatRequest, ChatResponse, StreamDecoder, StreamEncoder, StreamEvent, Unsupported,
+};
+use super::sse::{SseEvent, SseReader};
+use super::{Endpoint, Format, anthropic, gemini, openai, openai_responses};
+use crate::events::Tokens;
+
+/// The API the client speaks: a format plus, for OpenAI, which of its two chat APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientApi {
+    OpenAiChat,
+    OpenAiResponses,
+    Anthropic,
+    /// `sse`: the client asked with `?alt=sse`; otherwise Gemini streams a JSON array.
+    Gemini {
+        sse: bool,
+    },
+}
+
+/// What one translated call does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// A chat call (chat completions, Responses, messages, generateContent) in another format.
+    Chat { client: ClientApi, upstream: Format },
+    /// Embeddings between OpenAI and Gemini.
+    Embeddings {
+        client: Format,
+        upstream: Format,
+        /// Gemini's method (`embedContent` / `batchEmbedContents`) when the client is Gemini.
+        method: Option<String>,
+        model: Option<String>,
+    },
+    /// A model list in another format.
+    Models { client: Format, upstream: Format },
+}
+
+/// Why a request cannot be translated: the client gets a 400 in its own format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    BadRequest(String),
+    Unsupported(String),
+}
+
+impl From<BadRequest> for Refusal {
+    fn from(e: BadRequest) -> Self {
+        Self::BadRequest(e.0)
+    }
+}
+
+impl From<Unsupported> for Refusal {
+    fn from(e: Unsupported) -> Self {
+        Self::Unsupported(e.0)
+    }
+}
+
+impl Refusal {
+    pub fn message(&self) -> &str {
+        match self {
+            Self::BadRequest(m) | Self::Unsupported(m) => m,
+        }
+    }
+}
+
+/// The translation for a call, or None when it passes through as it is.
+/// `responses_native`: the upstream serves the Responses API itself.
+pub fn plan(
+    client: Format,
+    endpoint: &Endpoint,
+    upstream: Format,
+    query: Option<&str>,
+    responses_native: bool,
+) -> Option<Plan> {
+    if upstream == Format::Rest || client == Format::Rest {
+        return None;
+    }
+    let same = client == upstream;
+    match endpoint {
+        Endpoint::ChatCompletions if !same => Some(Plan::Chat {
+            client: ClientApi::OpenAiChat,
+            upstream,
+        }),
+        Endpoint::Responses if !(upstream == Format::OpenAi && responses_native) => {
+            Some(Plan::Chat {
+                client: ClientApi::OpenAiResponses,
+                upstream,
+            })
+        }
+        Endpoint::Messages if !same => Some(Plan::Chat {
+            client: ClientApi::Anthropic,
+            upstream,
+        }),
+        Endpoint::Gemini { method, model } if !same => match method.as_str() {
+            "generateContent" | "streamGenerateContent" => Some(Plan::Chat {
+                client: ClientApi::Gemini {
+                    sse: query.is_some_and(|q| q.split('&').any(|p| p == "alt=sse")),
+                },
+                upstream,
+            }),
+            "embedContent" | "batchEmbedContents" => Some(Plan::Embeddings {
+                client,
+                upstream,
+                method: Some(method.clone()),
+                model: Some(model.clone()),
+            }),
+            _ => None,
+        },
+        Endpoint::Embeddings if !same => Some(Plan::Embeddings {
+            client,
+            upstream,
+            method: None,
+            model: None,
+        }),
+        Endpoint::Models if !same => Some(Plan::Models { client, upstream }),
+        _ => None,
+    }
+}
+
+/// A request ready for the upstream.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Path under the service's base_url, query included (`messages`, `models/x:streamGenerateContent?alt=sse`).
+    pub path: String,
+    pub method: http::Method,
+    pub body: Bytes,
+    /// The client asked for a stream.
+    pub stream: bool,
+    /// The model the client asked for.
+    pub model: Option<String>,
+    /// The canonical request (chat calls), for the answer's translation.
+    pub chat: Option<ChatRequest>,
+}
+
+impl Plan {
+    /// Rewrites the client's body for the upstream.
+    pub fn request(&self, endpoint: &Endpoint, body: &[u8]) -> Result<Prepared, Refusal> {
+        match self {
+            Plan::Chat { client, upstream } => {
+                let req = match client {
+                    ClientApi::OpenAiChat => openai::decode_request(body)?,
+                    ClientApi::OpenAiResponses => openai_responses::decode_request(body)?,
+                    ClientApi::Anthropic => anthropic::decode_request(body)?,
+                    ClientApi::Gemini { .. } => {
+                        let Endpoint::Gemini { model, method } = endpoint else {
+                            return Err(Refusal::BadRequest("not a Gemini model call".into()));
+                        };
+                        gemini::decode_request(body, model, method == "streamGenerateContent")?
+                    }
+                };
+                let (path, out) = match upstream {
+                    Format::OpenAi => (
+                        "chat/completions".to_string(),
+                        openai::encode_request(&req)?,
+                    ),
+                    Format::Anthropic => ("messages".to_string(), anthropic::encode_request(&req)?),
+                    Format::Gemini => {
+                        let method = if req.stream {
+                            "streamGenerateContent?alt=sse"
+                        } else {
+                            "generateContent"
+                        };
+                        (
+                            format!("models/{}:{method}", req.model),
+                            gemini::encode_request(&req)?,
+                        )
+                    }
+                    Format::Rest => unreachable!("plan never translates to REST"),
+                };
+                Ok(Prepared {
+                    path,
+                    method: http::Method::POST,
+                    body: Bytes::from(out),
+                    stream: req.stream,
+                    model: Some(req.model.clone()),
+                    chat: Some(req),
+                })
+            }
+            Plan::Embeddings {
+                client,
+                upstream,
+                method,
+                model,
+            } => match (client, upstream) {
+                (Format::OpenAi, Format::Gemini) => {
+                    let (model, out) = gemini::embeddings_request_from_openai(body)?;
+                    Ok(Prepared {
+                        path: format!("models/{model}:batchEmbedContents"),
+                        method: http::Method::POST,
+                        body: Bytes::from(out),
+                        stream: false,
+                        model: Some(model),
+                        chat: None,
+                    })
+                }
+                (Format::Gemini, Format::OpenAi) => {
+                    let (method, model) = (
+                        method.as_deref().unwrap_or("embedContent"),
+                        model.as_deref().unwrap_or(""),
+                    );
+                    let out = gemini::embeddings_request_to_openai(method, model, body)?;
+                    Ok(Prepared {
+                        path: "embeddings".into(),
+                        method: http::Method::POST,
+                        body: Bytes::from(out),
+                        stream: false,
+                        model: Some(model.to_string()),
+                        chat: None,
+                    })
+                }
+                (_, u) => Err(Refusal::Unsupported(format!(
+                    "embeddings are not supported by a {} upstream",
+                    u.name()
+                ))),
+            },
+            Plan::Models { .. } => Ok(Prepared {
+                path: "models".into(),
+                method: http::Method::GET,
+                body: Bytes::new(),
+                stream: false,
+                model: None,
+                chat: None,
+            }),
+        }
+    }
+
+    /// The transform for a successful upstream answer. `wants_base64`: an OpenAI embeddings
+    /// client asked for base64 vectors.
+    pub fn answer(&self, prepared: &Prepared, sse: bool, wants_base64: bool) -> Box<dyn Transform> {
+        match self {
+            Plan::Chat { client, upstream } => {
+                let req = prepared.chat.clone().unwrap_or_else(|| {
+                    ChatRequest::new(prepared.model.clone().unwrap_or_default())
+                });
+                if sse {
+                    Box::new(StreamTransform::new(*client, *upstream, &req))
+                } else {
+                    Box::new(WholeTransform::chat(*client, *upstream))
+                }
+            }
+            Plan::Embeddings { client, method, .. } => Box::new(WholeTransform::embeddings(
+                *client,
+                method.clone(),
+                prepared.model.clone().unwrap_or_default(),
+                wants_base64,
+            )),
+            Plan::Models { client, upstream } => {
+                Box::new(WholeTransform::models(*client, *upstream))
+            }
+        }
+    }
+
+    pub fn client_format(&self) -> Format {
+        match self {
+            Plan::Chat { client, .. } => match client {
+                ClientApi::OpenAiChat | ClientApi::OpenAiResponses => Format::OpenAi,
+                ClientApi::Anthropic => Format::Anthropic,
+                ClientApi::Gemini { .. } => Format::Gemini,
+            },
+            Plan::Embeddings { client, .. } | Plan::Models { client, .. } => *client,
+        }
+    }
+
+    /// The content type of the translated answer.
+    pub fn content_type(&self, stream: bool) -> &'static str {
+        match self {
+            Plan::Chat {
+                client: ClientApi::Gemini { sse: false },
+                ..
+            } if stream => "application/json",
+            _ if stream => "text/event-stream",
+            _ => "application/json",
+        }
+    }
+}
+
+/// Turns an upstream answer's bytes into the client's, as they arrive.
+pub trait Transform: Send {
+    fn chunk(&mut self, input: &[u8], out: &mut Vec<u8>);
+    fn finish(&mut self, out: &mut Vec<u8>);
+    /// Usage the upstream reported, read on the way.
+    fn usage(&self) -> Option<Tokens>;
+}
+
+/// Streams: upstream SSE events -> canonical events -> the client's events, one at a time.
+pub struct StreamTransform {
+    reader: SseReader,
+    decoder: Box<dyn StreamDecoder>,
+    encoder: Box<dyn StreamEncoder>,
+    events: Vec<SseEvent>,
+    canonical: Vec<StreamEvent>,
+    usage: Option<Tokens>,
+    ended: bool,
+}
+
+impl StreamTransform {
+    pub fn new(client: ClientApi, upstream: Format, req: &ChatRequest) -> Self {
+        let decoder: Box<dyn StreamDecoder> = match upstream {
+            Format::Anthropic => Box::new(anthropic::Decoder::default()),
+            Format::Gemini => Box::new(gemini::Decoder::default()),
+            _ => Box::new(openai::Decoder::default()),
+        };
+        let encoder: Box<dyn StreamEncoder> = match client {
+            ClientApi::OpenAiChat => Box::new(openai::Encoder::new(req)),
+            ClientApi::OpenAiResponses => Box::new(openai_responses::Encoder::new(req)),
+            ClientApi::Anthropic => Box::new(anthropic::Encoder::new(req)),
+            ClientApi::Gemini { sse } => Box::new(gemini::Encoder::new(req, sse)),
+        };
+        Self {
+            reader: SseReader::new(),
+            decoder,
+            encoder,
+            events: Vec::new(),
+            canonical: Vec::new(),
+            usage: None,
+            ended: false,
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<u8>) {
+        for e in self.events.drain(..) {
+            self.decoder
+                .event(e.event.as_deref(), &e.data, &mut self.canonical);
+        }
+        for ev in self.canonical.drain(..) {
+            if self.ended {
+                break;
+            }
+            match &ev {
+                StreamEvent::Usage(t) => self.usage = Some(*t),
+                StreamEvent::End | StreamEvent::Error { .. } => self.ended = true,
+                _ => {}
+            }
+            self.encoder.encode(&ev, out);
+        }
+    }
+}
+
+impl Transform for StreamTransform {
+    fn chunk(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.reader.feed(input, &mut self.events);
+        self.drain(out);
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        self.reader.finish(&mut self.events);
+        self.drain(out);
+        if !self.ended {
+            // Not every format marks its end (Gemini's stream just stops).
+            self.ended = true;
+            self.encoder.encode(&StreamEvent::End, out);
+        }
+    }
+
+    fn usage(&self) -> Option<Tokens> {
+        self.usage
+    }
+}
+
+enum Whole {
+    Chat {
+        client: ClientApi,
+        upstream: Format,
+    },
+    Embeddings {
+        client: Format,
+        method: Option<String>,
+        model: String,
+        base64: bool,
+    },
+    Models {
+        client: Format,
+        upstream: Format,
+    },
+}
+
+/// Non-stream answers: read whole (they are not streams), then written in the client's format.
+pub struct WholeTransform {
+    kind: Whole,
+    buf: Vec<u8>,
+    usage: Option<Tokens>,
+}
+
+impl WholeTransform {
+    fn chat(client: ClientApi, upstream: Format) -> Self {
+        Self::of(Whole::Chat { client, upstream })
+    }
+    fn embeddings(client: Format, method: Option<String>, model: String, base64: bool) -> Self {
+        Self::of(Whole::Embeddings {
+            client,
+            method,
+            model,
+            base64,
+        })
+    }
+    fn models(client: Format, upstream: Format) -> Self {
+        Self::of(Whole::Models { client, upstream })
+    }
+    fn of(kind: Whole) -> Self {
+        Self {
+            kind,
+            buf: Vec::new(),
+            usage: None,
+        }
+    }
+
+    fn convert(&mut self) -> Result<Vec<u8>, BadRequest> {
+        match &self.kind {
+            Whole::Chat { client, upstream } => {
+                let resp: ChatResponse = match upstream {
+                    Format::Anthropic => anthropic::decode_response(&self.buf)?,
+                    Format::Gemini => gemini::decode_response(&self.buf)?,
+                    _ => openai::decode_response(&self.buf)?,
+                };
+                self.usage = resp.usage;
+                Ok(match client {
+                    ClientApi::OpenAiChat => openai::encode_response(&resp),
+                    ClientApi::OpenAiResponses => openai_responses::encode_response(&resp),
+                    ClientApi::Anthropic => anthropic::encode_response(&resp),
+                    ClientApi::Gemini { .. } => gemini::encode_response(&resp),
+                })
+            }
+            Whole::Embeddings {
+                client,
+                method,
+                model,
+                base64,
+            } => match client {
+                Format::OpenAi => {
+                    gemini::embeddings_response_to_openai_as(&self.buf, model, *base64)
+                }
+                _ => gemini::embeddings_response_from_openai(
+                    method.as_deref().unwrap_or("embedContent"),
+                    &self.buf,
+                ),
+            },
+            Whole::Models { client, upstream } => {
+                let ids = match upstream {
+                    Format::Anthropic => anthropic::decode_models(&self.buf),
+                    Format::Gemini => gemini::decode_models(&self.buf),
+                    _ => openai::decode_models(&self.buf),
+                };
+                Ok(match client {
+                    Format::Anthropic => anthropic::encode_models(&ids),
+                    Format::Gemini => gemini::encode_models(&ids),
+                    _ => openai::encode_models(&ids),
+                })
+            }
+        }
+    }
+}
+
+impl Transform for WholeTransform {
+    fn chunk(&mut self, input: &[u8], _out: &mut Vec<u8>) {
+        self.buf.extend_from_slice(input);
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        match self.convert() {
+            Ok(body) => out.extend_from_slice(&body),
+            Err(e) => {
+                // The upstream said 2xx but sent something its format does not allow.
+                let client = match &self.kind {
+                    Whole::Chat { client, .. } => match client {
+                        ClientApi::OpenAiChat | ClientApi::OpenAiResponses => Format::OpenAi,
+                        ClientApi::Anthropic => Format::Anthropic,
+                        ClientApi::Gemini { .. } => Format::Gemini,
+                    },
+                    Whole::Embeddings { client, .. } | Whole::Models { client, .. } => *client,
+                };
+                let v = client.upstream_error_body(
+                    502,
+                    &format!("the upstream's answer could not be translated: {e}"),
+                );
+                out.extend_from_slice(v.to_string().as_bytes());
+            }
+        }
+    }
+
+    fn usage(&self) -> Option<Tokens> {
+        self.usage
+    }
+}
+
+/// An error answer of the upstream, re-worded in the client's format with the same status.
+pub fn translate_error(client: Format, upstream: Format, status: u16, body: &[u8]) -> Value {
+    let message = match upstream {
+        Format::Anthropic => anthropic::error_message(body),
+        Format::Gemini => gemini::error_message(body),
+        _ => openai::error_message(body),
+    }
+    .unwrap_or_else(|| format!("the upstream answered {status}"));
+    client.upstream_error_body(status, &message)
+}
