@@ -65,6 +65,26 @@ impl Kind {
     }
 }
 
+/// How an `openai` service serves the Responses API (`/v1/responses`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponsesMode {
+    /// Pass through; when the upstream answers 404 to `/responses`, translate to chat
+    /// completions from then on (remembered per service on each replica).
+    #[default]
+    Auto,
+    /// Always pass through to the upstream's `/responses`.
+    Passthrough,
+    /// Always translate to the upstream's `/chat/completions`.
+    Translate,
+}
+
+names!(ResponsesMode {
+    Auto => "auto",
+    Passthrough => "passthrough",
+    Translate => "translate",
+});
+
 /// How a service picks among its usable keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -39,6 +39,7 @@ pub struct ServiceRt {
     pub max_attempts: u32,
     pub retry_on: RetryOn,
     pub strategy: Strategy,
+    pub responses: crate::domain::ResponsesMode,
     /// Per-key concurrency cap.
     pub cap: Option<u32>,
     pub enabled: bool,
@@ -136,6 +137,8 @@ impl Snapshot {
                     max_attempts: s.max_attempts.max(1) as u32,
                     retry_on,
                     strategy: Strategy::parse(&s.strategy).unwrap_or(Strategy::RoundRobin),
+                    responses: crate::domain::ResponsesMode::parse(&s.responses)
+                        .unwrap_or_default(),
                     cap: limit(s.key_concurrency),
                     enabled: s.enabled,
                     keys,

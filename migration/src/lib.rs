@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_initial;
 mod m20261122_000002_key_pool;
 mod m20261122_000003_money_micros;
+mod m20261122_000004_service_responses;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_initial::Migration),
             Box::new(m20261122_000002_key_pool::Migration),
             Box::new(m20261122_000003_money_micros::Migration),
+            Box::new(m20261122_000004_service_responses::Migration),
         ]
     }
 }

@@ -22,6 +22,8 @@ pub struct ServiceView {
     pub auth_header: Option<String>,
     pub auth_format: Option<String>,
     pub strategy: Strategy,
+    /// How Responses API calls (`/v1/responses`) reach an `openai` upstream.
+    pub responses: crate::domain::ResponsesMode,
     pub request_timeout_ms: i32,
     pub total_timeout_ms: i32,
     pub max_attempts: i32,
@@ -51,6 +53,7 @@ impl TryFrom<service::Model> for ServiceView {
         Ok(Self {
             kind: s.kind.parse().map_err(|e| bad("kind", e))?,
             strategy: s.strategy.parse().map_err(|e| bad("strategy", e))?,
+            responses: s.responses.parse().map_err(|e| bad("responses", e))?,
             retry_on: RetryOn::from_db(&s.retry_on).map_err(|e| bad("retry_on", e))?,
             id: s.id,
             tenant_id: s.tenant_id,
@@ -82,6 +85,8 @@ pub struct CreateService {
     pub base_url: String,
     /// Default `round_robin`.
     pub strategy: Option<Strategy>,
+    /// How Responses API calls reach an `openai` upstream (default `auto`).
+    pub responses: Option<crate::domain::ResponsesMode>,
     pub name: Option<String>,
     /// Header that carries the upstream key (default per kind).
     pub auth_header: Option<String>,
@@ -134,6 +139,8 @@ pub struct PatchService {
     pub name: Option<String>,
     pub base_url: Option<String>,
     pub strategy: Option<Strategy>,
+    /// How Responses API calls reach an `openai` upstream (default `auto`).
+    pub responses: Option<crate::domain::ResponsesMode>,
     pub auth_header: Option<String>,
     pub auth_format: Option<String>,
     pub request_timeout_ms: Option<i32>,
@@ -312,6 +319,7 @@ pub async fn create(
         auth_header: Set(req.auth_header.map(|h| h.to_ascii_lowercase())),
         auth_format: Set(req.auth_format),
         strategy: Set(req.strategy.unwrap_or_default().as_str().into()),
+        responses: Set(req.responses.unwrap_or_default().as_str().into()),
         model_aliases: Set(serde_json::json!({})),
         model_allow: Set(serde_json::json!([])),
         connect_timeout_ms: Set(10_000),
@@ -377,6 +385,9 @@ pub async fn patch(
     }
     if let Some(s) = req.strategy {
         am.strategy = Set(s.as_str().into());
+    }
+    if let Some(r) = req.responses {
+        am.responses = Set(r.as_str().into());
     }
     if let Some(h) = req.auth_header {
         am.auth_header = Set(Some(h.to_ascii_lowercase()));

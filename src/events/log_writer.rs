@@ -121,12 +121,13 @@ pub async fn run(
                     return;
                 };
                 buf.push(first);
-                let linger = tokio::time::sleep(LINGER);
-                tokio::pin!(linger);
+                // Lingers without looking at the queue: waking for every event would cost the
+                // hot path a task wake-up (often a thread wake-up) per request.
+                tokio::time::sleep(LINGER).await;
                 while buf.len() < BATCH {
-                    tokio::select! {
-                        m = rx.recv() => match m { Some(m) => buf.push(m), None => break },
-                        _ = &mut linger => break,
+                    match rx.try_recv() {
+                        Ok(m) => buf.push(m),
+                        Err(_) => break,
                     }
                 }
                 metrics::gauge!(m::LOG_QUEUE_DEPTH).decrement(buf.len() as f64);

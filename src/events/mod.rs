@@ -98,6 +98,8 @@ pub struct Events(Arc<Inner>);
 
 struct Inner {
     requests: mpsc::Sender<RequestEvent>,
+    /// Looked up once: a registry lookup per request costs more than the increment.
+    queue_depth: metrics::Gauge,
     keys: mpsc::UnboundedSender<KeyStatusChange>,
     closed: AtomicBool,
     /// Asks the writers to flush and stop; each answers when done.
@@ -117,6 +119,7 @@ impl Events {
         (
             Self(Arc::new(Inner {
                 requests: rtx,
+                queue_depth: metrics::gauge!(m::LOG_QUEUE_DEPTH),
                 keys: ktx,
                 closed: AtomicBool::new(false),
                 shutdown: parking_lot::Mutex::new(Vec::new()),
@@ -138,7 +141,7 @@ impl Events {
             return;
         }
         match self.0.requests.try_send(ev) {
-            Ok(()) => metrics::gauge!(m::LOG_QUEUE_DEPTH).increment(1.0),
+            Ok(()) => self.0.queue_depth.increment(1.0),
             Err(_) => metrics::counter!(m::REQUEST_EVENTS_DROPPED_TOTAL, "reason" => "queue_full")
                 .increment(1),
         }

@@ -500,3 +500,62 @@ pub fn translate_error(client: Format, upstream: Format, status: u16, body: &[u8
     .unwrap_or_else(|| format!("the upstream answered {status}"));
     client.upstream_error_body(status, &message)
 }
+
+/// A token count keygate answers itself: `count_tokens` (Anthropic) or `countTokens` (Gemini)
+/// asked of an upstream that has no such endpoint in that format. The count is an estimate:
+/// about four characters of text per token, and a flat 1,000 per image; the answer says so in
+/// the `x-keygate-estimated` header.
+pub fn estimate_tokens(
+    client: Format,
+    endpoint: &Endpoint,
+    body: &[u8],
+) -> Result<(Value, u64), Refusal> {
+    use super::canonical::Part;
+    let req = match (client, endpoint) {
+        (Format::Anthropic, _) => anthropic::decode_request(body)?,
+        (Format::Gemini, Endpoint::Gemini { model, .. }) => {
+            // `countTokens` takes `contents` directly or a whole `generateContentRequest`.
+            let v: Value = serde_json::from_slice(body)
+                .map_err(|e| Refusal::BadRequest(format!("the body is not JSON: {e}")))?;
+            let inner = v.get("generateContentRequest").cloned().unwrap_or(v);
+            gemini::decode_request(inner.to_string().as_bytes(), model, false)?
+        }
+        _ => return Err(Refusal::Unsupported("token counting".into())),
+    };
+    fn part_chars(p: &Part) -> (usize, u64) {
+        match p {
+            Part::Text(t) => (t.chars().count(), 0),
+            Part::Image(_) => (0, 1000),
+            Part::ToolCall {
+                name, arguments, ..
+            } => (name.len() + arguments.chars().count(), 0),
+            Part::ToolResult { content, .. } => content
+                .iter()
+                .map(part_chars)
+                .fold((0, 0), |(c, i), (c2, i2)| (c + c2, i + i2)),
+            Part::Thinking { text, .. } => (text.chars().count(), 0),
+        }
+    }
+    let mut chars = 0usize;
+    let mut fixed = 0u64;
+    let parts = req
+        .system
+        .iter()
+        .chain(req.messages.iter().flat_map(|m| m.parts.iter()));
+    for p in parts {
+        let (c, f) = part_chars(p);
+        chars += c;
+        fixed += f;
+    }
+    for t in &req.tools {
+        chars += t.name.len()
+            + t.description.as_deref().map_or(0, str::len)
+            + t.parameters.to_string().len();
+    }
+    let n = (chars as u64).div_ceil(4) + fixed + 4 * req.messages.len() as u64;
+    let body = match client {
+        Format::Gemini => serde_json::json!({"totalTokens": n}),
+        _ => serde_json::json!({"input_tokens": n}),
+    };
+    Ok((body, n))
+}

@@ -133,6 +133,9 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
     {
         fin.model = fin.client_fmt.model_in_body(b);
     }
+    if translate::counts_locally(&fin, &adm) {
+        return translate::count_tokens(fin, &adm, &mut body, proxy.max_body_bytes).await;
+    }
     let query = parts.uri.query();
     let head = parts.method == Method::HEAD;
     // A Responses call to an OpenAI upstream without `/responses` is tried once more, translated.

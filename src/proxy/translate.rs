@@ -14,6 +14,7 @@ use super::body::ReqBody;
 use super::error::{ErrorKind, ProxyError};
 use super::finish::Finish;
 use super::ingress::Admitted;
+use crate::domain::ResponsesMode;
 use crate::formats::registry::{self, Plan, Prepared, Refusal};
 use crate::formats::{Endpoint, Format};
 use crate::snapshot::ServiceRt;
@@ -24,8 +25,13 @@ use crate::snapshot::ServiceRt;
 pub struct ResponsesFallback(RwLock<HashSet<i64>>);
 
 impl ResponsesFallback {
+    /// Whether Responses calls go to the upstream's own `/responses`.
     pub fn native(&self, svc: &ServiceRt) -> bool {
-        !self.0.read().contains(&svc.id)
+        match svc.responses {
+            ResponsesMode::Passthrough => true,
+            ResponsesMode::Translate => false,
+            ResponsesMode::Auto => !self.0.read().contains(&svc.id),
+        }
     }
 
     pub fn learn(&self, svc: &ServiceRt) {
@@ -126,9 +132,52 @@ pub async fn error_answer(
     out
 }
 
+/// True when the client asks to count tokens in a format the upstream does not speak: keygate
+/// answers with an estimate itself.
+pub fn counts_locally(fin: &Finish, adm: &Admitted) -> bool {
+    match &adm.endpoint {
+        Endpoint::CountTokens => fin.upstream_fmt != Format::Anthropic,
+        Endpoint::Gemini { method, .. } if method == "countTokens" => {
+            fin.upstream_fmt != Format::Gemini
+        }
+        _ => false,
+    }
+}
+
+/// The estimated count, answered without calling the upstream.
+pub async fn count_tokens(
+    mut fin: Finish,
+    adm: &Admitted,
+    body: &mut ReqBody,
+    max_body: usize,
+) -> Response {
+    let fmt = fin.client_fmt;
+    let bytes = match body.whole(max_body).await {
+        Ok(b) => b,
+        Err((kind, msg)) => return fin.fail(ProxyError::new(kind, fmt, msg)),
+    };
+    match registry::estimate_tokens(fmt, &adm.endpoint, &bytes) {
+        Ok((v, _)) => {
+            fin.status = 200;
+            fin.head_sent();
+            fin.end(true, None);
+            let mut out = Response::new(Body::from(v.to_string()));
+            out.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            out.headers_mut()
+                .insert("x-keygate-estimated", HeaderValue::from_static("true"));
+            out
+        }
+        Err(r) => fin.fail(ProxyError::new(ErrorKind::BadRequest, fmt, r.message())),
+    }
+}
+
 /// True for an OpenAI upstream that has no Responses API (404 to `/responses`).
 pub fn lacks_responses(adm: &Admitted, fin: &Finish, status: StatusCode) -> bool {
-    status == StatusCode::NOT_FOUND
+    adm.svc.responses == ResponsesMode::Auto
+        && status == StatusCode::NOT_FOUND
         && adm.endpoint == Endpoint::Responses
         && fin.upstream_fmt == Format::OpenAi
 }

@@ -426,7 +426,8 @@ both!(
         let first = String::from_utf8_lossy(&first).to_string();
         assert!(first.starts_with("data: {"), "{first}");
         assert!(first.contains("\"role\":\"assistant\""), "{first}");
-        gate.notify_waiters();
+        // A stored permit: the mock may not be waiting on the gate yet.
+        gate.notify_one();
         let mut rest = String::new();
         while let Some(c) = r.chunk().await.unwrap() {
             rest.push_str(&String::from_utf8_lossy(&c));
@@ -545,5 +546,115 @@ both!(
             include_str!("../fixtures/openai/chat_response.json"),
             "the answer is untouched too"
         );
+    }
+);
+
+both!(
+    token_counts_the_upstream_cannot_give_are_estimated_and_marked,
+    |b: Backend| async move {
+        let (app, poly, ak) = setup(b).await;
+        let before = poly.mock.calls.lock().len();
+        let r = app
+            .http
+            .post(app.url("/llm/oa/v1/messages/count_tokens"))
+            .header("x-api-key", &ak)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "Hello there, how are you today?"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-keygate-estimated"], "true");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["input_tokens"].as_u64().unwrap() > 4, "{v}");
+
+        let r = app
+            .http
+            .post(app.url("/llm/an/v1beta/models/m:countTokens"))
+            .header("x-goog-api-key", &ak)
+            .json(&json!({"contents": [{"role": "user", "parts": [{"text": "Hello there"}]}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert!(v["totalTokens"].as_u64().unwrap() > 0, "{v}");
+        assert_eq!(
+            poly.mock.calls.lock().len(),
+            before,
+            "estimates never reach the upstream"
+        );
+
+        // Same format: the upstream counts.
+        let _ = app
+            .http
+            .post(app.url("/llm/an/v1/messages/count_tokens"))
+            .header("x-api-key", &ak)
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(poly.mock.last().path, "/anthropic/v1/messages/count_tokens");
+    }
+);
+
+both!(
+    the_responses_setting_chooses_passthrough_or_translation_per_service,
+    |b: Backend| async move {
+        let (app, poly, ak) = setup(b).await;
+        let (s, v) = app
+            .admin(
+                "PATCH",
+                "/admin/services/oa",
+                Some(json!({"responses": "sometimes"})),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["detail"].as_str().unwrap().contains("passthrough"), "{v}");
+
+        let (s, v) = app
+            .admin(
+                "PATCH",
+                "/admin/services/oa",
+                Some(json!({"responses": "translate"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["responses"], "translate");
+        crate::harness::eventually(Duration::from_secs(5), || async {
+            app.state.snapshot.load().services["oa"].responses
+                == keygate::domain::ResponsesMode::Translate
+        })
+        .await;
+        let r = call(&app, &ak, Client::Responses, "oa", false).await;
+        assert_eq!(r.status(), 200);
+        assert!(
+            poly.mock
+                .calls
+                .lock()
+                .iter()
+                .all(|c| c.path != "/openai/v1/responses"),
+            "translate never tries /responses"
+        );
+        assert_eq!(poly.mock.last().path, "/openai/v1/chat/completions");
+
+        app.admin(
+            "PATCH",
+            "/admin/services/oa",
+            Some(json!({"responses": "passthrough"})),
+        )
+        .await;
+        crate::harness::eventually(Duration::from_secs(5), || async {
+            app.state.snapshot.load().services["oa"].responses
+                == keygate::domain::ResponsesMode::Passthrough
+        })
+        .await;
+        let r = call(&app, &ak, Client::Responses, "oa", false).await;
+        assert_eq!(
+            r.status(),
+            404,
+            "passthrough shows the upstream's own answer"
+        );
+        assert_eq!(poly.mock.last().path, "/openai/v1/responses");
     }
 );

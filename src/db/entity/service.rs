@@ -14,6 +14,7 @@ pub struct Model {
     pub auth_header: Option<String>,
     pub auth_format: Option<String>,
     pub strategy: String,
+    pub responses: String,
     pub model_aliases: Json,
     pub model_allow: Json,
     pub connect_timeout_ms: i32,
