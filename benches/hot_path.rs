@@ -1,13 +1,17 @@
 //! Micro-benchmarks of the per-request work that does not touch the network: key choice in the
-//! in-process store (acquire + release) and reading usage from an answer. Compare within one run:
-//! e.g. 100 keys against 3 keys, weighted against round robin.
+//! in-process store (acquire + release), reading usage from an answer, and translating between
+//! wire formats (a request each way, and a recorded stream event by event). Compare within one
+//! run: e.g. 100 keys against 3 keys, weighted against round robin, translation against the
+//! usage scan that same-format passthrough does instead.
 //!   cargo bench --bench hot_path
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keygate::coord::memory::MemoryStore;
 use keygate::coord::{Acquire, AcquireReq, KeySet, KeySpec, Policy, Strategy, Usage};
-use keygate::formats::Format;
+use keygate::formats::canonical::ChatRequest;
+use keygate::formats::registry::{ClientApi, Plan, StreamTransform, Transform};
+use keygate::formats::{Endpoint, Format};
 use keygate::proxy::usage::UsageScanner;
 
 fn keys(n: usize) -> KeySet {
@@ -91,5 +95,96 @@ fn usage(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, acquire_release, usage);
+const CHAT_REQUEST: &[u8] = include_bytes!("../tests/fixtures/openai/chat_request.json");
+const ANTHROPIC_REQUEST: &[u8] = include_bytes!("../tests/fixtures/anthropic/request.json");
+const GEMINI_REQUEST: &[u8] = include_bytes!("../tests/fixtures/gemini/client_request.json");
+const RESPONSES_REQUEST: &[u8] = include_bytes!("../tests/fixtures/responses/request.json");
+const OPENAI_STREAM: &[u8] = include_bytes!("../tests/fixtures/openai/chat_stream.txt");
+const ANTHROPIC_STREAM: &[u8] = include_bytes!("../tests/fixtures/anthropic/stream.sse");
+const GEMINI_STREAM: &[u8] = include_bytes!("../tests/fixtures/gemini/stream.sse");
+
+fn name(f: Format) -> &'static str {
+    f.name()
+}
+
+fn translation(c: &mut Criterion) {
+    let clients: [(ClientApi, &str, Endpoint, &[u8]); 4] = [
+        (
+            ClientApi::OpenAiChat,
+            "openai",
+            Endpoint::ChatCompletions,
+            CHAT_REQUEST,
+        ),
+        (
+            ClientApi::OpenAiResponses,
+            "responses",
+            Endpoint::Responses,
+            RESPONSES_REQUEST,
+        ),
+        (
+            ClientApi::Anthropic,
+            "anthropic",
+            Endpoint::Messages,
+            ANTHROPIC_REQUEST,
+        ),
+        (
+            ClientApi::Gemini { sse: true },
+            "gemini",
+            Endpoint::Gemini {
+                model: "gemini-2.5-flash".into(),
+                method: "generateContent".into(),
+            },
+            GEMINI_REQUEST,
+        ),
+    ];
+    let upstreams = [
+        (Format::OpenAi, OPENAI_STREAM),
+        (Format::Anthropic, ANTHROPIC_STREAM),
+        (Format::Gemini, GEMINI_STREAM),
+    ];
+    let mut g = c.benchmark_group("translate request");
+    for (client, cname, endpoint, body) in &clients {
+        for (upstream, _) in &upstreams {
+            let plan = Plan::Chat {
+                client: *client,
+                upstream: *upstream,
+            };
+            if plan.request(endpoint, body).is_err() {
+                continue;
+            }
+            g.bench_function(format!("{cname} -> {}", name(*upstream)), |b| {
+                b.iter(|| black_box(plan.request(endpoint, black_box(body)).unwrap()))
+            });
+        }
+    }
+    g.finish();
+    let mut g = c.benchmark_group("translate stream (per transcript)");
+    for (client, cname, _, _) in &clients {
+        for (upstream, transcript) in &upstreams {
+            let events = transcript
+                .windows(6)
+                .filter(|w| w == b"data: " || w == b"data:{")
+                .count();
+            g.throughput(criterion::Throughput::Elements(events as u64));
+            let req = ChatRequest::new("m");
+            g.bench_function(
+                format!("{} -> {cname}, {events} events", name(*upstream)),
+                |b| {
+                    b.iter(|| {
+                        let mut t = StreamTransform::new(*client, *upstream, &req);
+                        let mut out = Vec::with_capacity(8192);
+                        for chunk in transcript.chunks(512) {
+                            t.chunk(black_box(chunk), &mut out);
+                        }
+                        t.finish(&mut out);
+                        black_box(out.len())
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, acquire_release, usage, translation);
 criterion_main!(benches);

@@ -118,6 +118,7 @@ fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
 /// What a client got: the tool calls (name, arguments) and how the answer finished.
 #[derive(Debug, Default)]
 struct Got {
+    text: String,
     calls: Vec<(String, Value)>,
     finish: String,
 }
@@ -134,6 +135,7 @@ fn read_whole(client: Client, v: &Value) -> Got {
     match client {
         Client::Chat => {
             let m = &v["choices"][0];
+            g.text = m["message"]["content"].as_str().unwrap_or("").into();
             for c in m["message"]["tool_calls"].as_array().into_iter().flatten() {
                 g.calls.push((
                     c["function"]["name"].as_str().unwrap().into(),
@@ -144,6 +146,11 @@ fn read_whole(client: Client, v: &Value) -> Got {
         }
         Client::Responses => {
             for item in v["output"].as_array().into_iter().flatten() {
+                if item["type"] == "message" {
+                    for c in item["content"].as_array().into_iter().flatten() {
+                        g.text.push_str(c["text"].as_str().unwrap_or(""));
+                    }
+                }
                 if item["type"] == "function_call" {
                     g.calls.push((
                         item["name"].as_str().unwrap().into(),
@@ -155,6 +162,9 @@ fn read_whole(client: Client, v: &Value) -> Got {
         }
         Client::Anthropic => {
             for b in v["content"].as_array().into_iter().flatten() {
+                if b["type"] == "text" {
+                    g.text.push_str(b["text"].as_str().unwrap_or(""));
+                }
                 if b["type"] == "tool_use" {
                     g.calls
                         .push((b["name"].as_str().unwrap().into(), b["input"].clone()));
@@ -165,6 +175,9 @@ fn read_whole(client: Client, v: &Value) -> Got {
         Client::Gemini => {
             let c = &v["candidates"][0];
             for p in c["content"]["parts"].as_array().into_iter().flatten() {
+                if p["thought"] != true {
+                    g.text.push_str(p["text"].as_str().unwrap_or(""));
+                }
                 if p.get("functionCall").is_some() {
                     g.calls.push((
                         p["functionCall"]["name"].as_str().unwrap().into(),
@@ -193,6 +206,8 @@ fn read_stream(client: Client, text: &str) -> Got {
                 }
                 let v: Value = serde_json::from_str(data).unwrap();
                 let ch = &v["choices"][0];
+                g.text
+                    .push_str(ch["delta"]["content"].as_str().unwrap_or(""));
                 for tc in ch["delta"]["tool_calls"].as_array().into_iter().flatten() {
                     let i = tc["index"].as_u64().unwrap() as usize;
                     if calls.len() <= i {
@@ -243,6 +258,9 @@ fn read_stream(client: Client, text: &str) -> Got {
                             .expect("a started block");
                         c.2.push_str(v["delta"]["partial_json"].as_str().unwrap());
                     }
+                    "content_block_delta" if v["delta"]["type"] == "text_delta" => {
+                        g.text.push_str(v["delta"]["text"].as_str().unwrap_or(""))
+                    }
                     "message_delta" => {
                         g.finish = v["delta"]["stop_reason"].as_str().unwrap_or("").into()
                     }
@@ -258,6 +276,7 @@ fn read_stream(client: Client, text: &str) -> Got {
             for (_, data) in &events {
                 let v: Value = serde_json::from_str(data).unwrap();
                 let part = read_whole(Client::Gemini, &v);
+                g.text.push_str(&part.text);
                 g.calls.extend(part.calls);
                 if !part.finish.is_empty() {
                     g.finish = part.finish;
@@ -316,6 +335,11 @@ both!(
                     assert!(args["city"].is_string(), "arguments are whole JSON: {args}");
                 }
                 assert_eq!(got.calls[0].1["city"], "Paris");
+                assert!(
+                    got.text.len() > 5,
+                    "{client:?} -> {slug} stream={stream}: the text came through: {:?}",
+                    got.text
+                );
                 assert_eq!(
                     got.finish,
                     tool_finish(client),
