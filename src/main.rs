@@ -21,6 +21,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    return_large_allocations();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
@@ -67,3 +68,17 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
 }
+
+/// Allocations of 1 MiB and more are mapped and unmapped each time. glibc raises its mmap
+/// threshold after the first large free, so Argon2's 19 MiB working memory (every admin login)
+/// would otherwise stay in the process for good: measured, it was half of the idle RSS.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_allocations() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any request runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_allocations() {}
