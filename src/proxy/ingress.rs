@@ -42,6 +42,14 @@ pub fn client_format(headers: &HeaderMap, path: &str, mode: Mode) -> (Format, En
         return (Format::Rest, Endpoint::Other);
     }
     if let Some(found) = Format::recognise(path) {
+        // `/v1/models` is both OpenAI's and Anthropic's list; Anthropic's SDK always says
+        // which API version it speaks.
+        if found.1 == Endpoint::Models
+            && found.0 == Format::OpenAi
+            && headers.contains_key("anthropic-version")
+        {
+            return (Format::Anthropic, Endpoint::Models);
+        }
         return found;
     }
     let f = if headers.contains_key("anthropic-version") {

@@ -536,6 +536,19 @@ both!(
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["data"][0]["id"], "claude-sonnet-4-5-20250929", "{v}");
+        // The same path from Anthropic's SDK (it sends anthropic-version) is Anthropic's list.
+        let r = app
+            .http
+            .get(app.url("/llm/oa/v1/models"))
+            .header("x-api-key", &ak)
+            .header("anthropic-version", "2023-06-01")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["data"][0]["type"], "model", "{v}");
+        assert_eq!(v["data"][0]["id"], "gpt-4o", "{v}");
         let r = app
             .http
             .get(app.url("/llm/oa/v1beta/models"))
