@@ -125,6 +125,22 @@ pub fn plan(
     }
 }
 
+/// A model name that goes into an upstream path: it must stay one segment, or a client could
+/// steer keygate's key to another path of the upstream.
+fn path_segment(model: &str) -> Result<&str, Refusal> {
+    let bad = model.is_empty()
+        || model == "."
+        || model == ".."
+        || model.contains(['/', '\\', '?', '#', '%', ':'])
+        || model.chars().any(char::is_control);
+    if bad {
+        return Err(Refusal::BadRequest(format!(
+            "'{model}' is not a valid model name"
+        )));
+    }
+    Ok(model)
+}
+
 /// A request ready for the upstream.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -169,7 +185,7 @@ impl Plan {
                             "generateContent"
                         };
                         (
-                            format!("models/{}:{method}", req.model),
+                            format!("models/{}:{method}", path_segment(&req.model)?),
                             gemini::encode_request(&req)?,
                         )
                     }
@@ -193,7 +209,7 @@ impl Plan {
                 (Format::OpenAi, Format::Gemini) => {
                     let (model, out) = gemini::embeddings_request_from_openai(body)?;
                     Ok(Prepared {
-                        path: format!("models/{model}:batchEmbedContents"),
+                        path: format!("models/{}:batchEmbedContents", path_segment(&model)?),
                         method: http::Method::POST,
                         body: Bytes::from(out),
                         stream: false,

@@ -49,6 +49,8 @@ pub struct Finish {
     pub ttft: Option<Duration>,
     pub tokens: Tokens,
     pub streamed: bool,
+    /// The token counts are keygate's estimate, not the upstream's.
+    pub estimated: bool,
     done: bool,
 }
 
@@ -73,6 +75,7 @@ impl Finish {
             ttft: None,
             tokens: Tokens::default(),
             streamed: false,
+            estimated: false,
             done: false,
         }
     }
@@ -121,17 +124,18 @@ impl Finish {
     pub async fn fault(&mut self, fault: Fault, reason: &str) -> Option<Report> {
         let h = self.take_held()?;
         let svc = self.svc.clone()?;
-        let r = report(
-            &self.state,
-            &svc,
-            h.lease.key_id,
-            Some(&h.lease),
-            fault,
-            reason,
-        )
-        .await;
-        self.state.lease_released.notify_waiters();
-        r
+        let (st, reason) = (self.state.clone(), reason.to_string());
+        // Its own task: a client that goes away mid-report must not leave the fault unrecorded
+        // and the lease held; nor may a failed report.
+        let task = tokio::spawn(async move {
+            let r = report(&st, &svc, h.lease.key_id, Some(&h.lease), fault, &reason).await;
+            if r.is_none() {
+                let _ = st.coord.release(&h.lease, &Usage::default()).await;
+            }
+            st.lease_released.notify_waiters();
+            r
+        });
+        task.await.ok().flatten()
     }
 
     /// Lets the key go without a verdict (the request's own deadline or body was at fault).
@@ -263,7 +267,7 @@ impl Finish {
             error_kind: error_kind.map(str::to_string),
             streamed: self.streamed,
             cancelled,
-            estimated: false,
+            estimated: self.estimated,
             client_format: self.client_fmt.name(),
             upstream_format: self.upstream_fmt.name(),
         });

@@ -134,6 +134,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
         fin.model = fin.client_fmt.model_in_body(b);
     }
     if translate::counts_locally(&fin, &adm) {
+        fin.estimated = true;
         return translate::count_tokens(fin, &adm, &mut body, proxy.max_body_bytes).await;
     }
     let query = parts.uri.query();
@@ -170,18 +171,40 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
         let ran = failover::run(&state, &mut fin, &adm, &method, &base, &mut body).await;
         let client = fin.client;
         let mut resp = match ran.outcome {
-            Outcome::Answer { resp, .. }
+            Outcome::Answer { resp, error_kind }
                 if tr.is_none()
                     && native
-                    && translate::lacks_responses(&adm, &fin, resp.status())
-                    && original.is_some() =>
+                    && translate::lacks_responses(&adm, &fin, resp.status()) =>
             {
+                // A 404 for a model the upstream does not have is the client's answer; only a
+                // missing route means the upstream has no Responses API.
+                let (status, headers, text) =
+                    translate::read_answer(resp, adm.svc.request_timeout).await;
+                if String::from_utf8_lossy(&text).contains("model_not_found") {
+                    fin.status = status.as_u16();
+                    fin.head_sent();
+                    fin.end(false, error_kind);
+                    let mut out = Response::new(axum::body::Body::from(text));
+                    *out.status_mut() = status;
+                    *out.headers_mut() = headers;
+                    return out;
+                }
                 state.responses_fallback.learn(&adm.svc);
                 fin.release_answered();
-                drop(resp);
                 native = false;
-                if let Some(b) = &original {
-                    body = body::ReqBody::Buffered(b.clone());
+                match &original {
+                    Some(b) => body = body::ReqBody::Buffered(b.clone()),
+                    None => {
+                        // A streamed body cannot be sent again: the client gets the 404, and
+                        // the next call is translated.
+                        fin.status = status.as_u16();
+                        fin.head_sent();
+                        fin.end(false, Some("upstream_error"));
+                        let mut out = Response::new(axum::body::Body::from(text));
+                        *out.status_mut() = status;
+                        *out.headers_mut() = headers;
+                        return out;
+                    }
                 }
                 continue;
             }
@@ -200,7 +223,10 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                     fin.model = t.prepared.model.clone().or(fin.model.take());
                     meter::deliver(resp, fin, error_kind, head, Some(translating))
                 }
-                Some(_) => translate::error_answer(resp, fin, error_kind).await,
+                Some(_) => {
+                    let within = adm.svc.request_timeout;
+                    translate::error_answer(resp, fin, error_kind, within).await
+                }
             },
             Outcome::Error(e) => fin.fail(e),
         };

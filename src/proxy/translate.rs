@@ -115,9 +115,11 @@ pub async fn error_answer(
     resp: reqwest::Response,
     fin: Finish,
     error_kind: Option<&str>,
+    within: std::time::Duration,
 ) -> Response {
     let status = resp.status();
-    let body = read_all(resp, 1 << 20).await;
+    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+    let body = read_all(resp, 1 << 20, within).await;
     let v = registry::translate_error(fin.client_fmt, fin.upstream_fmt, status.as_u16(), &body);
     let mut fin = fin;
     fin.status = status.as_u16();
@@ -129,7 +131,22 @@ pub async fn error_answer(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Some(v) = retry_after {
+        out.headers_mut().insert(header::RETRY_AFTER, v);
+    }
     out
+}
+
+/// An upstream answer read whole (at most 1 MiB, within `within`), with the headers that go back.
+pub async fn read_answer(
+    resp: reqwest::Response,
+    within: std::time::Duration,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let status = resp.status();
+    let mut headers = super::headers::downstream(resp.headers());
+    headers.remove(header::CONTENT_LENGTH);
+    let body = read_all(resp, 1 << 20, within).await;
+    (status, headers, body)
 }
 
 /// True when the client asks to count tokens in a format the upstream does not speak: keygate
@@ -182,14 +199,19 @@ pub fn lacks_responses(adm: &Admitted, fin: &Finish, status: StatusCode) -> bool
         && fin.upstream_fmt == Format::OpenAi
 }
 
-async fn read_all(resp: reqwest::Response, cap: usize) -> Bytes {
+/// Reads a small answer whole; an upstream that stalls its body is cut off at `within`, so the
+/// request (and its lease) never hangs on it.
+async fn read_all(resp: reqwest::Response, cap: usize, within: std::time::Duration) -> Bytes {
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
-    while let Ok(Some(chunk)) = stream.try_next().await {
-        out.extend_from_slice(&chunk);
-        if out.len() > cap {
-            break;
+    let read = async {
+        while let Ok(Some(chunk)) = stream.try_next().await {
+            out.extend_from_slice(&chunk);
+            if out.len() > cap {
+                break;
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(within, read).await;
     Bytes::from(out)
 }

@@ -490,6 +490,25 @@ both!(
             .await
             .unwrap();
         assert_eq!(r.status(), 400, "several choices cannot go to Anthropic");
+
+        // A model name must stay one path segment of the upstream URL.
+        let r = app
+            .http
+            .post(app.url("/llm/ge/v1/chat/completions"))
+            .bearer_auth(&ak)
+            .json(&json!({"model": "../../files", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("model name"),
+            "{v}"
+        );
     }
 );
 
@@ -693,5 +712,34 @@ both!(
             "passthrough shows the upstream's own answer"
         );
         assert_eq!(poly.mock.last().path, "/openai/v1/responses");
+    }
+);
+
+both!(
+    a_wrong_model_on_the_responses_api_does_not_switch_the_service_to_translation,
+    |b: Backend| async move {
+        let (app, poly, ak) = setup(b).await;
+        let r = app
+            .http
+            .post(app.url("/llm/oa/v1/responses"))
+            .bearer_auth(&ak)
+            .json(&json!({"model": "missing-model", "input": "hi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v["error"]["code"], "model_not_found",
+            "the upstream's own answer"
+        );
+        assert_eq!(poly.mock.last().path, "/openai/v1/responses", "not retried");
+        // The next call still tries the upstream's /responses first.
+        let before = poly.mock.calls.lock().len();
+        let r = call(&app, &ak, Client::Responses, "oa", false).await;
+        assert_eq!(r.status(), 200);
+        let calls = poly.mock.calls.lock();
+        assert_eq!(calls[before].path, "/openai/v1/responses");
+        assert_eq!(calls.last().unwrap().path, "/openai/v1/chat/completions");
     }
 );

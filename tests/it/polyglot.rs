@@ -124,6 +124,11 @@ async fn handle(State(p): State<Polyglot>, req: Request) -> Response {
             StatusCode::OK,
             r#"{"object":"list","data":[{"id":"gpt-4o","object":"model","created":0,"owned_by":"openai"}]}"#,
         ),
+        // OpenAI's answer for a model it does not have: the route exists.
+        "/openai/v1/responses" if body.windows(13).any(|w| w == b"missing-model") => json(
+            StatusCode::NOT_FOUND,
+            r#"{"error":{"message":"The model `missing-model` does not exist","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#,
+        ),
         // An OpenAI-compatible upstream without the Responses API.
         "/openai/v1/responses" => json(
             StatusCode::NOT_FOUND,
