@@ -248,30 +248,40 @@ impl Plan {
         }
     }
 
-    /// The transform for a successful upstream answer. `wants_base64`: an OpenAI embeddings
-    /// client asked for base64 vectors.
-    pub fn answer(&self, prepared: &Prepared, sse: bool, wants_base64: bool) -> Box<dyn Transform> {
+    /// The transform for a successful streamed upstream answer.
+    pub fn stream(&self, prepared: &Prepared) -> Option<StreamTransform> {
         match self {
             Plan::Chat { client, upstream } => {
                 let req = prepared.chat.clone().unwrap_or_else(|| {
                     ChatRequest::new(prepared.model.clone().unwrap_or_default())
                 });
-                if sse {
-                    Box::new(StreamTransform::new(*client, *upstream, &req))
-                } else {
-                    Box::new(WholeTransform::chat(*client, *upstream))
-                }
+                Some(StreamTransform::new(*client, *upstream, &req))
             }
-            Plan::Embeddings { client, method, .. } => Box::new(WholeTransform::embeddings(
+            _ => None,
+        }
+    }
+
+    /// A successful whole (non-stream) upstream answer in the client's format, with the usage it
+    /// reported. `wants_base64`: an OpenAI embeddings client asked for base64 vectors.
+    pub fn whole(
+        &self,
+        prepared: &Prepared,
+        body: &[u8],
+        wants_base64: bool,
+    ) -> Result<(Vec<u8>, Option<Tokens>), BadRequest> {
+        let mut t = match self {
+            Plan::Chat { client, upstream } => WholeTransform::chat(*client, *upstream),
+            Plan::Embeddings { client, method, .. } => WholeTransform::embeddings(
                 *client,
                 method.clone(),
                 prepared.model.clone().unwrap_or_default(),
                 wants_base64,
-            )),
-            Plan::Models { client, upstream } => {
-                Box::new(WholeTransform::models(*client, *upstream))
-            }
-        }
+            ),
+            Plan::Models { client, upstream } => WholeTransform::models(*client, *upstream),
+        };
+        t.buf.extend_from_slice(body);
+        let out = t.convert()?;
+        Ok((out, t.usage))
     }
 
     pub fn client_format(&self) -> Format {
@@ -304,6 +314,9 @@ pub trait Transform: Send {
     fn finish(&mut self, out: &mut Vec<u8>);
     /// Usage the upstream reported, read on the way.
     fn usage(&self) -> Option<Tokens>;
+    /// The upstream broke off: write the client's own terminal error, if its format has one
+    /// (false: it has none, and the body ends with an error instead).
+    fn error(&mut self, message: &str, out: &mut Vec<u8>) -> bool;
 }
 
 /// Streams: upstream SSE events -> canonical events -> the client's events, one at a time.
@@ -379,6 +392,19 @@ impl Transform for StreamTransform {
     fn usage(&self) -> Option<Tokens> {
         self.usage
     }
+
+    fn error(&mut self, message: &str, out: &mut Vec<u8>) -> bool {
+        if !self.ended {
+            self.ended = true;
+            self.encoder.encode(
+                &StreamEvent::Error {
+                    message: message.to_string(),
+                },
+                out,
+            );
+        }
+        true
+    }
 }
 
 enum Whole {
@@ -398,8 +424,9 @@ enum Whole {
     },
 }
 
-/// Non-stream answers: read whole (they are not streams), then written in the client's format.
-pub struct WholeTransform {
+/// Non-stream answers: read whole (they are not streams), then written in the client's format
+/// before the client's head goes out, so an answer that cannot be translated becomes a 502.
+struct WholeTransform {
     kind: Whole,
     buf: Vec<u8>,
     usage: Option<Tokens>,
@@ -471,38 +498,6 @@ impl WholeTransform {
                 })
             }
         }
-    }
-}
-
-impl Transform for WholeTransform {
-    fn chunk(&mut self, input: &[u8], _out: &mut Vec<u8>) {
-        self.buf.extend_from_slice(input);
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        match self.convert() {
-            Ok(body) => out.extend_from_slice(&body),
-            Err(e) => {
-                // The upstream said 2xx but sent something its format does not allow.
-                let client = match &self.kind {
-                    Whole::Chat { client, .. } => match client {
-                        ClientApi::OpenAiChat | ClientApi::OpenAiResponses => Format::OpenAi,
-                        ClientApi::Anthropic => Format::Anthropic,
-                        ClientApi::Gemini { .. } => Format::Gemini,
-                    },
-                    Whole::Embeddings { client, .. } | Whole::Models { client, .. } => *client,
-                };
-                let v = client.upstream_error_body(
-                    502,
-                    &format!("the upstream's answer could not be translated: {e}"),
-                );
-                out.extend_from_slice(v.to_string().as_bytes());
-            }
-        }
-    }
-
-    fn usage(&self) -> Option<Tokens> {
-        self.usage
     }
 }
 

@@ -139,13 +139,18 @@ impl Metered {
         fin.tokens = self.tokens();
         let fmt = fin.client_fmt;
         fin.end_broken("stream broke mid-way");
-        if self.sse {
-            Poll::Ready(Some(Ok(fmt.stream_error_event(
-                "the upstream stream failed before it completed",
-            ))))
-        } else {
-            Poll::Ready(Some(Err(std::io::Error::other("upstream body broke"))))
+        let message = "the upstream stream failed before it completed";
+        // A translated stream ends in the client's own grammar (a Responses `response.failed`,
+        // a Gemini array element); a passthrough SSE stream with the format's error event.
+        if let Some(t) = self.transform.as_mut() {
+            let mut out = Vec::new();
+            if t.error(message, &mut out) {
+                return Poll::Ready(Some(Ok(Bytes::from(out))));
+            }
+        } else if self.sse {
+            return Poll::Ready(Some(Ok(fmt.stream_error_event(message))));
         }
+        Poll::Ready(Some(Err(std::io::Error::other("upstream body broke"))))
     }
 }
 

@@ -211,17 +211,25 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
             Outcome::Answer { resp, error_kind } => match &tr {
                 None => meter::deliver(resp, fin, error_kind, head, None),
                 Some(t) if resp.status().is_success() => {
+                    fin.model = t.prepared.model.clone().or(fin.model.take());
                     let sse = resp
                         .headers()
                         .get(axum::http::header::CONTENT_TYPE)
                         .and_then(|v| v.to_str().ok())
                         .is_some_and(|v| v.starts_with("text/event-stream"));
-                    let translating = meter::Translating {
-                        transform: t.plan.answer(&t.prepared, sse, t.wants_base64),
-                        content_type: t.plan.content_type(sse),
-                    };
-                    fin.model = t.prepared.model.clone().or(fin.model.take());
-                    meter::deliver(resp, fin, error_kind, head, Some(translating))
+                    match t.plan.stream(&t.prepared).filter(|_| sse) {
+                        Some(transform) => {
+                            let translating = meter::Translating {
+                                transform: Box::new(transform),
+                                content_type: t.plan.content_type(true),
+                            };
+                            meter::deliver(resp, fin, error_kind, head, Some(translating))
+                        }
+                        None => {
+                            let within = adm.svc.request_timeout;
+                            translate::whole_answer(resp, fin, t, within).await
+                        }
+                    }
                 }
                 Some(_) => {
                     let within = adm.svc.request_timeout;

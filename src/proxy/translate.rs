@@ -137,6 +137,41 @@ pub async fn error_answer(
     out
 }
 
+/// A successful non-stream answer, translated before the client's head goes out: one the
+/// client's format cannot be written from is a 502 in the client's format, not a 200.
+pub async fn whole_answer(
+    resp: reqwest::Response,
+    mut fin: Finish,
+    t: &Translated,
+    within: std::time::Duration,
+) -> Response {
+    let (status, _, body) = read_answer(resp, within).await;
+    match t.plan.whole(&t.prepared, &body, t.wants_base64) {
+        Ok((out, usage)) => {
+            fin.tokens = usage.unwrap_or_default();
+            fin.status = status.as_u16();
+            fin.head_sent();
+            fin.end(true, None);
+            let mut r = Response::new(Body::from(out));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => {
+            let fmt = fin.client_fmt;
+            fin.release_answered();
+            fin.fail(ProxyError::new(
+                ErrorKind::UpstreamFailed,
+                fmt,
+                format!("the upstream's answer could not be translated: {e}"),
+            ))
+        }
+    }
+}
+
 /// An upstream answer read whole (at most 1 MiB, within `within`), with the headers that go back.
 pub async fn read_answer(
     resp: reqwest::Response,

@@ -743,3 +743,29 @@ both!(
         assert_eq!(calls.last().unwrap().path, "/openai/v1/chat/completions");
     }
 );
+
+both!(
+    a_whole_answer_that_cannot_be_translated_is_a_502_in_the_clients_format,
+    |b: Backend| async move {
+        let (app, _poly, ak) = setup(b).await;
+        let r = app
+            .http
+            .post(app.url("/llm/an/v1/chat/completions"))
+            .bearer_auth(&ak)
+            .json(
+                &json!({"model": "garbled-model", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502, "not a 200 carrying an error");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("could not be translated"),
+            "{v}"
+        );
+    }
+);

@@ -134,6 +134,10 @@ async fn handle(State(p): State<Polyglot>, req: Request) -> Response {
             StatusCode::NOT_FOUND,
             r#"{"error":{"message":"Not found","type":"invalid_request_error","param":null,"code":null}}"#,
         ),
+        // A 200 that is not an answer at all.
+        "/anthropic/v1/messages" if body.windows(13).any(|w| w == b"garbled-model") => {
+            json(StatusCode::OK, "oops, not JSON")
+        }
         "/anthropic/v1/messages" if wants_stream => stream(ANTHROPIC_STREAM, gate),
         "/anthropic/v1/messages" => json(StatusCode::OK, ANTHROPIC_MSG),
         "/anthropic/v1/models" => json(StatusCode::OK, ANTHROPIC_MODELS),
