@@ -40,6 +40,8 @@ pub struct ServiceRt {
     pub retry_on: RetryOn,
     pub strategy: Strategy,
     pub responses: crate::domain::ResponsesMode,
+    /// Model aliases and allow-list.
+    pub models: crate::proxy::models::ModelRules,
     /// Per-key concurrency cap.
     pub cap: Option<u32>,
     pub enabled: bool,
@@ -120,6 +122,8 @@ impl Snapshot {
                 RetryOn::default_policy()
             });
             let ms = |v: i32| std::time::Duration::from_millis(v.max(1) as u64);
+            let models =
+                crate::proxy::models::ModelRules::load(&s.slug, &s.model_aliases, &s.model_allow);
             out.services.insert(
                 s.slug.clone(),
                 Arc::new(ServiceRt {
@@ -139,6 +143,7 @@ impl Snapshot {
                     strategy: Strategy::parse(&s.strategy).unwrap_or(Strategy::RoundRobin),
                     responses: crate::domain::ResponsesMode::parse(&s.responses)
                         .unwrap_or_default(),
+                    models,
                     cap: limit(s.key_concurrency),
                     enabled: s.enabled,
                     keys,

@@ -24,6 +24,10 @@ pub struct ServiceView {
     pub strategy: Strategy,
     /// How Responses API calls (`/v1/responses`) reach an `openai` upstream.
     pub responses: crate::domain::ResponsesMode,
+    /// Model aliases: glob of the name a client asks for -> the model sent upstream.
+    pub model_aliases: std::collections::BTreeMap<String, String>,
+    /// Globs of the models clients may call (empty = all).
+    pub model_allow: Vec<String>,
     pub request_timeout_ms: i32,
     pub total_timeout_ms: i32,
     pub max_attempts: i32,
@@ -54,6 +58,10 @@ impl TryFrom<service::Model> for ServiceView {
             kind: s.kind.parse().map_err(|e| bad("kind", e))?,
             strategy: s.strategy.parse().map_err(|e| bad("strategy", e))?,
             responses: s.responses.parse().map_err(|e| bad("responses", e))?,
+            model_aliases: serde_json::from_value(s.model_aliases.clone())
+                .map_err(|e| bad("model_aliases", e.to_string()))?,
+            model_allow: serde_json::from_value(s.model_allow.clone())
+                .map_err(|e| bad("model_allow", e.to_string()))?,
             retry_on: RetryOn::from_db(&s.retry_on).map_err(|e| bad("retry_on", e))?,
             id: s.id,
             tenant_id: s.tenant_id,
@@ -87,6 +95,12 @@ pub struct CreateService {
     pub strategy: Option<Strategy>,
     /// How Responses API calls reach an `openai` upstream (default `auto`).
     pub responses: Option<crate::domain::ResponsesMode>,
+    /// Model aliases with wildcards, e.g. `{"gpt4": "gpt-4o", "claude-*": "claude-sonnet-4-5"}`;
+    /// the most specific pattern wins. Replaces the whole map.
+    pub model_aliases: Option<std::collections::BTreeMap<String, String>>,
+    /// Globs of the models clients may call, e.g. `["gpt-4o*", "o3"]`; empty = all. A model
+    /// outside it gets 404 (`model_not_found`) in the client's format.
+    pub model_allow: Option<Vec<String>>,
     pub name: Option<String>,
     /// Header that carries the upstream key (default per kind).
     pub auth_header: Option<String>,
@@ -141,6 +155,12 @@ pub struct PatchService {
     pub strategy: Option<Strategy>,
     /// How Responses API calls reach an `openai` upstream (default `auto`).
     pub responses: Option<crate::domain::ResponsesMode>,
+    /// Model aliases with wildcards, e.g. `{"gpt4": "gpt-4o", "claude-*": "claude-sonnet-4-5"}`;
+    /// the most specific pattern wins. Replaces the whole map.
+    pub model_aliases: Option<std::collections::BTreeMap<String, String>>,
+    /// Globs of the models clients may call, e.g. `["gpt-4o*", "o3"]`; empty = all. A model
+    /// outside it gets 404 (`model_not_found`) in the client's format.
+    pub model_allow: Option<Vec<String>>,
     pub auth_header: Option<String>,
     pub auth_format: Option<String>,
     pub request_timeout_ms: Option<i32>,
@@ -235,6 +255,27 @@ fn apply_pool(am: &mut service::ActiveModel, p: PoolSettings) {
     }
 }
 
+/// Every alias pattern and allow-list entry must be a valid glob, and every alias target a
+/// model name.
+fn check_models(
+    aliases: Option<&std::collections::BTreeMap<String, String>>,
+    allow: Option<&Vec<String>>,
+) -> ApiResult<()> {
+    use crate::proxy::models::compile;
+    for (pattern, target) in aliases.into_iter().flatten() {
+        compile(pattern).map_err(|e| ApiError::BadRequest(format!("model_aliases: {e}")))?;
+        if target.trim().is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "model_aliases: '{pattern}' maps to an empty model name"
+            )));
+        }
+    }
+    for pattern in allow.into_iter().flatten() {
+        compile(pattern).map_err(|e| ApiError::BadRequest(format!("model_allow: {e}")))?;
+    }
+    Ok(())
+}
+
 fn check_auth(header: Option<&str>, format: Option<&str>) -> ApiResult<()> {
     if let Some(h) = header {
         axum::http::HeaderName::try_from(h)
@@ -306,6 +347,7 @@ pub async fn create(
         ));
     }
     let base_url = check_base_url(&req.base_url)?;
+    check_models(req.model_aliases.as_ref(), req.model_allow.as_ref())?;
     check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
     check_limits(req.request_timeout_ms, req.max_attempts)?;
     let pool = pool_of!(req);
@@ -320,8 +362,12 @@ pub async fn create(
         auth_format: Set(req.auth_format),
         strategy: Set(req.strategy.unwrap_or_default().as_str().into()),
         responses: Set(req.responses.unwrap_or_default().as_str().into()),
-        model_aliases: Set(serde_json::json!({})),
-        model_allow: Set(serde_json::json!([])),
+        model_aliases: Set(serde_json::json!(
+            req.model_aliases.take().unwrap_or_default()
+        )),
+        model_allow: Set(serde_json::json!(
+            req.model_allow.take().unwrap_or_default()
+        )),
         connect_timeout_ms: Set(10_000),
         request_timeout_ms: Set(req.request_timeout_ms.unwrap_or(60_000)),
         max_attempts: Set(req.max_attempts.unwrap_or(3)),
@@ -370,6 +416,7 @@ pub async fn patch(
     Json(mut req): Json<PatchService>,
 ) -> ApiResult<axum::Json<ServiceView>> {
     user.require(Role::Operator)?;
+    check_models(req.model_aliases.as_ref(), req.model_allow.as_ref())?;
     check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
     check_limits(req.request_timeout_ms, req.max_attempts)?;
     let pool = pool_of!(req);
@@ -388,6 +435,12 @@ pub async fn patch(
     }
     if let Some(r) = req.responses {
         am.responses = Set(r.as_str().into());
+    }
+    if let Some(a) = req.model_aliases.take() {
+        am.model_aliases = Set(serde_json::json!(a));
+    }
+    if let Some(l) = req.model_allow.take() {
+        am.model_allow = Set(serde_json::json!(l));
     }
     if let Some(h) = req.auth_header {
         am.auth_header = Set(Some(h.to_ascii_lowercase()));

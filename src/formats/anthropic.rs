@@ -47,7 +47,7 @@ pub fn error_type(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::BadAccessKey => "authentication_error",
         ErrorKind::SlugNotAllowed => "permission_error",
-        ErrorKind::UnknownSlug => "not_found_error",
+        ErrorKind::UnknownSlug | ErrorKind::ModelNotAllowed => "not_found_error",
         ErrorKind::BodyTooLarge => "request_too_large",
         ErrorKind::BadRequest | ErrorKind::ClientTimeout => "invalid_request_error",
         ErrorKind::RateLimited | ErrorKind::UpstreamRateLimited => "rate_limit_error",

@@ -42,7 +42,7 @@ pub fn status_name(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::BadAccessKey => "UNAUTHENTICATED",
         ErrorKind::SlugNotAllowed => "PERMISSION_DENIED",
-        ErrorKind::UnknownSlug => "NOT_FOUND",
+        ErrorKind::UnknownSlug | ErrorKind::ModelNotAllowed => "NOT_FOUND",
         ErrorKind::BodyTooLarge | ErrorKind::BadRequest => "INVALID_ARGUMENT",
         ErrorKind::ClientTimeout | ErrorKind::UpstreamTimeout => "DEADLINE_EXCEEDED",
         ErrorKind::NoUsableKey => "UNAVAILABLE",

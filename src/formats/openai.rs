@@ -56,6 +56,7 @@ pub fn error_type(kind: ErrorKind) -> &'static str {
         ErrorKind::BadAccessKey => "authentication_error",
         ErrorKind::SlugNotAllowed => "permission_error",
         ErrorKind::UnknownSlug => "not_found_error",
+        ErrorKind::ModelNotAllowed => "invalid_request_error",
         ErrorKind::BodyTooLarge | ErrorKind::BadRequest | ErrorKind::ClientTimeout => {
             "invalid_request_error"
         }

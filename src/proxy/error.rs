@@ -19,6 +19,8 @@ pub enum ErrorKind {
     UpstreamRateLimited,
     NoUsableKey,
     UpstreamTimeout,
+    /// The service does not offer the model the client asked for (its allow-list).
+    ModelNotAllowed,
     /// The request already passed through this keygate deployment: a service points back at it.
     LoopDetected,
     Internal,
@@ -39,6 +41,7 @@ impl ErrorKind {
             Self::NoUsableKey => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::LoopDetected => StatusCode::LOOP_DETECTED,
+            Self::ModelNotAllowed => StatusCode::NOT_FOUND,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -58,6 +61,7 @@ impl ErrorKind {
             Self::NoUsableKey => "no_usable_key",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::LoopDetected => "loop_detected",
+            Self::ModelNotAllowed => "model_not_found",
             Self::Internal => "internal",
         }
     }

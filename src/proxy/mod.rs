@@ -18,6 +18,7 @@ pub mod headers;
 pub mod ingress;
 pub mod leases;
 pub mod meter;
+pub mod models;
 pub mod translate;
 pub mod usage;
 
@@ -132,6 +133,9 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
         && !b.is_empty()
     {
         fin.model = fin.client_fmt.model_in_body(b);
+    }
+    if let Err(e) = models::apply(&mut fin, &mut adm, &mut body) {
+        return fin.fail(e);
     }
     if translate::counts_locally(&fin, &adm) {
         fin.estimated = true;

@@ -16,4 +16,5 @@ mod pipeline;
 mod polyglot;
 mod pool;
 mod proxy;
+mod routing;
 mod sinks;
