@@ -1239,21 +1239,8 @@ mod tests {
         serde_json::from_str(s).unwrap()
     }
 
-    /// Feeds an SSE transcript through `SseReader` and the decoder in chunks of `size` bytes.
     fn decode_stream(transcript: &str, size: usize) -> Vec<StreamEvent> {
-        let (mut reader, mut dec) = (SseReader::new(), Decoder::default());
-        let (mut sse, mut out) = (Vec::new(), Vec::new());
-        for chunk in transcript.as_bytes().chunks(size) {
-            reader.feed(chunk, &mut sse);
-            for e in sse.drain(..) {
-                dec.event(e.event.as_deref(), &e.data, &mut out);
-            }
-        }
-        reader.finish(&mut sse);
-        for e in sse.drain(..) {
-            dec.event(e.event.as_deref(), &e.data, &mut out);
-        }
-        out
+        crate::formats::sse::decode_in_chunks(&mut Decoder::default(), transcript.as_bytes(), size)
     }
 
     fn encode_stream(events: &[StreamEvent]) -> Vec<u8> {

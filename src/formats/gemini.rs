@@ -1503,7 +1503,6 @@ pub fn embeddings_response_from_openai(method: &str, body: &[u8]) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::sse::SseReader;
 
     const CLIENT_REQUEST: &str = include_str!("../../tests/fixtures/gemini/client_request.json");
     const UPSTREAM_REQUEST: &str =
@@ -1923,20 +1922,8 @@ mod tests {
         );
     }
 
-    /// Feeds `bytes` through the SSE reader in chunks of `size` and then the decoder.
     fn decode_stream(bytes: &[u8], size: usize) -> Vec<StreamEvent> {
-        let mut reader = SseReader::new();
-        let mut dec = Decoder::default();
-        let mut sse = Vec::new();
-        for chunk in bytes.chunks(size) {
-            reader.feed(chunk, &mut sse);
-        }
-        reader.finish(&mut sse);
-        let mut out = Vec::new();
-        for e in &sse {
-            dec.event(e.event.as_deref(), &e.data, &mut out);
-        }
-        out
+        crate::formats::sse::decode_in_chunks(&mut Decoder::default(), bytes, size)
     }
 
     #[test]

@@ -1352,23 +1352,8 @@ mod tests {
         serde_json::from_slice(b).unwrap()
     }
 
-    /// Feeds a transcript in pieces of `step` bytes, so events and UTF-8 split anywhere.
     fn decode_stream(transcript: &str, step: usize) -> Vec<StreamEvent> {
-        let mut reader = SseReader::new();
-        let mut dec = Decoder::default();
-        let mut sse = Vec::new();
-        let mut out = Vec::new();
-        for piece in transcript.as_bytes().chunks(step) {
-            reader.feed(piece, &mut sse);
-            for e in sse.drain(..) {
-                dec.event(e.event.as_deref(), &e.data, &mut out);
-            }
-        }
-        reader.finish(&mut sse);
-        for e in sse.drain(..) {
-            dec.event(e.event.as_deref(), &e.data, &mut out);
-        }
-        out
+        crate::formats::sse::decode_in_chunks(&mut Decoder::default(), transcript.as_bytes(), step)
     }
 
     /// Encodes canonical events and reads the client's stream back as its `data:` payloads.

@@ -956,12 +956,7 @@ mod tests {
     }
 
     fn decode_stream(transcript: &[u8], step: usize) -> Vec<StreamEvent> {
-        let mut dec = Decoder::default();
-        let mut out = Vec::new();
-        for e in sse(transcript, step) {
-            dec.event(e.event.as_deref(), &e.data, &mut out);
-        }
-        out
+        crate::formats::sse::decode_in_chunks(&mut Decoder::default(), transcript, step)
     }
 
     /// The client's stream as (event name, data) pairs, checking the framing on the way.

@@ -88,6 +88,29 @@ impl SseReader {
     }
 }
 
+/// Feeds a recorded stream through the reader in chunks of `size` bytes (so events and UTF-8
+/// split anywhere) and each event into `dec`: what a format's decoder tests all need.
+#[cfg(test)]
+pub(crate) fn decode_in_chunks(
+    dec: &mut dyn super::canonical::StreamDecoder,
+    bytes: &[u8],
+    size: usize,
+) -> Vec<super::canonical::StreamEvent> {
+    let mut reader = SseReader::new();
+    let (mut sse, mut out) = (Vec::new(), Vec::new());
+    for chunk in bytes.chunks(size) {
+        reader.feed(chunk, &mut sse);
+        for e in sse.drain(..) {
+            dec.event(e.event.as_deref(), &e.data, &mut out);
+        }
+    }
+    reader.finish(&mut sse);
+    for e in sse.drain(..) {
+        dec.event(e.event.as_deref(), &e.data, &mut out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
