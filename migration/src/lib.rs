@@ -5,6 +5,7 @@ mod m20261122_000001_initial;
 mod m20261122_000002_key_pool;
 mod m20261122_000003_money_micros;
 mod m20261122_000004_service_responses;
+mod m20261122_000005_routing;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_key_pool::Migration),
             Box::new(m20261122_000003_money_micros::Migration),
             Box::new(m20261122_000004_service_responses::Migration),
+            Box::new(m20261122_000005_routing::Migration),
         ]
     }
 }

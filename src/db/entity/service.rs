@@ -28,6 +28,25 @@ pub struct Model {
     /// Retry policy as `domain::RetryOn::to_db` writes it (`auth,rate_limit,408`); rows from before
     /// retry classes hold statuses (`401,429,5xx`), which `RetryOn::from_db` still reads.
     pub retry_on: String,
+    /// Router services: `[{"model": glob, "targets": [slug, ...]}]` (see `proxy::router`).
+    pub routes: Option<Json>,
+    /// `none` | `session`.
+    pub affinity: String,
+    pub affinity_header: Option<String>,
+    pub affinity_ttl_s: i32,
+    /// Outbound proxy URL (`http://`, `https://`, `socks5://`); may hold credentials.
+    pub egress_proxy: Option<String>,
+    /// Extra headers sent upstream: `{"name": "value"}`.
+    pub upstream_headers: Option<Json>,
+    /// PEM of a private CA the upstream's certificate may chain to.
+    pub tls_ca_pem: Option<String>,
+    /// Azure OpenAI: the `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// Azure OpenAI: the path a model's calls go to, `{model}` replaced by the deployment.
+    pub deployment_path: Option<String>,
+    /// Scheduled validation of out-of-rotation keys (None = off).
+    pub validate_interval_s: Option<i32>,
+    pub validate_concurrency: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -21,6 +21,12 @@ pub struct Model {
     pub last_used_at: Option<DateTimeUtc>,
     pub last_error: Option<String>,
     pub consecutive_failures: i32,
+    /// Outbound proxy for this key only (overrides the service's); may hold credentials.
+    pub egress_proxy: Option<String>,
+    /// Relative price of this key (1.0 = list price): the `cost` strategy picks the lowest.
+    pub cost_factor: f64,
+    pub validated_at: Option<DateTimeUtc>,
+    pub validation_error: Option<String>,
     pub created_at: DateTimeUtc,
 }
 
