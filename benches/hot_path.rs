@@ -23,6 +23,7 @@ fn keys(n: usize) -> KeySet {
                 rpm: None,
                 tpm: None,
                 balance: None,
+                cost_ppm: 1_000_000,
             })
             .collect(),
     )
@@ -47,6 +48,7 @@ fn acquire_release(c: &mut Criterion) {
                 lease_ttl_ms: 60_000,
                 client: None,
                 price: None,
+                session: None,
             };
             let ok = Usage {
                 success: true,

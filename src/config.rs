@@ -215,6 +215,7 @@ impl Config {
             upstream_wide_window_ms: p.upstream_wide_window_ms,
             upstream_wide_percent: p.upstream_wide_percent.clamp(1, 100),
             probe_lock_ms: p.recovery_ms.max(1_000),
+            ..Default::default()
         }
     }
 

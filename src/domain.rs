@@ -50,20 +50,36 @@ pub enum Kind {
     Anthropic,
     Gemini,
     Rest,
+    /// Routes requests by model to other slugs (`routes`), with fallbacks; has no keys.
+    Router,
 }
 
-names!(Kind { OpenAi => "openai", Anthropic => "anthropic", Gemini => "gemini", Rest => "rest" });
+names!(Kind { OpenAi => "openai", Anthropic => "anthropic", Gemini => "gemini", Rest => "rest", Router => "router" });
 
 impl Kind {
     /// Upstream auth header and value template used when the service sets none.
     pub fn default_auth(self) -> (&'static str, &'static str) {
         match self {
-            Self::OpenAi | Self::Rest => ("authorization", "Bearer {key}"),
+            Self::OpenAi | Self::Rest | Self::Router => ("authorization", "Bearer {key}"),
             Self::Anthropic => ("x-api-key", "{key}"),
             Self::Gemini => ("x-goog-api-key", "{key}"),
         }
     }
 }
+
+/// Whether a service keeps a client's session on one key (so the provider's prompt cache hits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Affinity {
+    /// Keys are picked by the strategy alone.
+    #[default]
+    None,
+    /// A request naming a session (the `affinity_header`, `prompt_cache_key`, `user` or
+    /// `metadata.user_id`) goes to the session's key while it is usable.
+    Session,
+}
+
+names!(Affinity { None => "none", Session => "session" });
 
 /// How an `openai` service serves the Responses API (`/v1/responses`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
@@ -100,6 +116,12 @@ pub enum Strategy {
     Random,
     /// Highest remaining balance first; keys whose balance is below the price are skipped.
     Balance,
+    /// Power of two choices over each key's peak-EWMA latency times its requests in flight.
+    Latency,
+    /// A weighted draw by each key's weight times its recent success rate, squared.
+    SuccessRate,
+    /// The key with the lowest `cost_factor`; ties in round-robin order.
+    Cost,
 }
 
 names!(Strategy {
@@ -108,6 +130,9 @@ names!(Strategy {
     LeastUsed => "least_used",
     Random => "random",
     Balance => "balance",
+    Latency => "latency",
+    SuccessRate => "success_rate",
+    Cost => "cost",
 });
 
 impl Strategy {
@@ -119,6 +144,9 @@ impl Strategy {
             Self::LeastUsed => "least_used",
             Self::Random => "random",
             Self::Balance => "balance",
+            Self::Latency => "latency",
+            Self::SuccessRate => "success_rate",
+            Self::Cost => "cost",
         }
     }
 }
@@ -449,14 +477,26 @@ mod tests {
 
     #[test]
     fn wire_names_are_the_ones_operators_already_use() {
-        assert_eq!(Kind::ALL, ["openai", "anthropic", "gemini", "rest"]);
+        assert_eq!(
+            Kind::ALL,
+            ["openai", "anthropic", "gemini", "rest", "router"]
+        );
         for k in [Kind::OpenAi, Kind::Anthropic, Kind::Gemini, Kind::Rest] {
             assert_eq!(wire(k), k.as_str());
             assert_eq!(Kind::parse(k.as_str()), Some(k));
         }
         assert_eq!(
             Strategy::ALL,
-            ["round_robin", "weighted", "least_used", "random", "balance"]
+            [
+                "round_robin",
+                "weighted",
+                "least_used",
+                "random",
+                "balance",
+                "latency",
+                "success_rate",
+                "cost"
+            ]
         );
         for s in Strategy::ALL.map(|s| Strategy::parse(s).unwrap()) {
             assert_eq!(wire(s), s.as_str());

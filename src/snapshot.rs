@@ -42,6 +42,10 @@ pub struct ServiceRt {
     pub responses: crate::domain::ResponsesMode,
     /// Model aliases and allow-list.
     pub models: crate::proxy::models::ModelRules,
+    /// Router services: routes by model to target slugs (empty for other kinds).
+    pub routes: crate::proxy::router::Routes,
+    /// Session affinity, when the service binds sessions to keys.
+    pub affinity: Option<crate::proxy::affinity::Affinity>,
     /// Per-key concurrency cap.
     pub cap: Option<u32>,
     pub enabled: bool,
@@ -56,6 +60,15 @@ pub struct AccessKeyRt {
     pub slugs: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub limits: ClientLimits,
+}
+
+/// A key's cost factor in millionths, clamped to what the store takes.
+fn cost_ppm(factor: f64) -> u32 {
+    if factor.is_finite() && factor >= 0.0 {
+        (factor * 1e6).round().min(u32::MAX as f64) as u32
+    } else {
+        crate::coord::LIST_PRICE_PPM
+    }
 }
 
 #[derive(Default)]
@@ -92,6 +105,7 @@ impl Snapshot {
                         rpm: limit(k.rpm),
                         tpm: limit(k.tpm),
                         balance: k.balance_micros,
+                        cost_ppm: cost_ppm(k.cost_factor),
                     },
                 )),
                 Err(e) => tracing::error!(key_id = k.id, error = %e, "upstream key skipped"),
@@ -124,6 +138,7 @@ impl Snapshot {
             let ms = |v: i32| std::time::Duration::from_millis(v.max(1) as u64);
             let models =
                 crate::proxy::models::ModelRules::load(&s.slug, &s.model_aliases, &s.model_allow);
+            let routes = crate::proxy::router::Routes::load(&s.slug, s.routes.as_ref());
             out.services.insert(
                 s.slug.clone(),
                 Arc::new(ServiceRt {
@@ -144,6 +159,17 @@ impl Snapshot {
                     responses: crate::domain::ResponsesMode::parse(&s.responses)
                         .unwrap_or_default(),
                     models,
+                    routes,
+                    affinity: (s.affinity == "session").then(|| crate::proxy::affinity::Affinity {
+                        header: s
+                            .affinity_header
+                            .as_deref()
+                            .and_then(|h| HeaderName::try_from(h).ok())
+                            .unwrap_or_else(|| {
+                                HeaderName::from_static(crate::proxy::affinity::DEFAULT_HEADER)
+                            }),
+                        ttl_ms: s.affinity_ttl_s.max(1) as u64 * 1000,
+                    }),
                     cap: limit(s.key_concurrency),
                     enabled: s.enabled,
                     keys,

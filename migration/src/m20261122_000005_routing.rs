@@ -1,6 +1,7 @@
 //! Routing settings (#8): router routes, session affinity, egress (proxy, extra headers, private
 //! CA), Azure OpenAI options and scheduled key validation per service; per key an egress proxy,
-//! a cost factor for the `cost` strategy, and the result of the last validation.
+//! a cost factor for the `cost` strategy, and the result of the last validation; per request log
+//! row, the router's target slug that served it.
 use sea_orm_migration::{prelude::*, schema::*};
 
 #[derive(DeriveMigrationName)]
@@ -29,6 +30,12 @@ enum UpstreamKeys {
     CostFactor,
     ValidatedAt,
     ValidationError,
+}
+
+#[derive(DeriveIden)]
+enum RequestLogs {
+    Table,
+    Target,
 }
 
 #[async_trait::async_trait]
@@ -72,6 +79,13 @@ impl MigrationTrait for Migration {
             )
             .await?;
         }
+        m.alter_table(
+            Table::alter()
+                .table(RequestLogs::Table)
+                .add_column(string_null(RequestLogs::Target))
+                .to_owned(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -111,6 +125,13 @@ impl MigrationTrait for Migration {
             )
             .await?;
         }
+        m.alter_table(
+            Table::alter()
+                .table(RequestLogs::Table)
+                .drop_column(RequestLogs::Target)
+                .to_owned(),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -23,6 +23,8 @@ pub struct KeyView {
     pub key: String,
     pub label: Option<String>,
     pub weight: i32,
+    /// Relative price of this key (1 = list price); the `cost` strategy picks the lowest.
+    pub cost_factor: f64,
     /// Live across replicas.
     pub status: KeyStatus,
     /// When a cooling key returns to rotation (RFC 3339).
@@ -64,6 +66,7 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
         key: masked,
         label: k.label,
         weight: k.weight,
+        cost_factor: k.cost_factor,
         status,
         cooling_until,
         balance: k.balance_micros,
@@ -110,6 +113,9 @@ pub struct AddKeysResult {
 pub struct PatchKey {
     pub label: Option<String>,
     pub weight: Option<i32>,
+    /// Relative price of this key, 0 to 1000 (1 = list price, 0.5 = half): the `cost`
+    /// strategy picks the lowest.
+    pub cost_factor: Option<f64>,
     /// In currency units (a decimal string is accepted too); stored exactly, to 0.000001.
     #[serde(default, with = "crate::money::units_opt")]
     #[schema(value_type = Option<f64>)]
@@ -328,6 +334,14 @@ pub async fn patch(
             return Err(ApiError::BadRequest("weight: must be 1 to 1000".into()));
         }
         am.weight = Set(w);
+    }
+    if let Some(c) = req.cost_factor {
+        if !(0.0..=1000.0).contains(&c) {
+            return Err(ApiError::BadRequest(
+                "cost_factor: must be 0 to 1000".into(),
+            ));
+        }
+        am.cost_factor = Set(c);
     }
     // Range and sign were checked when the body was read (`money::units_opt`).
     if let Some(b) = req.balance {

@@ -8,7 +8,8 @@ use utoipa::ToSchema;
 use super::auth::{AuthUser, Role};
 use super::error::{ApiError, ApiResult, Json, List, Page, Problem};
 use crate::db::{self, entity::service};
-use crate::domain::{Kind, RetryOn, Strategy};
+use crate::domain::{Affinity, Kind, RetryOn, Strategy};
+use crate::proxy::router::RouteSpec;
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -28,6 +29,14 @@ pub struct ServiceView {
     pub model_aliases: std::collections::BTreeMap<String, String>,
     /// Globs of the models clients may call (empty = all).
     pub model_allow: Vec<String>,
+    /// Router services: routes in order, each a model glob and its target slugs in fallback
+    /// order (empty for other kinds).
+    pub routes: Vec<RouteSpec>,
+    pub affinity: Affinity,
+    /// Header a client names its session in (default `x-session-id`).
+    pub affinity_header: Option<String>,
+    /// How long a session stays bound to its key after its last request.
+    pub affinity_ttl_s: i32,
     pub request_timeout_ms: i32,
     pub total_timeout_ms: i32,
     pub max_attempts: i32,
@@ -62,6 +71,15 @@ impl TryFrom<service::Model> for ServiceView {
                 .map_err(|e| bad("model_aliases", e.to_string()))?,
             model_allow: serde_json::from_value(s.model_allow.clone())
                 .map_err(|e| bad("model_allow", e.to_string()))?,
+            routes: match &s.routes {
+                Some(r) => {
+                    serde_json::from_value(r.clone()).map_err(|e| bad("routes", e.to_string()))?
+                }
+                None => Vec::new(),
+            },
+            affinity: s.affinity.parse().map_err(|e| bad("affinity", e))?,
+            affinity_header: s.affinity_header.clone(),
+            affinity_ttl_s: s.affinity_ttl_s,
             retry_on: RetryOn::from_db(&s.retry_on).map_err(|e| bad("retry_on", e))?,
             id: s.id,
             tenant_id: s.tenant_id,
@@ -89,8 +107,9 @@ pub struct CreateService {
     /// `[a-z0-9][a-z0-9-]{0,62}`
     pub slug: String,
     pub kind: Kind,
-    /// For LLM kinds, includes the version segment (`https://api.openai.com/v1`).
-    pub base_url: String,
+    /// For LLM kinds, includes the version segment (`https://api.openai.com/v1`). Required for
+    /// every kind but `router`, which has none.
+    pub base_url: Option<String>,
     /// Default `round_robin`.
     pub strategy: Option<Strategy>,
     /// How Responses API calls reach an `openai` upstream (default `auto`).
@@ -101,6 +120,17 @@ pub struct CreateService {
     /// Globs of the models clients may call, e.g. `["gpt-4o*", "o3"]`; empty = all. A model
     /// outside it gets 404 (`model_not_found`) in the client's format.
     pub model_allow: Option<Vec<String>>,
+    /// Router services only: `[{"model": "gpt-*", "targets": ["openai", "backup"]}]`, first
+    /// match wins; targets are tried in order while they fail before answering. Targets must be
+    /// existing LLM slugs, not routers. Replaces the whole list.
+    pub routes: Option<Vec<RouteSpec>>,
+    /// `session` keeps a client's session on one key while it is usable (default `none`).
+    pub affinity: Option<Affinity>,
+    /// Header a client names its session in (default `x-session-id`).
+    pub affinity_header: Option<String>,
+    /// How long a session stays bound to its key after its last request, 1 to 86400 (default
+    /// 3600).
+    pub affinity_ttl_s: Option<i32>,
     pub name: Option<String>,
     /// Header that carries the upstream key (default per kind).
     pub auth_header: Option<String>,
@@ -161,6 +191,17 @@ pub struct PatchService {
     /// Globs of the models clients may call, e.g. `["gpt-4o*", "o3"]`; empty = all. A model
     /// outside it gets 404 (`model_not_found`) in the client's format.
     pub model_allow: Option<Vec<String>>,
+    /// Router services only: `[{"model": "gpt-*", "targets": ["openai", "backup"]}]`, first
+    /// match wins; targets are tried in order while they fail before answering. Targets must be
+    /// existing LLM slugs, not routers. Replaces the whole list.
+    pub routes: Option<Vec<RouteSpec>>,
+    /// `session` keeps a client's session on one key while it is usable (default `none`).
+    pub affinity: Option<Affinity>,
+    /// Header a client names its session in (default `x-session-id`).
+    pub affinity_header: Option<String>,
+    /// How long a session stays bound to its key after its last request, 1 to 86400 (default
+    /// 3600).
+    pub affinity_ttl_s: Option<i32>,
     pub auth_header: Option<String>,
     pub auth_format: Option<String>,
     pub request_timeout_ms: Option<i32>,
@@ -276,6 +317,62 @@ fn check_models(
     Ok(())
 }
 
+/// Every route's glob compiles and every target is an existing keyed LLM slug of the tenant:
+/// not a router (a router never routes to another), not a REST slug, not the router itself.
+async fn check_routes(
+    state: &AppState,
+    user: &AuthUser,
+    router: &str,
+    routes: &[RouteSpec],
+) -> ApiResult<serde_json::Value> {
+    for (i, r) in routes.iter().enumerate() {
+        crate::proxy::models::compile(&r.model)
+            .map_err(|e| ApiError::BadRequest(format!("routes[{i}].model: {e}")))?;
+        if r.targets.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "routes[{i}].targets: a route needs at least one target"
+            )));
+        }
+        for t in &r.targets {
+            if t == router {
+                return Err(ApiError::BadRequest(format!(
+                    "routes[{i}].targets: a router cannot route to itself"
+                )));
+            }
+            let target = find(state, user, t).await.map_err(|_| {
+                ApiError::BadRequest(format!("routes[{i}].targets: no service '{t}'"))
+            })?;
+            match target.kind.parse::<Kind>() {
+                Ok(Kind::Router) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "routes[{i}].targets: '{t}' is a router; a router never routes to another"
+                    )));
+                }
+                Ok(Kind::Rest) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "routes[{i}].targets: '{t}' is a REST slug, not an LLM one"
+                    )));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(serde_json::json!(routes))
+}
+
+fn check_affinity(header: Option<&str>, ttl_s: Option<i32>) -> ApiResult<()> {
+    if let Some(h) = header.filter(|h| !h.is_empty()) {
+        axum::http::HeaderName::try_from(h)
+            .map_err(|_| ApiError::BadRequest("affinity_header: not a valid header name".into()))?;
+    }
+    if ttl_s.is_some_and(|t| !(1..=86_400).contains(&t)) {
+        return Err(ApiError::BadRequest(
+            "affinity_ttl_s: must be 1 to 86400".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn check_auth(header: Option<&str>, format: Option<&str>) -> ApiResult<()> {
     if let Some(h) = header {
         axum::http::HeaderName::try_from(h)
@@ -346,8 +443,34 @@ pub async fn create(
             "slug: must match [a-z0-9][a-z0-9-]{0,62}".into(),
         ));
     }
-    let base_url = check_base_url(&req.base_url)?;
+    let base_url = match (req.kind, req.base_url.as_deref()) {
+        (Kind::Router, None) => String::new(),
+        (Kind::Router, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "base_url: a router has none; it sends requests to its routes' targets".into(),
+            ));
+        }
+        (_, Some(u)) => check_base_url(u)?,
+        (_, None) => return Err(ApiError::BadRequest("base_url: required".into())),
+    };
     check_models(req.model_aliases.as_ref(), req.model_allow.as_ref())?;
+    let routes = match (req.kind, req.routes.take()) {
+        (Kind::Router, Some(r)) if !r.is_empty() => {
+            Some(check_routes(&state, &user, &req.slug, &r).await?)
+        }
+        (Kind::Router, _) => {
+            return Err(ApiError::BadRequest(
+                "routes: a router needs at least one route".into(),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "routes: only a service of kind router has routes".into(),
+            ));
+        }
+        (_, None) => None,
+    };
+    check_affinity(req.affinity_header.as_deref(), req.affinity_ttl_s)?;
     check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
     check_limits(req.request_timeout_ms, req.max_attempts)?;
     let pool = pool_of!(req);
@@ -368,6 +491,10 @@ pub async fn create(
         model_allow: Set(serde_json::json!(
             req.model_allow.take().unwrap_or_default()
         )),
+        routes: Set(routes),
+        affinity: Set(req.affinity.unwrap_or_default().as_str().into()),
+        affinity_header: Set(req.affinity_header.map(|h| h.to_ascii_lowercase())),
+        affinity_ttl_s: Set(req.affinity_ttl_s.unwrap_or(3600)),
         connect_timeout_ms: Set(10_000),
         request_timeout_ms: Set(req.request_timeout_ms.unwrap_or(60_000)),
         max_attempts: Set(req.max_attempts.unwrap_or(3)),
@@ -419,9 +546,30 @@ pub async fn patch(
     check_models(req.model_aliases.as_ref(), req.model_allow.as_ref())?;
     check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
     check_limits(req.request_timeout_ms, req.max_attempts)?;
+    check_affinity(req.affinity_header.as_deref(), req.affinity_ttl_s)?;
     let pool = pool_of!(req);
     check_pool(&pool)?;
     let existing = find(&state, &user, &slug).await?;
+    let is_router = existing.kind == Kind::Router.as_str();
+    if is_router && req.base_url.is_some() {
+        return Err(ApiError::BadRequest(
+            "base_url: a router has none; it sends requests to its routes' targets".into(),
+        ));
+    }
+    let routes = match req.routes.take() {
+        Some(_) if !is_router => {
+            return Err(ApiError::BadRequest(
+                "routes: only a service of kind router has routes".into(),
+            ));
+        }
+        Some(r) if r.is_empty() => {
+            return Err(ApiError::BadRequest(
+                "routes: a router needs at least one route".into(),
+            ));
+        }
+        Some(r) => Some(check_routes(&state, &user, &slug, &r).await?),
+        None => None,
+    };
     let mut am: service::ActiveModel = existing.into();
     apply_pool(&mut am, pool);
     if let Some(n) = req.name {
@@ -441,6 +589,19 @@ pub async fn patch(
     }
     if let Some(l) = req.model_allow.take() {
         am.model_allow = Set(serde_json::json!(l));
+    }
+    if let Some(r) = routes {
+        am.routes = Set(Some(r));
+    }
+    if let Some(a) = req.affinity {
+        am.affinity = Set(a.as_str().into());
+    }
+    if let Some(h) = req.affinity_header {
+        // An empty name goes back to the default header.
+        am.affinity_header = Set(Some(h.to_ascii_lowercase()).filter(|h| !h.is_empty()));
+    }
+    if let Some(t) = req.affinity_ttl_s {
+        am.affinity_ttl_s = Set(t);
     }
     if let Some(h) = req.auth_header {
         am.auth_header = Set(Some(h.to_ascii_lowercase()));
@@ -465,7 +626,7 @@ pub async fn patch(
 /// Delete a service and its keys.
 #[utoipa::path(delete, path = "/admin/services/{slug}", tag = "services",
     security(("bearer" = [])), params(("slug" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
     user: AuthUser,
@@ -473,6 +634,11 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     user.require(Role::Operator)?;
     let s = find(&state, &user, &slug).await?;
+    if let Some(router) = db::services::routers_targeting(&state.db, &slug).await? {
+        return Err(ApiError::Conflict(format!(
+            "'{slug}' is a target of router '{router}'; remove it from the router's routes first"
+        )));
+    }
     let key_ids = db::keys::ids_of_service(&state.db, s.id).await?;
     db::services::delete(&state.db, s.id).await?;
     for id in key_ids {

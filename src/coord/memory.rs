@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::{
-    Acquire, AcquireReq, DAY_MS, Fault, Lease, LiveState, MINUTE_MS, Policy, Remaining, Report,
-    Strategy, Usage, gcra, new_lease_id, now_ms,
+    Acquire, AcquireReq, DAY_MS, Fault, Lease, LiveState, MINUTE_MS, Observed, Policy, Remaining,
+    Report, Strategy, Usage, gcra, new_lease_id, now_ms,
 };
 
 #[derive(Clone, Default)]
@@ -28,6 +28,8 @@ struct State {
     services: HashMap<i64, SvcState>,
     keys: HashMap<i64, KeyState>,
     clients: HashMap<i64, ClientState>,
+    /// (service, session hash) -> (bound key id, expiry ms)
+    sessions: HashMap<(i64, String), (i64, i64)>,
 }
 
 #[derive(Default)]
@@ -56,6 +58,7 @@ struct KeyState {
     bal: Option<i64>,
     tat_rpm: f64,
     tat_tpm: f64,
+    obs: Observed,
 }
 
 /// A usable key, as evaluated for one acquire.
@@ -68,6 +71,7 @@ struct Cand {
     bal: Option<i64>,
     probe: bool,
     new_krpm: Option<f64>,
+    obs: Observed,
 }
 
 #[derive(Default)]
@@ -156,7 +160,7 @@ impl MemoryStore {
         let price = req.price.unwrap_or(0);
         let strategy = req.strategy;
         let mut at_cap = false;
-        // Evaluates key i: a candidate when it is usable now (same rules as acquire_v3.lua).
+        // Evaluates key i: a candidate when it is usable now (same rules as acquire_v4.lua).
         let mut eval = |keys: &HashMap<i64, KeyState>, i: usize| -> Option<Cand> {
             let spec = &req.keys[i];
             if req.excluded.contains(&spec.id) {
@@ -205,35 +209,51 @@ impl MemoryStore {
                 bal,
                 probe,
                 new_krpm,
+                obs: k.map(|k| k.obs).unwrap_or_default(),
             })
         };
 
         let n = req.keys.len();
-        let c: Cand = match strategy {
-            Strategy::RoundRobin => {
-                // First usable key from the cursor, which then moves just past it.
-                let start = st.services.entry(req.service_id).or_default().rr as usize % n;
-                let found = (0..n)
-                    .map(|j| (start + j) % n)
-                    .find_map(|i| eval(&st.keys, i));
-                if let Some(c) = &found {
-                    st.services.entry(req.service_id).or_default().rr = ((c.i + 1) % n) as u64;
+        let policy = &self.inner.policy;
+        let rnd = rand::random::<u32>() as u64;
+        // First usable key scanning from `start` (0-based), as `first_from` in the script.
+        let first_from = |eval: &mut dyn FnMut(&HashMap<i64, KeyState>, usize) -> Option<Cand>,
+                          keys: &HashMap<i64, KeyState>,
+                          start: usize| {
+            (0..n).map(|j| (start + j) % n).find_map(|i| eval(keys, i))
+        };
+        let found: Option<Cand> = if let Some(sess) = req.session {
+            let slot = (req.service_id, sess.id.clone());
+            let bound = st
+                .sessions
+                .get(&slot)
+                .filter(|(_, exp)| *exp > now)
+                .and_then(|(kid, _)| req.keys.iter().position(|k| k.id == *kid));
+            let found = match bound {
+                Some(at) => eval(&st.keys, at).or_else(|| first_from(&mut eval, &st.keys, at + 1)),
+                None => first_from(&mut eval, &st.keys, (sess.start % n as u64) as usize),
+            };
+            if let Some(c) = &found {
+                if st.sessions.len() >= 4096 {
+                    st.sessions.retain(|_, (_, exp)| *exp > now);
                 }
-                match found {
-                    Some(c) => c,
-                    None if at_cap => return Acquire::AtCapacity,
-                    None => return Acquire::NoKey,
-                }
+                st.sessions
+                    .insert(slot, (req.keys[c.i].id, now + sess.ttl_ms as i64));
             }
-            _ => {
-                let mut cands: Vec<Cand> = (0..n).filter_map(|i| eval(&st.keys, i)).collect();
-                if cands.is_empty() {
-                    return if at_cap {
-                        Acquire::AtCapacity
-                    } else {
-                        Acquire::NoKey
-                    };
-                }
+            found
+        } else if strategy == Strategy::RoundRobin {
+            // First usable key from the cursor, which then moves just past it.
+            let start = st.services.entry(req.service_id).or_default().rr as usize % n;
+            let found = first_from(&mut eval, &st.keys, start);
+            if let Some(c) = &found {
+                st.services.entry(req.service_id).or_default().rr = ((c.i + 1) % n) as u64;
+            }
+            found
+        } else {
+            let mut cands: Vec<Cand> = (0..n).filter_map(|i| eval(&st.keys, i)).collect();
+            if cands.is_empty() {
+                None
+            } else {
                 let best = match strategy {
                     Strategy::Weighted => {
                         let mut total = 0i64;
@@ -254,7 +274,7 @@ impl MemoryStore {
                         }
                         best
                     }
-                    Strategy::Random => rand::random::<u32>() as usize % cands.len(),
+                    Strategy::Random => rnd as usize % cands.len(),
                     Strategy::LeastUsed => {
                         let mut best = 0usize;
                         for (j, c) in cands.iter().enumerate() {
@@ -267,7 +287,59 @@ impl MemoryStore {
                         }
                         best
                     }
-                    _ => {
+                    Strategy::Latency => {
+                        // Power of two choices, as the script.
+                        let m = cands.len();
+                        if m == 1 {
+                            0
+                        } else {
+                            let a = rnd as usize % m;
+                            let b = (a + 1 + (rnd as usize / m) % (m - 1)) % m;
+                            let cost = |c: &Cand| c.obs.latency_cost(now, c.inflight, policy);
+                            if cost(&cands[b]) < cost(&cands[a]) {
+                                b
+                            } else {
+                                a
+                            }
+                        }
+                    }
+                    Strategy::SuccessRate => {
+                        let ws: Vec<f64> = cands
+                            .iter()
+                            .map(|c| req.keys[c.i].weight.max(1) as f64 * c.obs.success_weight())
+                            .collect();
+                        let mut x = rnd as f64 / 4_294_967_296.0 * ws.iter().sum::<f64>();
+                        let mut best = cands.len() - 1;
+                        for (j, w) in ws.iter().enumerate() {
+                            x -= w;
+                            if x < 0.0 {
+                                best = j;
+                                break;
+                            }
+                        }
+                        best
+                    }
+                    Strategy::Cost => {
+                        // The lowest cost factor; ties in round-robin order from the cursor.
+                        let cheapest = cands
+                            .iter()
+                            .map(|c| req.keys[c.i].cost_ppm)
+                            .min()
+                            .unwrap_or_default();
+                        let svc = st.services.entry(req.service_id).or_default();
+                        let start = svc.rr as usize % n;
+                        let best = (0..n)
+                            .map(|j| (start + j) % n)
+                            .find_map(|i| {
+                                cands
+                                    .iter()
+                                    .position(|c| c.i == i && req.keys[i].cost_ppm == cheapest)
+                            })
+                            .unwrap_or(0);
+                        svc.rr = ((cands[best].i + 1) % n) as u64;
+                        best
+                    }
+                    Strategy::Balance | Strategy::RoundRobin => {
                         let mut best = 0usize;
                         for (j, c) in cands.iter().enumerate() {
                             if c.bal.unwrap_or(-1) > cands[best].bal.unwrap_or(-1) {
@@ -277,8 +349,13 @@ impl MemoryStore {
                         best
                     }
                 };
-                cands.swap_remove(best)
+                Some(cands.swap_remove(best))
             }
+        };
+        let c = match found {
+            Some(c) => c,
+            None if at_cap => return Acquire::AtCapacity,
+            None => return Acquire::NoKey,
         };
 
         if let Some(c) = req.client {
@@ -337,6 +414,10 @@ impl MemoryStore {
         let st = &mut *guard;
         Self::drop_lease(st, lease);
         let k = st.keys.entry(lease.key_id).or_default();
+        if let Some(l) = u.latency_ms {
+            // The key answered: a good answer for its success rate, whatever the status.
+            k.obs.observe(now, Some(l), true, &self.inner.policy);
+        }
         if u.success {
             k.fails = 0;
             k.cool_n = 0;
@@ -354,7 +435,7 @@ impl MemoryStore {
         if u.cost > 0
             && let Some(db) = u.key_balance
         {
-            // Integer micros, as HINCRBY in release_v3.lua: a debit is exact.
+            // Integer micros, as HINCRBY in release_v4.lua: a debit is exact.
             k.bal = Some(k.bal.unwrap_or(db).saturating_sub(u.cost));
         }
         if u.tokens > 0
@@ -384,6 +465,7 @@ impl MemoryStore {
         lease: Option<&Lease>,
         fault: Fault,
         n_keys: usize,
+        took_ms: Option<u64>,
     ) -> Report {
         let now = now_ms();
         let p = self.inner.policy;
@@ -408,6 +490,7 @@ impl MemoryStore {
             };
         }
         let k = st.keys.entry(key_id).or_default();
+        k.obs.observe(now, took_ms, false, &p);
         let report = |k: &KeyState, b: Option<i64>| Report {
             fails: k.fails,
             until: k.until,

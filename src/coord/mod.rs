@@ -23,7 +23,12 @@ pub struct KeySpec {
     pub tpm: Option<u32>,
     /// Balance recorded in the database, in micro-units (`crate::money`); seeds the live balance.
     pub balance: Option<i64>,
+    /// Relative price of the key in millionths (1_000_000 = list price), for the `cost` strategy.
+    pub cost_ppm: u32,
 }
+
+/// A key's cost factor at list price.
+pub const LIST_PRICE_PPM: u32 = 1_000_000;
 
 /// A service's keys as the store is given them, with the compact form the Lua script takes built
 /// once (when the config snapshot loads), not per request.
@@ -32,7 +37,8 @@ pub struct KeySet {
     pub specs: Vec<KeySpec>,
     /// `id,id,...` in list order.
     ids_csv: String,
-    /// `index:weight:rpm:tpm:balance;...` for keys with anything but the defaults (1-based index).
+    /// `index:weight:rpm:tpm:balance:cost;...` for keys with anything but the defaults (1-based
+    /// index).
     overrides: String,
 }
 
@@ -47,16 +53,21 @@ impl KeySet {
             .iter()
             .enumerate()
             .filter(|(_, k)| {
-                k.weight > 1 || k.rpm.is_some() || k.tpm.is_some() || k.balance.is_some()
+                k.weight > 1
+                    || k.rpm.is_some()
+                    || k.tpm.is_some()
+                    || k.balance.is_some()
+                    || k.cost_ppm != LIST_PRICE_PPM
             })
             .map(|(i, k)| {
                 format!(
-                    "{}:{}:{}:{}:{}",
+                    "{}:{}:{}:{}:{}:{}",
                     i + 1,
                     k.weight.max(1),
                     k.rpm.unwrap_or(0),
                     k.tpm.unwrap_or(0),
-                    k.balance.map(|b| b.to_string()).unwrap_or_default()
+                    k.balance.map(|b| b.to_string()).unwrap_or_default(),
+                    k.cost_ppm
                 )
             })
             .collect::<Vec<_>>()
@@ -115,6 +126,10 @@ pub struct Policy {
     pub upstream_wide_percent: u32,
     /// How long a half-open trial holds the key before another trial may start.
     pub probe_lock_ms: u64,
+    /// Time constant of the peak-EWMA latency the `latency` strategy reads.
+    pub latency_tau_ms: u64,
+    /// Time constant of the decayed success counts the `success_rate` strategy reads.
+    pub success_tau_ms: u64,
 }
 
 impl Default for Policy {
@@ -127,6 +142,8 @@ impl Default for Policy {
             upstream_wide_window_ms: 10_000,
             upstream_wide_percent: 60,
             probe_lock_ms: 30_000,
+            latency_tau_ms: 10_000,
+            success_tau_ms: 60_000,
         }
     }
 }
@@ -146,6 +163,35 @@ pub struct AcquireReq<'a> {
     pub client: Option<ClientLimits>,
     /// Price of the request in micro-units when known (balance strategy).
     pub price: Option<i64>,
+    /// Session affinity: the request's session, when the service binds sessions to keys.
+    pub session: Option<&'a Session>,
+}
+
+/// A session bound to a key (session affinity), named by a hash so that client identifiers never
+/// reach the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Hex of a hash of the service and the client's session key.
+    pub id: String,
+    /// Where an unbound session starts looking for a key: the same on every replica.
+    pub start: u64,
+    pub ttl_ms: u64,
+}
+
+impl Session {
+    pub fn new(service_id: i64, key: &str, ttl_ms: u64) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(service_id.to_be_bytes());
+        h.update(key.as_bytes());
+        let d = h.finalize();
+        let start = u64::from_be_bytes(d[..8].try_into().unwrap_or_default());
+        Self {
+            id: hex::encode(&d[..16]),
+            start,
+            ttl_ms,
+        }
+    }
 }
 
 /// Remaining allowance of the client, for `x-ratelimit-*` headers (None = no such limit).
@@ -238,6 +284,9 @@ pub struct Usage {
     pub client: Option<ClientLimits>,
     /// The key's balance in the database, in micro-units: seeds the live balance on first use.
     pub key_balance: Option<i64>,
+    /// Milliseconds from sending to the answer's head; None when the key was not observed (its
+    /// answer never came, or the request ended before it).
+    pub latency_ms: Option<u64>,
 }
 
 /// Live state of a key, for the admin API.
@@ -332,9 +381,26 @@ impl Coord {
         fault: Fault,
         n_keys: usize,
     ) -> Result<Report, CoordError> {
+        self.report_timed(service_id, key_id, lease, fault, n_keys, None)
+            .await
+    }
+
+    /// `report` of a failed attempt that took `took_ms` (the latency strategy counts it).
+    pub async fn report_timed(
+        &self,
+        service_id: i64,
+        key_id: i64,
+        lease: Option<&Lease>,
+        fault: Fault,
+        n_keys: usize,
+        took_ms: Option<u64>,
+    ) -> Result<Report, CoordError> {
         match self {
-            Self::Memory(m) => Ok(m.report(service_id, key_id, lease, fault, n_keys)),
-            Self::Redis(r) => r.report(service_id, key_id, lease, fault, n_keys).await,
+            Self::Memory(m) => Ok(m.report(service_id, key_id, lease, fault, n_keys, took_ms)),
+            Self::Redis(r) => {
+                r.report(service_id, key_id, lease, fault, n_keys, took_ms)
+                    .await
+            }
         }
     }
 
@@ -389,6 +455,58 @@ pub fn now_ms() -> i64 {
 
 pub(crate) fn new_lease_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// What the strategies know of a key from its past answers (the fields `observe` in the Lua
+/// scripts keeps).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Observed {
+    /// Peak-EWMA latency in ms at `lat_t` (None = never observed).
+    pub lat: Option<f64>,
+    pub lat_t: i64,
+    pub sr_ok: f64,
+    pub sr_n: f64,
+    pub sr_t: i64,
+}
+
+impl Observed {
+    /// One answer (`ok`) or failed attempt, `rtt` ms after it was sent when timed.
+    pub fn observe(&mut self, now: i64, rtt: Option<u64>, ok: bool, p: &Policy) {
+        if let Some(rtt) = rtt {
+            let rtt = rtt as f64;
+            self.lat = Some(match self.lat {
+                Some(lat) if rtt <= lat => {
+                    let w = decay(now - self.lat_t, p.latency_tau_ms);
+                    lat * w + rtt * (1.0 - w)
+                }
+                _ => rtt,
+            });
+            self.lat_t = now;
+        }
+        let w = if self.sr_t == 0 {
+            1.0
+        } else {
+            decay(now - self.sr_t, p.success_tau_ms)
+        };
+        self.sr_n = self.sr_n * w + 1.0;
+        self.sr_ok = self.sr_ok * w + if ok { 1.0 } else { 0.0 };
+        self.sr_t = now;
+    }
+
+    /// The latency strategy's cost: the EWMA decayed to `now`, times requests in flight + 1.
+    pub fn latency_cost(&self, now: i64, inflight: u32, p: &Policy) -> f64 {
+        self.lat.unwrap_or(0.0) * decay(now - self.lat_t, p.latency_tau_ms) * (inflight + 1) as f64
+    }
+
+    /// The success_rate strategy's weight factor: the Laplace-smoothed rate, squared.
+    pub fn success_weight(&self) -> f64 {
+        let r = (self.sr_ok + 1.0) / (self.sr_n + 2.0);
+        r * r
+    }
+}
+
+fn decay(elapsed_ms: i64, tau_ms: u64) -> f64 {
+    (-(elapsed_ms.max(0) as f64) / tau_ms.max(1) as f64).exp()
 }
 
 const MINUTE_MS: f64 = 60_000.0;

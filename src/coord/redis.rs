@@ -1,10 +1,10 @@
 //! Redis coordination store for many replicas. Every change happens inside a Lua script whose file
-//! name carries a version (`acquire_v3`), so a rolling deploy never runs changed logic under an old
+//! name carries a version (`acquire_v4`), so a rolling deploy never runs changed logic under an old
 //! name; scripts are loaded at start and called by SHA (EVALSHA, falling back to EVAL). Each
 //! script's header documents its KEYS, ARGV and reply, which the methods here read.
 //!
 //! Layout under the configured prefix: `s:<service>` (cursor, backoff), `s:<service>:leases`,
-//! `s:<service>:429`, `k:<key>` (health, leases in flight, limits, live balance), `a:<access key>`
+//! `s:<service>:429`, `s:<service>:aff:<session hash>` (session affinity), `k:<key>` (health, leases in flight, limits, live balance), `a:<access key>`
 //! (client limits), `cfgver`. Keys are computed inside scripts, so Redis Cluster is not supported;
 //! use a single primary (with replicas or Sentinel).
 use std::time::Duration;
@@ -53,9 +53,9 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             policy,
-            acquire: Script::new(include_str!("lua/acquire_v3.lua")),
-            release: Script::new(include_str!("lua/release_v3.lua")),
-            report: Script::new(include_str!("lua/report_v2.lua")),
+            acquire: Script::new(include_str!("lua/acquire_v4.lua")),
+            release: Script::new(include_str!("lua/release_v4.lua")),
+            report: Script::new(include_str!("lua/report_v3.lua")),
             renew: Script::new(include_str!("lua/renew_v2.lua")),
         };
         let mut conn = store.conn.clone();
@@ -87,7 +87,11 @@ impl RedisStore {
         let mut inv = self.acquire.prepare_invoke();
         inv.key(&svc)
             .key(format!("{svc}:leases"))
-            .key(self.client(req.client.map(|c| c.access_key_id)));
+            .key(self.client(req.client.map(|c| c.access_key_id)))
+            .key(match req.session {
+                Some(s) => format!("{svc}:aff:{}", s.id),
+                None => format!("{svc}:aff"),
+            });
         let c = req.client;
         let excluded = req
             .excluded
@@ -109,7 +113,11 @@ impl RedisStore {
             .arg(&self.prefix)
             .arg(&req.keys.ids_csv)
             .arg(&req.keys.overrides)
-            .arg(excluded);
+            .arg(excluded)
+            .arg(if req.session.is_some() { 1 } else { 0 })
+            .arg(req.session.map_or(0, |s| s.start % req.keys.len() as u64))
+            .arg(req.session.map_or(0, |s| s.ttl_ms))
+            .arg(self.policy.latency_tau_ms);
         let mut conn = self.conn.clone();
         let r: Vec<i64> = inv.invoke_async(&mut conn).await?;
         let [code, index, fails, probe, retry_after, rpm, rpd, tpm] = r[..] else {
@@ -165,6 +173,9 @@ impl RedisStore {
             .arg(opt(u.key_tpm))
             .arg(opt(u.client.and_then(|c| c.tpm)))
             .arg(u.key_balance.map(|b| b.to_string()).unwrap_or_default())
+            .arg(u.latency_ms.map(|l| l.to_string()).unwrap_or_default())
+            .arg(self.policy.latency_tau_ms)
+            .arg(self.policy.success_tau_ms)
             .invoke_async(&mut conn)
             .await?;
         Ok(())
@@ -189,6 +200,7 @@ impl RedisStore {
         lease: Option<&Lease>,
         fault: Fault,
         n_keys: usize,
+        took_ms: Option<u64>,
     ) -> Result<Report, CoordError> {
         let svc = self.svc(service_id);
         let retry_after = match fault {
@@ -214,6 +226,9 @@ impl RedisStore {
             .arg(p.upstream_wide_window_ms)
             .arg(p.upstream_wide_percent)
             .arg(key_id)
+            .arg(took_ms.map(|l| l.to_string()).unwrap_or_default())
+            .arg(p.latency_tau_ms)
+            .arg(p.success_tau_ms)
             .invoke_async(&mut conn)
             .await?;
         Ok(Report {

@@ -60,3 +60,27 @@ pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, DbErr> {
         .rows_affected
         > 0)
 }
+
+/// The slug of a router whose routes name `target`, if any.
+pub async fn routers_targeting(
+    db: &DatabaseConnection,
+    target: &str,
+) -> Result<Option<String>, DbErr> {
+    let routers = service::Entity::find()
+        .filter(service::Column::Kind.eq("router"))
+        .all(db)
+        .await?;
+    Ok(routers
+        .into_iter()
+        .find(|r| {
+            r.routes
+                .as_ref()
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|route| route.get("targets")?.as_array())
+                .flatten()
+                .any(|t| t.as_str() == Some(target))
+        })
+        .map(|r| r.slug))
+}

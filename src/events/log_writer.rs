@@ -60,6 +60,7 @@ pub fn row(ev: &RequestEvent) -> request_log::ActiveModel {
         estimated: Set(ev.estimated),
         client_format: Set(Some(ev.client_format.to_string())),
         upstream_format: Set(Some(ev.upstream_format.to_string())),
+        target: Set(ev.target.clone()),
         // A request that never reached a key tried none: NULL rather than `[]`.
         tried: Set(
             (!ev.tried.is_empty()).then(|| serde_json::to_string(&ev.tried).unwrap_or_default())

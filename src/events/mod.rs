@@ -81,6 +81,9 @@ pub struct RequestEvent {
     /// Wire formats: the client's (from the path) and the upstream's (from the service kind).
     pub client_format: &'static str,
     pub upstream_format: &'static str,
+    /// For a router slug: the target slug that served the request (or was tried last).
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 /// A key fault as the database should remember it: a durable status (`invalid`, `exhausted`),

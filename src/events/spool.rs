@@ -298,6 +298,8 @@ struct Spooled {
     estimated: bool,
     client_format: String,
     upstream_format: String,
+    #[serde(default)]
+    target: Option<String>,
 }
 
 fn decode(line: &[u8]) -> serde_json::Result<RequestEvent> {
@@ -324,6 +326,7 @@ fn decode(line: &[u8]) -> serde_json::Result<RequestEvent> {
         estimated: s.estimated,
         client_format: format_name(&s.client_format),
         upstream_format: format_name(&s.upstream_format),
+        target: s.target,
     })
 }
 
@@ -367,6 +370,7 @@ mod tests {
             estimated: true,
             client_format: "anthropic",
             upstream_format: "gemini",
+            target: Some("cheap".into()),
         }
     }
 

@@ -62,7 +62,8 @@ impl Format {
     /// The format an upstream of this kind speaks.
     pub fn of_kind(kind: Kind) -> Self {
         match kind {
-            Kind::OpenAi => Self::OpenAi,
+            // A router speaks its targets' formats; OpenAI is what its own errors default to.
+            Kind::OpenAi | Kind::Router => Self::OpenAi,
             Kind::Anthropic => Self::Anthropic,
             Kind::Gemini => Self::Gemini,
             Kind::Rest => Self::Rest,

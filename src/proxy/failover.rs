@@ -124,6 +124,7 @@ pub async fn run(
             lease_ttl_ms: svc.lease_ttl_ms,
             client: if first { fin.client } else { None },
             price: None,
+            session: adm.session.as_ref(),
         };
         let queue_until = (Instant::now() + svc.queue_timeout).min(deadline);
         let granted = match acquire_waiting(state, &areq, queue_until).await {
@@ -298,7 +299,10 @@ pub async fn run(
                 }
                 continue;
             }
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(resp)) => {
+                fin.head_arrived();
+                resp
+            }
         };
         let status = resp.status();
         if status == StatusCode::LOOP_DETECTED && headers::is_loop(resp.headers(), &state.hop_id) {

@@ -26,6 +26,9 @@ pub struct Held {
     /// This request is the half-open trial of a key that tripped on failures.
     pub probe: bool,
     renewal: u64,
+    /// When the attempt on this key was sent, and how long its answer's head took.
+    sent: Instant,
+    head_ms: Option<u64>,
 }
 
 pub struct Finish {
@@ -53,6 +56,8 @@ pub struct Finish {
     pub streamed: bool,
     /// The token counts are keygate's estimate, not the upstream's.
     pub estimated: bool,
+    /// For a router slug: the target serving the request (`svc` is then the target).
+    pub target: Option<String>,
     done: bool,
 }
 
@@ -79,6 +84,7 @@ impl Finish {
             tokens: Tokens::default(),
             streamed: false,
             estimated: false,
+            target: None,
             done: false,
         }
     }
@@ -103,7 +109,16 @@ impl Finish {
             lease,
             probe,
             renewal,
+            sent: Instant::now(),
+            head_ms: None,
         });
+    }
+
+    /// The held key's answer head arrived: its latency, for the latency strategy.
+    pub fn head_arrived(&mut self) {
+        if let Some(h) = &mut self.held {
+            h.head_ms = Some(h.sent.elapsed().as_millis() as u64);
+        }
     }
 
     pub fn held(&self) -> Option<&Held> {
@@ -130,8 +145,21 @@ impl Finish {
         let (st, reason) = (self.state.clone(), reason.to_string());
         // Its own task: a client that goes away mid-report must not leave the fault unrecorded
         // and the lease held; nor may a failed report.
+        let took = Some(
+            h.head_ms
+                .unwrap_or_else(|| h.sent.elapsed().as_millis() as u64),
+        );
         let task = tokio::spawn(async move {
-            let r = report(&st, &svc, h.lease.key_id, Some(&h.lease), fault, &reason).await;
+            let r = report(
+                &st,
+                &svc,
+                h.lease.key_id,
+                Some(&h.lease),
+                fault,
+                &reason,
+                took,
+            )
+            .await;
             if r.is_none() {
                 let _ = st.coord.release(&h.lease, &Usage::default()).await;
             }
@@ -219,6 +247,7 @@ impl Finish {
                     Some(&h.lease),
                     Fault::Failure,
                     reason,
+                    None,
                 )
                 .await;
                 st.lease_released.notify_waiters();
@@ -242,6 +271,7 @@ impl Finish {
             key_tpm: spec.tpm,
             client: self.client,
             key_balance: spec.balance,
+            latency_ms: h.head_ms,
         };
         self.release(h, &usage);
     }
@@ -273,6 +303,7 @@ impl Finish {
             estimated: self.estimated,
             client_format: self.client_fmt.name(),
             upstream_format: self.upstream_fmt.name(),
+            target: self.target.take(),
         });
     }
 }
@@ -313,6 +344,7 @@ pub async fn report(
     lease: Option<&Lease>,
     fault: Fault,
     reason: &str,
+    took_ms: Option<u64>,
 ) -> Option<Report> {
     let masked = svc
         .keys
@@ -322,7 +354,7 @@ pub async fn report(
         .unwrap_or("");
     let r = match state
         .coord
-        .report(svc.id, key_id, lease, fault, svc.keys.len())
+        .report_timed(svc.id, key_id, lease, fault, svc.keys.len(), took_ms)
         .await
     {
         Ok(r) => r,

@@ -24,6 +24,8 @@ pub struct Admitted {
     pub svc: Arc<ServiceRt>,
     pub endpoint: Endpoint,
     pub url: String,
+    /// The session the request belongs to, when the service binds sessions to keys.
+    pub session: Option<crate::coord::Session>,
 }
 
 /// The request path after its first `skip` segments, still percent-encoded as the client sent
@@ -135,7 +137,44 @@ pub fn admit(
         fin.model = Some(model.clone());
     }
     let url = upstream_url(&svc, &fin.path, mode, uri.query());
-    Ok(Admitted { svc, endpoint, url })
+    Ok(Admitted {
+        svc,
+        endpoint,
+        url,
+        session: None,
+    })
+}
+
+/// Points a request admitted on a router at one of its targets: the target's service, format
+/// and URL (with the model the router resolved, for a Gemini path). None when the target is
+/// gone, disabled or not a keyed LLM service (the admin API refuses such routes; a target
+/// deleted since is skipped).
+pub fn retarget(
+    state: &AppState,
+    fin: &mut Finish,
+    router: &Admitted,
+    target: &str,
+    uri: &Uri,
+) -> Option<Admitted> {
+    let svc = state.snapshot.load().services.get(target).cloned()?;
+    if !svc.enabled || matches!(svc.kind, Kind::Router | Kind::Rest) {
+        return None;
+    }
+    let mut url = upstream_url(&svc, &fin.path, Mode::Llm, uri.query());
+    if let (Endpoint::Gemini { model, .. }, Some(asked)) = (&router.endpoint, &fin.model)
+        && model != asked
+    {
+        url = url.replacen(&format!("models/{asked}:"), &format!("models/{model}:"), 1);
+    }
+    fin.svc = Some(svc.clone());
+    fin.upstream_fmt = Format::of_kind(svc.kind);
+    fin.target = Some(svc.slug.clone());
+    Some(Admitted {
+        svc,
+        endpoint: router.endpoint.clone(),
+        url,
+        session: None,
+    })
 }
 
 /// True when the path, once decoded, has a `.` or `..` segment (`%2F` counts as a slash): such a

@@ -9,6 +9,7 @@
 //! Routes: `/llm/{slug}/...` for LLM kinds, `/proxy/{slug}/...` for REST, `/v1/...` for the
 //! configured default slug. The data plane reads only the config snapshot and the coordination
 //! store, and hands events to `crate::events`; it never names the database.
+pub mod affinity;
 pub mod auth;
 pub mod body;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod ingress;
 pub mod leases;
 pub mod meter;
 pub mod models;
+pub mod router;
 pub mod translate;
 pub mod usage;
 
@@ -137,9 +139,105 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
     if let Err(e) = models::apply(&mut fin, &mut adm, &mut body) {
         return fin.fail(e);
     }
+    if adm.svc.kind == crate::domain::Kind::Router {
+        return route(&state, fin, adm, &parts, body).await;
+    }
+    match serve(&state, fin, adm, &parts, body, true).await {
+        Ok(resp) | Err((_, resp)) => resp,
+    }
+}
+
+/// A router slug: the targets of the route that takes the model, in order, each served as its
+/// own slug, until one answers or fails in a way the next cannot help with.
+async fn route(
+    state: &AppState,
+    mut fin: Finish,
+    adm: ingress::Admitted,
+    parts: &axum::http::request::Parts,
+    mut body: body::ReqBody,
+) -> Response {
+    let routed = fin.upstream_model.clone().or_else(|| fin.model.clone());
+    let Some(targets) = adm
+        .svc
+        .routes
+        .targets(routed.as_deref())
+        .map(<[String]>::to_vec)
+    else {
+        let e = ProxyError::new(
+            ErrorKind::ModelNotAllowed,
+            fin.client_fmt,
+            format!(
+                "the model '{}' does not exist or is not offered on '{}'",
+                routed.unwrap_or_default(),
+                adm.svc.slug
+            ),
+        );
+        return fin.fail(e);
+    };
+    // Only a buffered body can be sent to another target.
+    let again = body.buffered();
+    let mut failed = None;
+    for (i, target) in targets.iter().enumerate() {
+        let last = i + 1 == targets.len() || again.is_none();
+        if i > 0 {
+            if let Some(b) = &again {
+                body = body::ReqBody::Buffered(b.clone());
+            }
+            fin.upstream_model = routed.clone().filter(|r| Some(r) != fin.model.as_ref());
+        }
+        let Some(mut tadm) = ingress::retarget(state, &mut fin, &adm, target, &parts.uri) else {
+            failed = Some(format!("target '{target}' is missing or disabled"));
+            if last {
+                break;
+            }
+            continue;
+        };
+        if let Err(e) = models::apply(&mut fin, &mut tadm, &mut body) {
+            if last {
+                return fin.fail(e);
+            }
+            continue;
+        }
+        match serve(state, fin, tadm, parts, body, last).await {
+            Ok(resp) => return resp,
+            Err((f, _)) if !last => {
+                metrics::counter!(crate::telemetry::metrics::ROUTER_FALLBACKS_TOTAL,
+                    "slug" => adm.svc.slug.clone(), "target" => target.clone())
+                .increment(1);
+                fin = f;
+                body = body::ReqBody::Buffered(bytes::Bytes::new());
+            }
+            Err((_, resp)) => return resp,
+        }
+    }
+    let e = ProxyError::new(
+        ErrorKind::NoUsableKey,
+        fin.client_fmt,
+        format!(
+            "no target of '{}' could serve the request ({})",
+            adm.svc.slug,
+            failed.unwrap_or_else(|| "every target failed".into())
+        ),
+    );
+    fin.fail(e)
+}
+
+/// One service serves the request. With `last` false (a router has more targets), a failure that
+/// another target may serve, before any byte reached the client, hands the request back instead
+/// of answering: `Err((fin, _))`. Otherwise the response is final (`Ok`, or `Err` with it).
+async fn serve(
+    state: &AppState,
+    mut fin: Finish,
+    mut adm: ingress::Admitted,
+    parts: &axum::http::request::Parts,
+    mut body: body::ReqBody,
+    last: bool,
+) -> Result<Response, (Finish, Response)> {
+    let proxy = &state.config.proxy;
+    adm.session = affinity::session(&adm.svc, &parts.headers, body.buffered().as_deref());
     if translate::counts_locally(&fin, &adm) {
         fin.estimated = true;
-        return translate::count_tokens(fin, &adm, &mut body, proxy.max_body_bytes).await;
+        return Ok(translate::count_tokens(fin, &adm, &mut body, proxy.max_body_bytes).await);
     }
     let query = parts.uri.query();
     let head = parts.method == Method::HEAD;
@@ -158,7 +256,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
         .await
         {
             Ok(t) => t,
-            Err(e) => return fin.fail(e),
+            Err(e) => return Ok(fin.fail(e)),
         };
         let method = tr
             .as_ref()
@@ -172,7 +270,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                 fin.upstream_fmt,
             ),
         };
-        let ran = failover::run(&state, &mut fin, &adm, &method, &base, &mut body).await;
+        let ran = failover::run(state, &mut fin, &adm, &method, &base, &mut body).await;
         let client = fin.client;
         let mut resp = match ran.outcome {
             Outcome::Answer { resp, error_kind }
@@ -191,7 +289,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                     let mut out = Response::new(axum::body::Body::from(text));
                     *out.status_mut() = status;
                     *out.headers_mut() = headers;
-                    return out;
+                    return Ok(out);
                 }
                 state.responses_fallback.learn(&adm.svc);
                 fin.release_answered();
@@ -207,10 +305,22 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                         let mut out = Response::new(axum::body::Body::from(text));
                         *out.status_mut() = status;
                         *out.headers_mut() = headers;
-                        return out;
+                        return Ok(out);
                     }
                 }
                 continue;
+            }
+            // A failing upstream passed through as it answered (its status is not retried):
+            // another target may still serve the request.
+            Outcome::Answer { resp, error_kind }
+                if !last
+                    && error_kind.is_some()
+                    && (resp.status().is_server_error()
+                        || resp.status() == axum::http::StatusCode::TOO_MANY_REQUESTS) =>
+            {
+                drop(resp);
+                fin.release_untried();
+                return Err((fin, Response::default()));
             }
             Outcome::Answer { resp, error_kind } => match &tr {
                 None => meter::deliver(resp, fin, error_kind, head, None),
@@ -240,11 +350,15 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                     translate::error_answer(resp, fin, error_kind, within).await
                 }
             },
+            Outcome::Error(e) if !last && router::falls_back_on(e.kind) => {
+                fin.release_untried();
+                return Err((fin, Response::default()));
+            }
             Outcome::Error(e) => fin.fail(e),
         };
         if let (Some(c), Some(rem)) = (client, ran.remaining) {
             headers::limits(resp.headers_mut(), &c, &rem);
         }
-        return resp;
+        return Ok(resp);
     }
 }

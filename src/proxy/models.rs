@@ -117,7 +117,8 @@ pub fn apply(
 ) -> Result<(), super::error::ProxyError> {
     use super::error::{ErrorKind, ProxyError};
     use crate::formats::Endpoint;
-    let Some(asked) = fin.model.clone() else {
+    // Behind a router, the name the router resolved is what its target is asked for.
+    let Some(asked) = fin.upstream_model.clone().or_else(|| fin.model.clone()) else {
         return Ok(());
     };
     let rules = &adm.svc.models;

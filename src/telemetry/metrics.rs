@@ -42,6 +42,8 @@ pub const CONNECTIONS_OPEN: &str = "keygate_connections_open";
 pub const LOGIN_HASHES_TOTAL: &str = "keygate_login_hashes_total";
 /// Admin login attempts refused with 429 because the username or client address is backing off.
 pub const LOGIN_THROTTLED_TOTAL: &str = "keygate_login_throttled_total";
+/// Requests a router handed to its next target, by router `slug` and the `target` that failed.
+pub const ROUTER_FALLBACKS_TOTAL: &str = "keygate_router_fallbacks_total";
 
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -99,6 +101,10 @@ pub fn handle() -> PrometheusHandle {
             metrics::describe_counter!(
                 LOGIN_THROTTLED_TOTAL,
                 "Admin logins refused while backing off"
+            );
+            metrics::describe_counter!(
+                ROUTER_FALLBACKS_TOTAL,
+                "Router requests passed on to the next target"
             );
             // Histogram samples queue up until upkeep folds them into buckets; without a
             // scrape they would pile up, so upkeep runs on its own.

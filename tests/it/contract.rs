@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use keygate::coord::memory::MemoryStore;
 use keygate::coord::redis::RedisStore;
 use keygate::coord::{
-    Acquire, AcquireReq, ClientLimits, Coord, Fault, KeySet, KeySpec, Lease, Policy, Strategy,
-    Usage,
+    Acquire, AcquireReq, ClientLimits, Coord, Fault, KeySet, KeySpec, Lease, Policy, Session,
+    Strategy, Usage,
 };
 
 use crate::harness::eventually;
@@ -25,6 +25,7 @@ pub fn policy() -> Policy {
         upstream_wide_window_ms: 1_000,
         upstream_wide_percent: 60,
         probe_lock_ms: 2_000,
+        ..Policy::default()
     }
 }
 
@@ -86,6 +87,7 @@ fn specs(weights: &[u32]) -> Vec<KeySpec> {
             rpm: None,
             tpm: None,
             balance: None,
+            cost_ppm: 1_000_000,
         })
         .collect()
 }
@@ -105,6 +107,7 @@ fn req<'a>(strategy: Strategy, keys: &'a KeySet) -> AcquireReq<'a> {
         lease_ttl_ms: 60_000,
         client: None,
         price: None,
+        session: None,
     }
 }
 
@@ -796,5 +799,180 @@ contract!(
             until - t1 >= 200 && until - t1_after <= 200,
             "back to the first step (200 ms), not 400 ms: {again:?}"
         );
+    }
+);
+
+/// Releases a lease as an answer whose head took `ms`.
+async fn answered_in(c: &Coord, lease: &Lease, ms: u64) {
+    c.release(
+        lease,
+        &Usage {
+            success: true,
+            latency_ms: Some(ms),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
+contract!(
+    a_session_stays_on_its_key_across_replicas_and_moves_to_the_next_when_the_key_goes_out,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1, 1, 1]);
+        let s1 = Session::new(1, "conversation-1", 60_000);
+        let s2 = Session::new(1, "conversation-2", 60_000);
+        let with = |s| AcquireReq {
+            session: Some(s),
+            ..req(Strategy::RoundRobin, &ks)
+        };
+        let (first, lease, _) = take(p.at(0), &with(&s1)).await;
+        ok(p.at(1), &lease).await;
+        // Interleaved with another session and with session-less traffic that moves the cursor.
+        for i in 0..12 {
+            let (idx, lease, _) = take(p.at(i), &with(&s1)).await;
+            assert_eq!(idx, first, "request {i} of the session left its key");
+            ok(p.at(i + 1), &lease).await;
+            let (_, lease, _) = take(p.at(i + 1), &with(&s2)).await;
+            ok(p.at(i), &lease).await;
+            let (_, lease, _) = take(p.at(i), &req(Strategy::RoundRobin, &ks)).await;
+            ok(p.at(i), &lease).await;
+        }
+        // The key goes out: both replicas move the session to the same next key, and it stays
+        // there when the first key comes back.
+        p.a.report(1, ks[first].id, None, Fault::Invalid, ks.len())
+            .await
+            .unwrap();
+        let next = (first + 1) % ks.len();
+        for i in 0..4 {
+            let (idx, lease, _) = take(p.at(i), &with(&s1)).await;
+            assert_eq!(idx, next, "the session moves to the next key in list order");
+            ok(p.at(i), &lease).await;
+        }
+        p.b.report(1, ks[first].id, None, Fault::Clear, ks.len())
+            .await
+            .unwrap();
+        let (idx, lease, _) = take(p.at(0), &with(&s1)).await;
+        assert_eq!(idx, next, "the session is not bounced back to a cold cache");
+        ok(p.at(0), &lease).await;
+    }
+);
+
+contract!(
+    an_unbound_session_starts_at_the_same_key_on_every_replica,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1, 1, 1, 1]);
+        for n in 0..10 {
+            let s = Session::new(7, &format!("user-{n}"), 60_000);
+            let r = AcquireReq {
+                service_id: 7,
+                session: Some(&s),
+                ..req(Strategy::Random, &ks)
+            };
+            let (idx, lease, _) = take(p.at(n), &r).await;
+            assert_eq!(idx as u64, s.start % ks.len() as u64);
+            ok(p.at(n), &lease).await;
+        }
+    }
+);
+
+contract!(
+    the_latency_strategy_moves_traffic_away_from_a_slow_key,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1]);
+        let r = req(Strategy::Latency, &ks);
+        let mut slow = 0;
+        for i in 0..40 {
+            let (idx, lease, _) = take(p.at(i), &r).await;
+            // Key 0 answers in 400 ms, key 1 in 5 ms.
+            let ms = if idx == 0 { 400 } else { 5 };
+            if idx == 0 {
+                slow += 1;
+            }
+            answered_in(p.at(i + 1), &lease, ms).await;
+        }
+        // Each key is tried once while unobserved; then the fast one wins every comparison.
+        assert!(slow <= 2, "the slow key got {slow} of 40 requests");
+    }
+);
+
+contract!(
+    the_latency_strategy_counts_requests_in_flight,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1]);
+        let r = req(Strategy::Latency, &ks);
+        // Both keys answer in 10 ms; then key 1 holds three requests in flight.
+        for i in 0..2 {
+            let (_, lease, _) = take(p.at(i), &r).await;
+            answered_in(p.at(i), &lease, 10).await;
+        }
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (idx, lease, _) = take(&p.a, &r).await;
+            held.push((idx, lease));
+        }
+        let on: Vec<usize> = held.iter().map(|(i, _)| *i).collect();
+        assert!(
+            on.contains(&0) && on.contains(&1),
+            "in-flight requests spread over both keys: {on:?}"
+        );
+    }
+);
+
+contract!(
+    the_success_rate_strategy_moves_traffic_away_from_a_failing_key,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1]);
+        let r = req(Strategy::SuccessRate, &ks);
+        let (mut on_failing, mut fail_next) = (0, true);
+        for i in 0..200 {
+            let (idx, lease, _) = take(p.at(i), &r).await;
+            if idx == 0 {
+                // Key 0 fails every other attempt: half its answers are failures, never two in a
+                // row, so the circuit breaker never trips and only the strategy moves traffic.
+                on_failing += 1;
+                if fail_next {
+                    p.at(i + 1)
+                        .report(1, ks[0].id, Some(&lease), Fault::Failure, 2)
+                        .await
+                        .unwrap();
+                } else {
+                    ok(p.at(i + 1), &lease).await;
+                }
+                fail_next = !fail_next;
+            } else {
+                ok(p.at(i + 1), &lease).await;
+            }
+        }
+        // An even split is 100; a success rate of 1/2, squared, gives about 40.
+        assert!(on_failing < 70, "the failing key got {on_failing} of 200");
+        assert!(
+            on_failing > 0,
+            "a failing key keeps a trickle, so it can show it recovered"
+        );
+    }
+);
+
+contract!(
+    the_cost_strategy_takes_the_cheapest_keys_in_turn,
+    |p: Pair| async move {
+        let mut sp = specs(&[1, 1, 1]);
+        sp[0].cost_ppm = 2_000_000;
+        sp[1].cost_ppm = 500_000;
+        sp[2].cost_ppm = 500_000;
+        let ks = KeySet::new(sp);
+        assert_eq!(
+            spread(&p, &req(Strategy::Cost, &ks), 100).await,
+            vec![0, 50, 50]
+        );
+        // The cheap keys go out: the dearer one serves.
+        for i in [1, 2] {
+            p.a.report(1, ks[i].id, None, Fault::Invalid, 3)
+                .await
+                .unwrap();
+        }
+        let (idx, lease, _) = take(&p.b, &req(Strategy::Cost, &ks)).await;
+        assert_eq!(idx, 0);
+        ok(&p.a, &lease).await;
     }
 );

@@ -35,6 +35,7 @@ fn event(service: &str, n: u64) -> keygate::events::RequestEvent {
         estimated: false,
         client_format: "openai",
         upstream_format: "openai",
+        target: None,
     }
 }
 

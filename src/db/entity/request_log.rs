@@ -32,6 +32,8 @@ pub struct Model {
     pub upstream_format: Option<String>,
     /// JSON array of the upstream key ids tried, in order.
     pub tried: Option<String>,
+    /// For a router slug: the target slug that served the request (or was tried last).
+    pub target: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,5 +1,5 @@
--- keygate release v3: the end of a request that got an answer from its key. Off the client's path.
--- KEYS[1] service leases zset, KEYS[2] key hash, KEYS[3] client hash (see acquire_v3.lua)
+-- keygate release v4: the end of a request that got an answer from its key. Off the client's path.
+-- KEYS[1] service leases zset, KEYS[2] key hash, KEYS[3] client hash (see acquire_v4.lua)
 -- ARGV[1] lease member ("<key id>:<lease id>")
 -- ARGV[2] success: 1 resets the key's failure count, backoff step and half-open state
 -- ARGV[3] tokens used (0 = unknown)
@@ -7,10 +7,33 @@
 -- ARGV[5] key tpm limit (0 = none), ARGV[6] client tpm limit (0 = none)
 -- ARGV[7] key's balance in the database, integer micros ('' = none): seeds the live balance on
 --         first use
+-- ARGV[8] ms from sending to the answer's head ('' = the key was not observed: nothing counted)
+-- ARGV[9] latency time constant ms, ARGV[10] success-rate time constant ms
 -- Returns {released, live balance in micros or -1}. Read by coord::redis::RedisStore::release.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local MIN = 60000
+-- Records one observation of the key for the latency and success_rate strategies: a peak-EWMA
+-- of latency (a slower answer counts at once; faster ones pull it down with time constant
+-- `tau`), and decayed counts of answers and attempts (time constant `tau_sr`). The same
+-- arithmetic as coord::observe in Rust.
+local function observe(h, rtt, ok, tau, tau_sr)
+  local f = redis.call('HMGET', h, 'lat', 'lat_t', 'sr_ok', 'sr_n', 'sr_t')
+  if rtt then
+    local lat = tonumber(f[1])
+    if lat == nil or rtt > lat then
+      lat = rtt
+    else
+      local w = math.exp(-math.max(now - (tonumber(f[2]) or now), 0) / tau)
+      lat = lat * w + rtt * (1 - w)
+    end
+    redis.call('HSET', h, 'lat', lat, 'lat_t', now)
+  end
+  local w = math.exp(-math.max(now - (tonumber(f[5]) or now), 0) / tau_sr)
+  local n = (tonumber(f[4]) or 0) * w + 1
+  local good = (tonumber(f[3]) or 0) * w + (ok and 1 or 0)
+  redis.call('HSET', h, 'sr_ok', good, 'sr_n', n, 'sr_t', now)
+end
 local released = redis.call('ZREM', KEYS[1], ARGV[1])
 if released == 1 and (tonumber(redis.call('HGET', KEYS[2], 'inflight') or '0') or 0) > 0 then
   redis.call('HINCRBY', KEYS[2], 'inflight', -1)
@@ -19,6 +42,10 @@ if ARGV[2] == '1' then
   redis.call('HSET', KEYS[2], 'fails', 0, 'cool_n', 0, 'halfopen', 0, 'probe', 0)
   local u = tonumber(redis.call('HGET', KEYS[2], 'until') or '0') or 0
   if u > 0 and u <= now then redis.call('HSET', KEYS[2], 'until', 0) end
+end
+if ARGV[8] ~= '' then
+  -- The key answered: a good answer for its success rate, whatever the status it passed on.
+  observe(KEYS[2], tonumber(ARGV[8]), true, tonumber(ARGV[9]), tonumber(ARGV[10]))
 end
 local tokens = tonumber(ARGV[3])
 local function add_tokens(h, limit)

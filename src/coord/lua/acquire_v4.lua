@@ -1,35 +1,43 @@
--- keygate acquire v3: one call per attempt. Checks the client's rate limits, picks a key of the
--- service by its strategy among the usable ones, charges the limits and takes a lease on the key.
+-- keygate acquire v4: one call per attempt. Checks the client's rate limits, picks a key of the
+-- service (by session affinity when the request has a session, else by the strategy) among the
+-- usable ones, charges the limits and takes a lease on the key.
 --
 -- KEYS[1]      service hash      {rr = cursor, backoff = ms epoch of an upstream-wide backoff}
 -- KEYS[2]      service leases    zset, member "<key id>:<lease id>", score = lease expiry (ms)
 -- KEYS[3]      client hash       {tat_rpm, tat_rpd, tat_tpm} of the access key (unused if no client)
+-- KEYS[4]      session binding   string: the key id a session is bound to (unused if no session)
 -- <prefix>k:<key id>             key hashes {until, reason, fails, cool_n, inflight, last, cw,
---                                 probe, halfopen, bal_micros, tat_rpm, tat_tpm}; until: 0 = in
---                                 rotation, -1 = out until re-enabled, else ms epoch. Named from
---                                 ARGV, so Redis Cluster is not supported (one primary).
---                                 bal_micros is an integer (v2 kept a float `bal` in units; the new
---                                 field name keeps v2 and v3 replicas from reading each other's).
+--                                 probe, halfopen, bal_micros, tat_rpm, tat_tpm, lat, lat_t, sr_ok,
+--                                 sr_n}; until: 0 = in rotation, -1 = out until re-enabled, else ms
+--                                 epoch. lat is the peak-EWMA latency (ms) at lat_t; sr_ok/sr_n are
+--                                 decayed counts of answers and attempts (release_v4, report_v3).
+--                                 Named from ARGV, so Redis Cluster is not supported (one primary).
 -- Money is integer micro-units (1 unit = 1000000) everywhere here; amounts stay below 2^53, so
 -- Lua numbers hold them exactly.
--- ARGV[1]  strategy: rr | weighted | least_used | random | balance
+-- ARGV[1]  strategy: rr | weighted | least_used | random | balance | latency | success_rate | cost
 -- ARGV[2]  per-key concurrency cap (0 = none)
 -- ARGV[3]  lease ttl ms
 -- ARGV[4]  lease id
 -- ARGV[5]  charge client limits: 1 | 0 (0 on retries of the same request)
 -- ARGV[6..8] client rpm, rpd, tpm (0 = no limit)
 -- ARGV[9]  request price in micros (0 = unknown)
--- ARGV[10] random integer (for the random strategy)
+-- ARGV[10] random integer in [0, 2^32) (random, latency and success_rate strategies)
 -- ARGV[11] half-open probe lock ms
 -- ARGV[12] key prefix
 -- ARGV[13] key ids of the service, comma-separated, in list order (built once per config load)
--- ARGV[14] keys with settings other than the defaults (weight 1, no rpm/tpm, no balance):
---          "index:weight:rpm:tpm:balance;..." (1-based index, 0 = no limit, balance in micros,
---          '' = no balance)
+-- ARGV[14] keys with settings other than the defaults (weight 1, no rpm/tpm, no balance, cost
+--          factor 1): "index:weight:rpm:tpm:balance:cost;..." (1-based index, 0 = no limit,
+--          balance in micros or '' = none, cost factor in millionths or '' = 1000000)
 -- ARGV[15] key ids this request already tried, comma-separated
+-- ARGV[16] session: 1 = bind by KEYS[4], 0 = no session
+-- ARGV[17] where an unbound session starts scanning (0-based index, from a hash of the session)
+-- ARGV[18] session binding ttl ms
+-- ARGV[19] latency decay time constant ms (peak-EWMA)
 --
 -- Returns {code, index, fails, probe, retry_after_ms, rpm_remaining, rpd_remaining, tpm_remaining}
 -- Round robin takes the first usable key from the cursor on and moves the cursor past it.
+-- A session keeps its key while the key is usable; otherwise the first usable key after it (in
+-- list order) takes over, so every replica moves it to the same key.
 --   code 1 granted (index 1-based), 2 client over a limit, 3 every usable key at its cap,
 --   4 service backing off (upstream-wide 429), 0 no usable key. Remaining: -1 = no limit.
 -- Read by coord::redis::RedisStore::acquire into coord::Acquire.
@@ -41,10 +49,12 @@ for id in string.gmatch(ARGV[13], '[^,]+') do ids[#ids + 1] = id end
 local n = #ids
 if n == 0 then return {0, 0, 0, 0, 0, -1, -1, -1} end
 local spec = {}
-for idx, w, rpm, tpm, bal in string.gmatch(ARGV[14], '(%d+):(%d+):(%d+):(%d+):([^;]*)') do
-  spec[tonumber(idx)] = {w = tonumber(w), rpm = tonumber(rpm), tpm = tonumber(tpm), bal = tonumber(bal)}
+for idx, w, rpm, tpm, bal, cf in
+    string.gmatch(ARGV[14], '(%d+):(%d+):(%d+):(%d+):(%-?%d*):(%d*)') do
+  spec[tonumber(idx)] = {w = tonumber(w), rpm = tonumber(rpm), tpm = tonumber(tpm), bal = tonumber(bal),
+    cf = tonumber(cf) or 1000000}
 end
-local DEFAULT = {w = 1, rpm = 0, tpm = 0}
+local DEFAULT = {w = 1, rpm = 0, tpm = 0, cf = 1000000}
 local excluded = {}
 for id in string.gmatch(ARGV[15], '[^,]+') do excluded[id] = true end
 local function key_hash(i) return ARGV[12] .. 'k:' .. ids[i] end
@@ -122,7 +132,7 @@ local function eval(i)
   if excluded[ids[i]] then return nil end
   local sp = spec[i] or DEFAULT
   local f = redis.call('HMGET', key_hash(i), 'until', 'fails', 'inflight', 'last', 'cw', 'probe',
-    'halfopen', 'bal_micros', 'tat_rpm', 'tat_tpm')
+    'halfopen', 'bal_micros', 'tat_rpm', 'tat_tpm', 'lat', 'lat_t', 'sr_ok', 'sr_n')
   local u = tonumber(f[1]) or 0
   if not (u == 0 or (u > 0 and u <= now)) then return nil end
   local probe = false
@@ -147,25 +157,43 @@ local function eval(i)
     return nil
   end
   return {i = i, fails = tonumber(f[2]) or 0, inflight = inflight, last = tonumber(f[4]) or 0,
-    cw = tonumber(f[5]) or 0, w = sp.w, bal = bal, probe = probe,
-    new_krpm = new_krpm}
+    cw = tonumber(f[5]) or 0, w = sp.w, bal = bal, probe = probe, cf = sp.cf,
+    new_krpm = new_krpm, lat = tonumber(f[11]) or 0, lat_t = tonumber(f[12]) or now,
+    sr_ok = tonumber(f[13]) or 0, sr_n = tonumber(f[14]) or 0}
+end
+
+local rnd = tonumber(ARGV[10])
+-- First usable key scanning from 0-based index `start`, or nil.
+local function first_from(start)
+  for j = 0, n - 1 do
+    local c = eval((start + j) % n + 1)
+    if c then return c end
+  end
+  return nil
 end
 
 local pick
-if strategy == 'rr' then
+local session = ARGV[16] == '1'
+if session then
+  local bound = redis.call('GET', KEYS[4])
+  local at = nil
+  if bound then
+    for i = 1, n do if ids[i] == bound then at = i break end end
+  end
+  if at then
+    pick = eval(at)
+    if pick == nil then pick = first_from(at) end
+  else
+    pick = first_from(tonumber(ARGV[17]) % n)
+  end
+  if pick then redis.call('SET', KEYS[4], ids[pick.i], 'PX', tonumber(ARGV[18])) end
+elseif strategy == 'rr' then
   -- Scan from the cursor and stop at the first usable key: one key read in the common case. The
   -- cursor then moves just past the key taken, so the rotation is exact, and fair among the
   -- usable keys while others are out.
   local start = tonumber(redis.call('HGET', KEYS[1], 'rr') or '0') or 0
-  for j = 0, n - 1 do
-    local i0 = (start + j) % n
-    local c = eval(i0 + 1)
-    if c then
-      pick = c
-      redis.call('HSET', KEYS[1], 'rr', (i0 + 1) % n)
-      break
-    end
-  end
+  pick = first_from(start)
+  if pick then redis.call('HSET', KEYS[1], 'rr', pick.i % n) end
 else
   local cand = {}
   for i = 1, n do
@@ -185,11 +213,59 @@ else
     end
   elseif strategy == 'random' then
     -- uniform among the usable keys
-    if #cand > 0 then pick = cand[(tonumber(ARGV[10]) % #cand) + 1] end
+    if #cand > 0 then pick = cand[(rnd % #cand) + 1] end
   elseif strategy == 'least_used' then
     for _, c in ipairs(cand) do
       if pick == nil or c.inflight < pick.inflight
         or (c.inflight == pick.inflight and c.last < pick.last) then pick = c end
+    end
+  elseif strategy == 'latency' then
+    -- Power of two choices over peak-EWMA latency times (requests in flight + 1). The EWMA
+    -- decays towards 0 while a key is not observed, so a key that was slow is tried again now
+    -- and then; a key never observed costs 0 and is tried first.
+    local m = #cand
+    if m == 1 then
+      pick = cand[1]
+    elseif m > 1 then
+      local a = rnd % m
+      local b = (a + 1 + math.floor(rnd / m) % (m - 1)) % m
+      local tau = tonumber(ARGV[19])
+      local function cost(c)
+        return c.lat * math.exp(-math.max(now - c.lat_t, 0) / tau) * (c.inflight + 1)
+      end
+      local ca, cb = cand[a + 1], cand[b + 1]
+      if cost(cb) < cost(ca) then pick = cb else pick = ca end
+    end
+  elseif strategy == 'success_rate' then
+    -- Weighted draw by the key's weight times its recent success rate squared (Laplace
+    -- smoothed, so a new key starts at 1/2 and a failing one keeps a trickle of traffic).
+    local total, ws = 0, {}
+    for j, c in ipairs(cand) do
+      local r = (c.sr_ok + 1) / (c.sr_n + 2)
+      ws[j] = c.w * r * r
+      total = total + ws[j]
+    end
+    local x = (rnd / 4294967296) * total
+    for j, c in ipairs(cand) do
+      x = x - ws[j]
+      if x < 0 or j == #cand then pick = c break end
+    end
+  elseif strategy == 'cost' then
+    -- The lowest cost factor; ties in round-robin order from the cursor.
+    local best, cheapest = nil, {}
+    for _, c in ipairs(cand) do
+      if best == nil or c.cf < best then best = c.cf end
+    end
+    for _, c in ipairs(cand) do
+      if c.cf == best then cheapest[c.i] = c end
+    end
+    if best ~= nil then
+      local start = tonumber(redis.call('HGET', KEYS[1], 'rr') or '0') or 0
+      for j = 0, n - 1 do
+        pick = cheapest[(start + j) % n + 1]
+        if pick then break end
+      end
+      redis.call('HSET', KEYS[1], 'rr', pick.i % n)
     end
   else
     -- balance: the highest live balance first

@@ -1,4 +1,4 @@
--- keygate report v2: an attempt failed because of its key (or the upstream). Releases the lease and
+-- keygate report v3: an attempt failed because of its key (or the upstream). Releases the lease and
 -- records the key's health; detects upstream-wide rate limits.
 -- KEYS[1] service hash, KEYS[2] service leases zset, KEYS[3] key hash,
 -- KEYS[4] service 429 zset (member key id, score ms of its last 429)
@@ -8,12 +8,35 @@
 -- ARGV[4] failure threshold, ARGV[5] recovery ms (failure trip), ARGV[6] backoff base ms,
 -- ARGV[7] backoff max ms, ARGV[8] number of keys in the service, ARGV[9] 429 window ms,
 -- ARGV[10] share of keys (percent) that makes a 429 burst upstream-wide, ARGV[11] key id
--- Returns {fails, until, service_backoff_until}: until as in acquire_v3.lua (0, -1 or ms epoch);
+-- ARGV[12] ms the failed attempt took ('' = not timed), ARGV[13] latency time constant ms,
+-- ARGV[14] success-rate time constant ms
+-- Returns {fails, until, service_backoff_until}: until as in acquire_v4.lua (0, -1 or ms epoch);
 -- service_backoff_until 0 unless this report started an upstream-wide backoff.
 -- Read by coord::redis::RedisStore::report into coord::Report.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local kind = ARGV[1]
+-- Records one observation of the key for the latency and success_rate strategies: a peak-EWMA
+-- of latency (a slower answer counts at once; faster ones pull it down with time constant
+-- `tau`), and decayed counts of answers and attempts (time constant `tau_sr`). The same
+-- arithmetic as coord::observe in Rust.
+local function observe(h, rtt, ok, tau, tau_sr)
+  local f = redis.call('HMGET', h, 'lat', 'lat_t', 'sr_ok', 'sr_n', 'sr_t')
+  if rtt then
+    local lat = tonumber(f[1])
+    if lat == nil or rtt > lat then
+      lat = rtt
+    else
+      local w = math.exp(-math.max(now - (tonumber(f[2]) or now), 0) / tau)
+      lat = lat * w + rtt * (1 - w)
+    end
+    redis.call('HSET', h, 'lat', lat, 'lat_t', now)
+  end
+  local w = math.exp(-math.max(now - (tonumber(f[5]) or now), 0) / tau_sr)
+  local n = (tonumber(f[4]) or 0) * w + 1
+  local good = (tonumber(f[3]) or 0) * w + (ok and 1 or 0)
+  redis.call('HSET', h, 'sr_ok', good, 'sr_n', n, 'sr_t', now)
+end
 if ARGV[2] ~= '' then
   local released = redis.call('ZREM', KEYS[2], ARGV[2])
   if released == 1 and (tonumber(redis.call('HGET', KEYS[3], 'inflight') or '0') or 0) > 0 then
@@ -26,6 +49,9 @@ if kind == 'clear' then
   if inflight then redis.call('HSET', KEYS[3], 'inflight', inflight) end
   return {0, 0, 0}
 end
+-- Every fault is a failed attempt for the success rate; a slow failure (a timeout) also
+-- counts as latency.
+observe(KEYS[3], tonumber(ARGV[12]), false, tonumber(ARGV[13]), tonumber(ARGV[14]))
 local u = tonumber(redis.call('HGET', KEYS[3], 'until') or '0') or 0
 local fails = tonumber(redis.call('HGET', KEYS[3], 'fails') or '0') or 0
 if kind == 'invalid' or kind == 'exhausted' then
