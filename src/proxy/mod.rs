@@ -325,7 +325,10 @@ async fn serve(
             Outcome::Answer { resp, error_kind } => match &tr {
                 None => meter::deliver(resp, fin, error_kind, head, None),
                 Some(t) if resp.status().is_success() => {
-                    fin.model = t.prepared.model.clone().or(fin.model.take());
+                    // The client's name stays in the log; the upstream's is `upstream_model`.
+                    if fin.model.is_none() {
+                        fin.model = t.prepared.model.clone();
+                    }
                     let sse = resp
                         .headers()
                         .get(axum::http::header::CONTENT_TYPE)

@@ -16,5 +16,6 @@ mod pipeline;
 mod polyglot;
 mod pool;
 mod proxy;
+mod router;
 mod routing;
 mod sinks;
