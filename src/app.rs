@@ -111,6 +111,7 @@ impl App {
             hop_id: hop_id(&jwt),
             leases: Default::default(),
             responses_fallback: Default::default(),
+            catalog: Default::default(),
             login_guard: admin::login_guard::LoginGuard::new(&config.auth),
             draining: std::sync::atomic::AtomicBool::new(false),
             global_keys,

@@ -36,6 +36,8 @@ pub struct Inner {
     pub hop_id: axum::http::HeaderValue,
     /// Services whose upstream turned out to lack the Responses API.
     pub responses_fallback: crate::proxy::translate::ResponsesFallback,
+    /// Upstream model lists, cached briefly for `/v1/models`.
+    pub catalog: crate::proxy::listing::Catalog,
     /// Leases held by in-flight requests, renewed by one task.
     pub leases: crate::proxy::leases::Renewer,
     /// Woken whenever this replica releases a lease, so requests queued at a cap retry at once.

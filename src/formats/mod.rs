@@ -151,6 +151,24 @@ impl Format {
 
     /// Usage reported in one JSON object of an answer (a whole body or one stream event), in
     /// keygate's terms (see `Tokens`).
+    /// Model ids of a model list in this format.
+    pub fn decode_models(self, body: &[u8]) -> Vec<String> {
+        match self {
+            Self::Anthropic => anthropic::decode_models(body),
+            Self::Gemini => gemini::decode_models(body),
+            _ => openai::decode_models(body),
+        }
+    }
+
+    /// A model list in this format.
+    pub fn encode_models(self, ids: &[String]) -> Vec<u8> {
+        match self {
+            Self::Anthropic => anthropic::encode_models(ids),
+            Self::Gemini => gemini::encode_models(ids),
+            _ => openai::encode_models(ids),
+        }
+    }
+
     pub fn usage(self, v: &Value) -> Option<Tokens> {
         match self {
             Self::OpenAi => openai::usage(v),

@@ -486,16 +486,7 @@ impl WholeTransform {
                 ),
             },
             Whole::Models { client, upstream } => {
-                let ids = match upstream {
-                    Format::Anthropic => anthropic::decode_models(&self.buf),
-                    Format::Gemini => gemini::decode_models(&self.buf),
-                    _ => openai::decode_models(&self.buf),
-                };
-                Ok(match client {
-                    Format::Anthropic => anthropic::encode_models(&ids),
-                    Format::Gemini => gemini::encode_models(&ids),
-                    _ => openai::encode_models(&ids),
-                })
+                Ok(client.encode_models(&upstream.decode_models(&self.buf)))
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod finish;
 pub mod headers;
 pub mod ingress;
 pub mod leases;
+pub mod listing;
 pub mod meter;
 pub mod models;
 pub mod router;
@@ -138,6 +139,9 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
     }
     if let Err(e) = models::apply(&mut fin, &mut adm, &mut body) {
         return fin.fail(e);
+    }
+    if listing::is_list(&adm, &parts.method, &fin.path) {
+        return listing::answer(&state, fin, adm, &parts.headers).await;
     }
     if adm.svc.kind == crate::domain::Kind::Router {
         return route(&state, fin, adm, &parts, body).await;

@@ -62,6 +62,27 @@ impl ModelRules {
             .map(|(_, t)| t.as_str())
     }
 
+    /// What a client may call, out of the model ids an upstream lists: those the allow-list
+    /// lets through, then every alias written without wildcards whose target is allowed (`gpt4`
+    /// can be listed; `claude-*` cannot).
+    pub fn list(&self, upstream: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = upstream
+            .iter()
+            .filter(|id| self.allows(id, id))
+            .cloned()
+            .collect();
+        for (m, target) in &self.aliases {
+            let name = m.glob().glob();
+            if !name.contains(['*', '?', '['])
+                && self.allows(name, target)
+                && !out.iter().any(|o| o == name)
+            {
+                out.push(name.to_string());
+            }
+        }
+        out
+    }
+
     /// Whether the client may call `asked` (which resolves to `resolved`): either name may be
     /// on the allow-list, so an alias of an allowed model is allowed.
     pub fn allows(&self, asked: &str, resolved: &str) -> bool {
@@ -99,6 +120,24 @@ mod tests {
         assert!(r.allows("fast", "gpt-4o-mini"));
         assert!(!r.allows("o3", "o3"));
         assert!(ModelRules::load("s", &json!({}), &json!([])).allows("anything", "anything"));
+    }
+
+    #[test]
+    fn a_list_keeps_allowed_models_and_adds_plain_aliases() {
+        let r = ModelRules::load(
+            "s",
+            &json!({"fast": "gpt-4o-mini", "claude-*": "gpt-4o", "old": "o1"}),
+            &json!(["gpt-4o*", "fast"]),
+        );
+        let up = [
+            "gpt-4o".to_string(),
+            "gpt-4o-mini".into(),
+            "o1".into(),
+            "dall-e".into(),
+        ];
+        assert_eq!(r.list(&up), vec!["gpt-4o", "gpt-4o-mini", "fast"]);
+        let open = ModelRules::load("s", &json!({"gpt4": "gpt-4o"}), &json!([]));
+        assert_eq!(open.list(&up[..1]), vec!["gpt-4o", "gpt4"]);
     }
 
     #[test]

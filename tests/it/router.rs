@@ -87,11 +87,17 @@ both!(
 
         let (s, v) = chat_as(&app, &ak, "r", hi("gpt-4o")).await;
         assert_eq!(s, 200, "{v}");
-        assert_eq!(v["object"], "chat.completion", "the OpenAI client gets OpenAI: {v}");
+        assert_eq!(
+            v["object"], "chat.completion",
+            "the OpenAI client gets OpenAI: {v}"
+        );
         let call = poly.mock.last();
         assert_eq!(call.path, "/anthropic/v1/messages");
         let sent: Value = serde_json::from_slice(&call.body).unwrap();
-        assert_eq!(sent["model"], "claude-sonnet-4-5", "the target's alias applies");
+        assert_eq!(
+            sent["model"], "claude-sonnet-4-5",
+            "the target's alias applies"
+        );
 
         let row = last_log(&app, "r").await;
         assert_eq!(row.target.as_deref(), Some("an"));
@@ -121,7 +127,8 @@ both!(
     |b: Backend| async move {
         let poly = polyglot::start().await;
         let down = mock::start().await;
-        down.mock.set("sk-down-key-000001", Behaviour::Status(500, None));
+        down.mock
+            .set("sk-down-key-000001", Behaviour::Status(500, None));
         let app = TestApp::spawn(b).await;
         app.create_service("down", "openai", &down.base).await;
         app.add_keys("down", &["sk-down-key-000001"]).await;
@@ -143,7 +150,11 @@ both!(
 
         let (s, v) = chat_as(&app, &ak, "r", hi("claude-sonnet-4-5")).await;
         assert_eq!(s, 200, "{v}");
-        assert_eq!(down.mock.counts()["sk-down-key-000001"], 1, "the first target was tried");
+        assert_eq!(
+            down.mock.counts()["sk-down-key-000001"],
+            1,
+            "the first target was tried"
+        );
         assert_eq!(last_log(&app, "r").await.target.as_deref(), Some("an"));
 
         // Every target fails: the client gets an error in its own format.
@@ -223,7 +234,10 @@ both!(
         ] {
             let (s, v) = post(body.clone()).await;
             assert_eq!(s, 400, "{body} -> {v}");
-            assert!(v["detail"].as_str().unwrap().contains(says), "{body} -> {v}");
+            assert!(
+                v["detail"].as_str().unwrap().contains(says),
+                "{body} -> {v}"
+            );
         }
         // A target cannot be deleted from under its router.
         let (s, v) = app.admin("DELETE", "/admin/services/oa", None).await;
@@ -266,7 +280,10 @@ async fn cache_upstream(State(m): State<CacheMock>, req: Request) -> axum::Json<
         .unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
     // The conversation's opening message stands for its cached prefix.
-    let prefix = v["messages"][0]["content"].as_str().unwrap_or("").to_string();
+    let prefix = v["messages"][0]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let hit = !m.seen.lock().insert((key, prefix));
     *if hit { &m.hits } else { &m.misses }.lock() += 1;
     axum::Json(json!({
@@ -293,7 +310,12 @@ async fn start_cache_mock() -> (CacheMock, String) {
 
 /// Three conversations of five turns each, interleaved and spread over `apps` in turn; each turn
 /// names its session the way `how` says. Returns (cache hits, misses) as the upstream saw them.
-async fn conversations(apps: &[&TestApp], ak: &str, how: &str, cache: &CacheMock) -> (usize, usize) {
+async fn conversations(
+    apps: &[&TestApp],
+    ak: &str,
+    how: &str,
+    cache: &CacheMock,
+) -> (usize, usize) {
     let mut n = 0;
     for turn in 0..5 {
         for conv in 0..3 {
@@ -328,8 +350,11 @@ async fn conversations(apps: &[&TestApp], ak: &str, how: &str, cache: &CacheMock
 async fn cached_service(app: &TestApp, base: &str, affinity: &str) -> String {
     app.create_service("cached", "openai", base).await;
     let keys: Vec<String> = (0..4).map(|i| format!("sk-cache-key-00000{i}")).collect();
-    app.add_keys("cached", &keys.iter().map(String::as_str).collect::<Vec<_>>())
-        .await;
+    app.add_keys(
+        "cached",
+        &keys.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
     let (s, v) = app
         .admin(
             "PATCH",
@@ -359,7 +384,10 @@ both!(
         let ak = cached_service(&app, &base, "none").await;
         let (hits, misses) = conversations(&[&app], &ak, "prompt_cache_key", &cache).await;
         // Three conversations over four keys in turn: a turn rarely finds its key again.
-        assert!(misses > 6, "round robin without affinity: {hits} hits, {misses} misses");
+        assert!(
+            misses > 6,
+            "round robin without affinity: {hits} hits, {misses} misses"
+        );
     }
 );
 
@@ -378,7 +406,11 @@ async fn session_affinity_is_the_same_on_two_replicas_sharing_redis() {
         .await
     );
     let (hits, misses) = conversations(&[&a, &b], &ak, "prompt_cache_key", &cache).await;
-    assert_eq!((hits, misses), (12, 3), "turns alternate between the replicas");
+    assert_eq!(
+        (hits, misses),
+        (12, 3),
+        "turns alternate between the replicas"
+    );
 }
 
 /// Mock hits per key.
@@ -399,8 +431,10 @@ both!(
     |b: Backend| async move {
         let (_shared, app) = patient_app(b).await;
         let m = mock::start().await;
-        m.mock
-            .set("sk-slow-key-000001", Behaviour::Slow(Duration::from_millis(150)));
+        m.mock.set(
+            "sk-slow-key-000001",
+            Behaviour::Slow(Duration::from_millis(150)),
+        );
         m.mock
             .set("sk-fail-key-000001", Behaviour::Status(500, None));
         for (slug, keys) in [
@@ -413,10 +447,18 @@ both!(
         app.create_service("cheap", "openai", &m.base).await;
         app.add_keys(
             "cheap",
-            &["sk-dear-key-000001", "sk-half-key-000001", "sk-half-key-000002"],
+            &[
+                "sk-dear-key-000001",
+                "sk-half-key-000001",
+                "sk-half-key-000002",
+            ],
         )
         .await;
-        for (slug, strategy) in [("lat", "latency"), ("sr", "success_rate"), ("cheap", "cost")] {
+        for (slug, strategy) in [
+            ("lat", "latency"),
+            ("sr", "success_rate"),
+            ("cheap", "cost"),
+        ] {
             let (s, v) = app
                 .admin(
                     "PATCH",
@@ -454,14 +496,167 @@ both!(
             assert_eq!(chat_as(&app, &ak, "sr", hi("m")).await.0, 200);
         }
         let failing = counts(&m).get("sk-fail-key-000001").copied().unwrap_or(0);
-        assert!(failing < 15, "the failing key was tried {failing} times in 60 requests");
+        assert!(
+            failing < 15,
+            "the failing key was tried {failing} times in 60 requests"
+        );
 
         for _ in 0..20 {
             assert_eq!(chat_as(&app, &ak, "cheap", hi("m")).await.0, 200);
         }
         let c = counts(&m);
-        assert_eq!(c.get("sk-dear-key-000001"), None, "the dear key is never used");
+        assert_eq!(
+            c.get("sk-dear-key-000001"),
+            None,
+            "the dear key is never used"
+        );
         assert_eq!(c["sk-half-key-000001"], 10);
         assert_eq!(c["sk-half-key-000002"], 10);
+    }
+);
+
+async fn list(app: &TestApp, ak: &str, slug: &str, client: &str) -> (u16, Value) {
+    let req = match client {
+        "anthropic" => app
+            .http
+            .get(app.url(&format!("/llm/{slug}/v1/models")))
+            .header("x-api-key", ak)
+            .header("anthropic-version", "2023-06-01"),
+        "gemini" => app
+            .http
+            .get(app.url(&format!("/llm/{slug}/v1beta/models")))
+            .header("x-goog-api-key", ak),
+        _ => app
+            .http
+            .get(app.url(&format!("/llm/{slug}/v1/models")))
+            .bearer_auth(ak),
+    };
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+fn ids(client: &str, v: &Value) -> Vec<String> {
+    match client {
+        "gemini" => v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                m["name"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("models/")
+                    .to_string()
+            })
+            .collect(),
+        _ => v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect(),
+    }
+}
+
+both!(
+    the_models_list_of_a_slug_is_filtered_by_its_allow_list_adds_aliases_and_is_cached,
+    |b: Backend| async move {
+        let poly = polyglot::start().await;
+        let app = TestApp::spawn(b).await;
+        app.create_service("an", "anthropic", &format!("{}/anthropic/v1", poly.base))
+            .await;
+        app.add_keys("an", &["sk-ant-list-key-0001"]).await;
+        let (s, v) = app
+            .admin(
+                "PATCH",
+                "/admin/services/an",
+                Some(json!({"model_allow": ["claude-sonnet-*"],
+                    "model_aliases": {"sonnet": "claude-sonnet-4-5-20250929", "claude-*": "claude-haiku-4-5-20251001"}})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let ak = app.access_key().await;
+        let calls = || {
+            poly.mock
+                .calls
+                .lock()
+                .iter()
+                .filter(|c| c.path.ends_with("/models"))
+                .count()
+        };
+        for client in ["openai", "anthropic", "gemini"] {
+            let (s, v) = list(&app, &ak, "an", client).await;
+            assert_eq!(s, 200, "{client}: {v}");
+            assert_eq!(
+                ids(client, &v),
+                vec!["claude-sonnet-4-5-20250929", "sonnet"],
+                "{client}: the haiku model is not allowed; a wildcard alias cannot be listed"
+            );
+        }
+        assert_eq!(calls(), 1, "three lists, one upstream call");
+        // A config change drops the cache.
+        app.admin(
+            "PATCH",
+            "/admin/services/an",
+            Some(json!({"model_allow": []})),
+        )
+        .await;
+        let (_, v) = list(&app, &ak, "an", "openai").await;
+        assert_eq!(
+            ids("openai", &v),
+            vec![
+                "claude-sonnet-4-5-20250929",
+                "claude-haiku-4-5-20251001",
+                "sonnet"
+            ]
+        );
+        assert_eq!(calls(), 2);
+    }
+);
+
+both!(
+    a_routers_models_list_is_the_union_of_its_targets_kept_to_its_routes,
+    |b: Backend| async move {
+        let poly = polyglot::start().await;
+        let app = TestApp::spawn(b).await;
+        for (slug, kind, prefix) in [
+            ("oa", "openai", "/openai/v1"),
+            ("an", "anthropic", "/anthropic/v1"),
+            ("ge", "gemini", "/gemini/v1beta"),
+        ] {
+            app.create_service(slug, kind, &format!("{}{prefix}", poly.base))
+                .await;
+            app.add_keys(slug, &[&format!("sk-{slug}-list-key-0001")])
+                .await;
+        }
+        let (s, v) = app
+            .admin(
+                "POST",
+                "/admin/services",
+                Some(json!({"slug": "r", "kind": "router",
+                "model_aliases": {"best": "claude-sonnet-4-5-20250929"},
+                "routes": [
+                    {"model": "gpt-*", "targets": ["oa"]},
+                    {"model": "claude-*", "targets": ["an", "oa"]},
+                ]})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let ak = app.access_key().await;
+        let (s, v) = list(&app, &ak, "r", "openai").await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            ids("openai", &v),
+            vec![
+                "gpt-4o",
+                "claude-sonnet-4-5-20250929",
+                "claude-haiku-4-5-20251001",
+                "best"
+            ],
+            "the Gemini target is on no route, and its model no route takes"
+        );
+        let (s, v) = list(&app, &ak, "r", "gemini").await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(ids("gemini", &v).len(), 4);
     }
 );
