@@ -18,3 +18,4 @@ mod pool;
 mod proxy;
 mod routing;
 mod sinks;
+mod validation;
