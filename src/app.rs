@@ -140,6 +140,7 @@ impl App {
             tokio::spawn(db::logs::run_retention(db, config.log.retention_days)),
             tokio::spawn(refresh_loop(state.clone())),
             tokio::spawn(proxy::leases::run(state.clone())),
+            tokio::spawn(crate::jobs::validate::schedule(state.clone())),
         ];
 
         let (control, api) = control_routes().split_for_parts();

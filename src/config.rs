@@ -17,6 +17,7 @@ pub struct Config {
     #[serde(default)]
     pub crypto: CryptoConfig,
     pub log: LogConfig,
+    pub jobs: JobsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +124,17 @@ pub struct LogConfig {
     pub spool_dir: Option<PathBuf>,
 }
 
+/// Background jobs (`crate::jobs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// How often each replica looks for services whose scheduled key validation is due (ms).
+    pub validate_tick_ms: u64,
+    /// The shortest `validate_interval_s` the admin API accepts. 10 s keeps a pool of keys from
+    /// hammering its upstream; tests lower it to watch several runs go by.
+    pub validate_min_interval_s: u32,
+}
+
 impl Config {
     /// Loads the layered configuration from the process environment.
     pub fn load() -> anyhow::Result<Self> {
@@ -166,7 +178,9 @@ impl Config {
             .set_default("log.format", "text")?
             .set_default("log.retention_days", 30)?
             .set_default("log.queue_capacity", 50_000)?
-            .set_default("log.spool_max_bytes", 256 * 1024 * 1024)?;
+            .set_default("log.spool_max_bytes", 256 * 1024 * 1024)?
+            .set_default("jobs.validate_tick_ms", 5_000)?
+            .set_default("jobs.validate_min_interval_s", 10)?;
         if let Some(f) = file {
             b = b.add_source(config::File::with_name(f).required(false));
         }

@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod formats;
+pub mod jobs;
 pub mod money;
 pub mod ops;
 pub mod proxy;

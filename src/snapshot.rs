@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use http::HeaderName;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 
@@ -52,6 +52,26 @@ pub struct ServiceRt {
     pub keys: Vec<KeyRt>,
     /// What the coordination store is given, in the order of `keys`.
     pub specs: KeySet,
+}
+
+impl ServiceRt {
+    /// Sets the upstream credential for `secret` as the service's auth rule says (marked
+    /// sensitive, so it never shows in logs), plus the `anthropic-version` an Anthropic upstream
+    /// requires when the client sent none. False when the key cannot be a header value.
+    pub fn set_auth(&self, headers: &mut HeaderMap, secret: &str) -> bool {
+        let Ok(mut v) = HeaderValue::from_str(&self.auth_format.replace("{key}", secret)) else {
+            return false;
+        };
+        v.set_sensitive(true);
+        headers.insert(self.auth_header.clone(), v);
+        if self.kind == Kind::Anthropic && !headers.contains_key("anthropic-version") {
+            headers.insert(
+                "anthropic-version",
+                HeaderValue::from_static(crate::formats::anthropic::DEFAULT_VERSION),
+            );
+        }
+        true
+    }
 }
 
 pub struct AccessKeyRt {

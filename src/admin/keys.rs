@@ -42,6 +42,10 @@ pub struct KeyView {
     pub consecutive_failures: u32,
     pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_error: Option<String>,
+    /// When the key was last tested (`POST .../keys/{id}/test`, or the scheduled validation).
+    pub validated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// What that test found wrong (null when the key answered).
+    pub validation_error: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -51,13 +55,7 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
         .decrypt(&k.secret)
         .map(|s| mask(&s))
         .unwrap_or_else(|_| "(undecryptable)".into());
-    let status = match KeyStatus::parse(&k.status) {
-        Some(s @ (KeyStatus::Invalid | KeyStatus::Exhausted | KeyStatus::Disabled)) => s,
-        _ => live
-            .status(now)
-            .and_then(KeyStatus::parse)
-            .unwrap_or(KeyStatus::Active),
-    };
+    let status = live.key_status(&k.status, now);
     let cooling_until = (live.until > now)
         .then(|| chrono::DateTime::from_timestamp_millis(live.until))
         .flatten();
@@ -76,6 +74,8 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
         consecutive_failures: live.fails,
         last_used_at: k.last_used_at,
         last_error: k.last_error,
+        validated_at: k.validated_at,
+        validation_error: k.validation_error,
         created_at: k.created_at,
     }
 }
@@ -366,9 +366,7 @@ pub async fn patch(
         match s {
             KeyStatus::Active => {
                 clear = true;
-                am.status = Set(s.as_str().into());
-                am.last_error = Set(None);
-                am.consecutive_failures = Set(0);
+                db::keys::reactivate(&mut am);
             }
             KeyStatus::Disabled => am.status = Set(s.as_str().into()),
             other => {

@@ -7,6 +7,7 @@ mod keys;
 pub mod login_guard;
 mod services;
 mod users;
+mod validate;
 
 use axum::extract::DefaultBodyLimit;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -58,6 +59,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::import))
         .routes(routes!(keys::export))
         .routes(routes!(keys::patch, keys::delete))
+        .routes(routes!(validate::test_all))
+        .routes(routes!(validate::test_one))
         .routes(routes!(access_keys::list, access_keys::create))
         .routes(routes!(
             access_keys::get,

@@ -40,6 +40,10 @@ pub struct ServiceView {
     pub request_timeout_ms: i32,
     pub total_timeout_ms: i32,
     pub max_attempts: i32,
+    /// Seconds between scheduled validations of the keys out of rotation (null = off).
+    pub validate_interval_s: Option<i32>,
+    /// Keys tested at once by a validation.
+    pub validate_concurrency: i32,
     /// Failures retried on another key, in the canonical form: retry classes, then any extra
     /// statuses (`["auth", "quota", "rate_limit", "server_error", "timeout", "connect"]`).
     #[schema(value_type = Vec<crate::domain::RetryRule>)]
@@ -91,6 +95,8 @@ impl TryFrom<service::Model> for ServiceView {
             request_timeout_ms: s.request_timeout_ms,
             total_timeout_ms: s.total_timeout_ms,
             max_attempts: s.max_attempts,
+            validate_interval_s: s.validate_interval_s,
+            validate_concurrency: s.validate_concurrency,
             key_concurrency: s.key_concurrency,
             queue_timeout_ms: s.queue_timeout_ms,
             lease_ttl_ms: s.lease_ttl_ms,
@@ -140,6 +146,11 @@ pub struct CreateService {
     pub request_timeout_ms: Option<i32>,
     /// Keys tried per request at most (default 3).
     pub max_attempts: Option<i32>,
+    /// Re-test the keys out of rotation (`invalid`, `exhausted`, `cooling`) every this many
+    /// seconds and bring back those that answer; 10 to 86400, 0 = off (the default).
+    pub validate_interval_s: Option<i32>,
+    /// Keys a validation tests at once, 1 to 64 (default 4).
+    pub validate_concurrency: Option<i32>,
     /// Deadline for a whole request across attempts, to the response head (default 300000).
     pub total_timeout_ms: Option<i32>,
     /// Failures retried on another key: retry classes and extra statuses, or the older status
@@ -206,6 +217,11 @@ pub struct PatchService {
     pub auth_format: Option<String>,
     pub request_timeout_ms: Option<i32>,
     pub max_attempts: Option<i32>,
+    /// Re-test the keys out of rotation (`invalid`, `exhausted`, `cooling`) every this many
+    /// seconds and bring back those that answer; 10 to 86400, 0 = off.
+    pub validate_interval_s: Option<i32>,
+    /// Keys a validation tests at once, 1 to 64.
+    pub validate_concurrency: Option<i32>,
     /// Deadline for a whole request across attempts, to the response head (default 300000).
     pub total_timeout_ms: Option<i32>,
     /// Failures retried on another key: retry classes and extra statuses, or the older status
@@ -388,6 +404,26 @@ fn check_auth(header: Option<&str>, format: Option<&str>) -> ApiResult<()> {
     Ok(())
 }
 
+/// The interval's floor comes from the configuration (`jobs.validate_min_interval_s`).
+fn check_validation(
+    state: &AppState,
+    interval_s: Option<i32>,
+    concurrency: Option<i32>,
+) -> ApiResult<()> {
+    let min = state.config.jobs.validate_min_interval_s.max(1) as i32;
+    if interval_s.is_some_and(|s| s != 0 && !(min..=86_400).contains(&s)) {
+        return Err(ApiError::BadRequest(format!(
+            "validate_interval_s: must be {min} to 86400, or 0 to turn it off"
+        )));
+    }
+    if concurrency.is_some_and(|c| !(1..=64).contains(&c)) {
+        return Err(ApiError::BadRequest(
+            "validate_concurrency: must be 1 to 64".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn check_limits(timeout: Option<i32>, attempts: Option<i32>) -> ApiResult<()> {
     if timeout.is_some_and(|t| !(100..=3_600_000).contains(&t)) {
         return Err(ApiError::BadRequest(
@@ -473,6 +509,7 @@ pub async fn create(
     check_affinity(req.affinity_header.as_deref(), req.affinity_ttl_s)?;
     check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
     check_limits(req.request_timeout_ms, req.max_attempts)?;
+    check_validation(&state, req.validate_interval_s, req.validate_concurrency)?;
     let pool = pool_of!(req);
     check_pool(&pool)?;
     let mut am = service::ActiveModel {
@@ -498,6 +535,8 @@ pub async fn create(
         connect_timeout_ms: Set(10_000),
         request_timeout_ms: Set(req.request_timeout_ms.unwrap_or(60_000)),
         max_attempts: Set(req.max_attempts.unwrap_or(3)),
+        validate_interval_s: Set(req.validate_interval_s.filter(|s| *s > 0)),
+        validate_concurrency: Set(req.validate_concurrency.unwrap_or(4)),
         key_concurrency: Set(None),
         total_timeout_ms: Set(300_000),
         queue_timeout_ms: Set(5_000),
@@ -547,6 +586,7 @@ pub async fn patch(
     check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
     check_limits(req.request_timeout_ms, req.max_attempts)?;
     check_affinity(req.affinity_header.as_deref(), req.affinity_ttl_s)?;
+    check_validation(&state, req.validate_interval_s, req.validate_concurrency)?;
     let pool = pool_of!(req);
     check_pool(&pool)?;
     let existing = find(&state, &user, &slug).await?;
@@ -614,6 +654,12 @@ pub async fn patch(
     }
     if let Some(a) = req.max_attempts {
         am.max_attempts = Set(a);
+    }
+    if let Some(v) = req.validate_interval_s {
+        am.validate_interval_s = Set((v > 0).then_some(v));
+    }
+    if let Some(c) = req.validate_concurrency {
+        am.validate_concurrency = Set(c);
     }
     if let Some(e) = req.enabled {
         am.enabled = Set(e);

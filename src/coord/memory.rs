@@ -30,6 +30,8 @@ struct State {
     clients: HashMap<i64, ClientState>,
     /// (service, session hash) -> (bound key id, expiry ms)
     sessions: HashMap<(i64, String), (i64, i64)>,
+    /// Lock name -> (token, expiry ms).
+    locks: HashMap<String, (String, i64)>,
 }
 
 #[derive(Default)]
@@ -572,6 +574,30 @@ impl MemoryStore {
 
     pub fn set_balance(&self, key_id: i64, balance: Option<i64>) {
         self.inner.state.lock().keys.entry(key_id).or_default().bal = balance;
+    }
+
+    pub fn try_lock(&self, name: &str, token: &str, ttl_ms: u64) -> bool {
+        let now = now_ms();
+        let mut st = self.inner.state.lock();
+        if st.locks.get(name).is_some_and(|(_, exp)| *exp > now) {
+            return false;
+        }
+        st.locks
+            .insert(name.to_string(), (token.to_string(), now + ttl_ms as i64));
+        true
+    }
+
+    pub fn unlock(&self, name: &str, token: &str) -> bool {
+        let now = now_ms();
+        let mut st = self.inner.state.lock();
+        match st.locks.get(name) {
+            Some((t, exp)) if t == token => {
+                let held = *exp > now;
+                st.locks.remove(name);
+                held
+            }
+            _ => false,
+        }
     }
 
     pub fn config_version(&self) -> u64 {

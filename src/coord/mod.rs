@@ -11,6 +11,7 @@ pub mod redis;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::domain::KeyStatus;
 pub use crate::domain::Strategy;
 
 /// What the store needs to know about one key of the service (from the config snapshot).
@@ -299,6 +300,18 @@ pub struct LiveState {
 }
 
 impl LiveState {
+    /// The status an operator sees: a durable status stored in the database (`invalid`,
+    /// `exhausted`, `disabled`) wins; otherwise the live one, as seen at `now_ms`.
+    pub fn key_status(&self, stored: &str, now_ms: i64) -> KeyStatus {
+        match KeyStatus::parse(stored) {
+            Some(s @ (KeyStatus::Invalid | KeyStatus::Exhausted | KeyStatus::Disabled)) => s,
+            _ => self
+                .status(now_ms)
+                .and_then(KeyStatus::parse)
+                .unwrap_or(KeyStatus::Active),
+        }
+    }
+
     /// The status the key shows while out of rotation (`invalid`, `exhausted`, `cooling`), or None
     /// when it is in rotation, as seen at `now_ms`.
     pub fn status(&self, now_ms: i64) -> Option<&str> {
@@ -310,6 +323,16 @@ impl LiveState {
             None
         }
     }
+}
+
+/// A named lock held in the store, for work one replica at a time should do (background jobs).
+/// It ends with `unlock` or when its TTL passes. The token, fresh per acquisition, makes the
+/// release exact: a holder whose lock expired and was taken by someone else cannot release the
+/// new holder's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    pub name: String,
+    token: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -434,6 +457,27 @@ impl Coord {
         match self {
             Self::Memory(m) => Ok(m.bump_config_version()),
             Self::Redis(r) => r.bump_config_version().await,
+        }
+    }
+
+    /// Takes the lock `name` for `ttl_ms` unless someone (this replica included) holds it.
+    pub async fn try_lock(&self, name: &str, ttl_ms: u64) -> Result<Option<Lock>, CoordError> {
+        let lock = Lock {
+            name: name.to_string(),
+            token: new_lease_id(),
+        };
+        let taken = match self {
+            Self::Memory(m) => m.try_lock(&lock.name, &lock.token, ttl_ms),
+            Self::Redis(r) => r.try_lock(&lock.name, &lock.token, ttl_ms).await?,
+        };
+        Ok(taken.then_some(lock))
+    }
+
+    /// Releases `lock` if it is still the holder; false when it had expired (or been taken since).
+    pub async fn unlock(&self, lock: &Lock) -> Result<bool, CoordError> {
+        match self {
+            Self::Memory(m) => Ok(m.unlock(&lock.name, &lock.token)),
+            Self::Redis(r) => r.unlock(&lock.name, &lock.token).await,
         }
     }
 

@@ -1,12 +1,14 @@
 //! Redis coordination store for many replicas. Every change happens inside a Lua script whose file
 //! name carries a version (`acquire_v4`), so a rolling deploy never runs changed logic under an old
 //! name; scripts are loaded at start and called by SHA (EVALSHA, falling back to EVAL). Each
-//! script's header documents its KEYS, ARGV and reply, which the methods here read.
+//! script's header documents its KEYS, ARGV and reply, which the methods here read. (Taking a job
+//! lock is a single atomic `SET NX PX` and needs no script.)
 //!
 //! Layout under the configured prefix: `s:<service>` (cursor, backoff), `s:<service>:leases`,
-//! `s:<service>:429`, `s:<service>:aff:<session hash>` (session affinity), `k:<key>` (health, leases in flight, limits, live balance), `a:<access key>`
-//! (client limits), `cfgver`. Keys are computed inside scripts, so Redis Cluster is not supported;
-//! use a single primary (with replicas or Sentinel).
+//! `s:<service>:429`, `s:<service>:aff:<session hash>` (session affinity), `k:<key>` (health,
+//! leases in flight, limits, live balance), `a:<access key>` (client limits), `cfgver`,
+//! `lock:<name>` (background job locks). Keys are computed inside scripts, so Redis Cluster is
+//! not supported; use a single primary (with replicas or Sentinel).
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
@@ -27,6 +29,7 @@ pub struct RedisStore {
     release: Script,
     report: Script,
     renew: Script,
+    unlock: Script,
 }
 
 fn opt(v: Option<u32>) -> u32 {
@@ -57,9 +60,16 @@ impl RedisStore {
             release: Script::new(include_str!("lua/release_v4.lua")),
             report: Script::new(include_str!("lua/report_v3.lua")),
             renew: Script::new(include_str!("lua/renew_v2.lua")),
+            unlock: Script::new(include_str!("lua/unlock_v1.lua")),
         };
         let mut conn = store.conn.clone();
-        for s in [&store.acquire, &store.release, &store.report, &store.renew] {
+        for s in [
+            &store.acquire,
+            &store.release,
+            &store.report,
+            &store.renew,
+            &store.unlock,
+        ] {
             let _: String = s.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(store)
@@ -288,6 +298,35 @@ impl RedisStore {
     pub async fn bump_config_version(&self) -> Result<u64, CoordError> {
         let mut conn = self.conn.clone();
         Ok(conn.incr(format!("{}cfgver", self.prefix), 1u64).await?)
+    }
+
+    fn lock(&self, name: &str) -> String {
+        format!("{}lock:{name}", self.prefix)
+    }
+
+    /// One atomic command: `SET NX PX` takes the lock only if nobody holds it.
+    pub async fn try_lock(&self, name: &str, token: &str, ttl_ms: u64) -> Result<bool, CoordError> {
+        let mut conn = self.conn.clone();
+        let r: Option<String> = redis::cmd("SET")
+            .arg(self.lock(name))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms.max(1))
+            .query_async(&mut conn)
+            .await?;
+        Ok(r.is_some())
+    }
+
+    pub async fn unlock(&self, name: &str, token: &str) -> Result<bool, CoordError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self
+            .unlock
+            .key(self.lock(name))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n == 1)
     }
 
     pub async fn ping(&self) -> bool {

@@ -33,6 +33,33 @@ pub async fn list(
     q.limit(limit).all(db).await
 }
 
+/// Every key of a service, in id order.
+pub async fn of_service(
+    db: &DatabaseConnection,
+    service_id: i64,
+) -> Result<Vec<upstream_key::Model>, DbErr> {
+    upstream_key::Entity::find()
+        .filter(upstream_key::Column::ServiceId.eq(service_id))
+        .order_by_asc(upstream_key::Column::Id)
+        .all(db)
+        .await
+}
+
+/// Stores when and with what error (None: it answered) a validation tested the key, with whatever
+/// else `am` carries (a `reactivate` when the test brought the key back).
+pub async fn set_validation(
+    db: &DatabaseConnection,
+    mut am: upstream_key::ActiveModel,
+    error: Option<String>,
+) -> Result<(), DbErr> {
+    am.validated_at = Set(Some(Utc::now()));
+    am.validation_error = Set(error);
+    match am.update(db).await {
+        Ok(_) | Err(DbErr::RecordNotUpdated) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn by_id(
     db: &DatabaseConnection,
     service_id: i64,
@@ -122,6 +149,15 @@ pub async fn update(
     am: upstream_key::ActiveModel,
 ) -> Result<upstream_key::Model, DbErr> {
     am.update(db).await
+}
+
+/// Puts a key back in rotation (an operator re-enabled it, or a validation found it answering):
+/// its durable status and the failure record it carried are cleared. The caller also clears its
+/// live health in the coordination store (`Fault::Clear`).
+pub fn reactivate(am: &mut upstream_key::ActiveModel) {
+    am.status = Set("active".into());
+    am.last_error = Set(None);
+    am.consecutive_failures = Set(0);
 }
 
 /// Records a health transition decided by the data plane (off the hot path).

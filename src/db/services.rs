@@ -12,6 +12,16 @@ pub async fn all(db: &DatabaseConnection) -> Result<Vec<service::Model>, DbErr> 
         .await
 }
 
+/// Enabled services with a scheduled key validation.
+pub async fn with_validation(db: &DatabaseConnection) -> Result<Vec<service::Model>, DbErr> {
+    service::Entity::find()
+        .filter(service::Column::ValidateIntervalS.gt(0))
+        .filter(service::Column::Enabled.eq(true))
+        .order_by_asc(service::Column::Id)
+        .all(db)
+        .await
+}
+
 pub async fn list(
     db: &DatabaseConnection,
     tenant: Option<i64>,

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use futures::TryStreamExt;
 use secrecy::ExposeSecret;
 
@@ -15,7 +15,7 @@ use super::finish::Finish;
 use super::headers;
 use super::ingress::Admitted;
 use crate::coord::{Acquire, AcquireReq, CoordError, Fault, Remaining};
-use crate::formats::{self, Format};
+use crate::formats::Format;
 use crate::snapshot::ServiceRt;
 use crate::state::AppState;
 use crate::telemetry::metrics as m;
@@ -47,22 +47,24 @@ enum Failure {
     Connect,
 }
 
+/// What an upstream status says about the key that got it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyFault {
+pub enum KeyFault {
     Invalid,
     Exhausted,
     RateLimited,
     Server,
 }
 
-enum Class {
+pub enum Class {
     /// Goes to the client as it is (success, or a client error that says nothing about the key).
     Deliver,
     /// The key is at fault (or the upstream is failing): mark it and try another.
     Key(KeyFault),
 }
 
-fn classify(s: StatusCode) -> Class {
+/// The data plane's reading of an upstream status; key validation reads answers the same way.
+pub fn classify(s: StatusCode) -> Class {
     match s.as_u16() {
         401 | 403 => Class::Key(KeyFault::Invalid),
         402 => Class::Key(KeyFault::Exhausted),
@@ -202,23 +204,11 @@ pub async fn run(
         };
         let mut headers = base.clone();
         let key = &svc.keys[index];
-        match HeaderValue::from_str(&svc.auth_format.replace("{key}", key.secret.expose_secret())) {
-            Ok(mut v) => {
-                v.set_sensitive(true);
-                headers.insert(svc.auth_header.clone(), v);
-            }
-            Err(_) => {
-                fin.fault(Fault::Invalid, "key is not a valid header value")
-                    .await;
-                last_failure = Some(Failure::Connect);
-                continue;
-            }
-        }
-        if upstream_fmt == Format::Anthropic && !headers.contains_key("anthropic-version") {
-            headers.insert(
-                "anthropic-version",
-                HeaderValue::from_static(formats::anthropic::DEFAULT_VERSION),
-            );
+        if !svc.set_auth(&mut headers, key.secret.expose_secret()) {
+            fin.fault(Fault::Invalid, "key is not a valid header value")
+                .await;
+            last_failure = Some(Failure::Connect);
+            continue;
         }
         let send = state
             .http
@@ -493,7 +483,7 @@ fn coord_failed(e: &CoordError, slug: &str) {
 }
 
 /// Reads up to 64 KiB of an error body, for classification; never forwarded.
-async fn read_small(resp: reqwest::Response) -> String {
+pub async fn read_small(resp: reqwest::Response) -> String {
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
     let read = async {

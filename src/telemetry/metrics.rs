@@ -13,6 +13,9 @@ pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "keygate_upstream_attempts_total";
 /// Key health transitions, by `slug` and `to` (invalid, exhausted, cooling, and active when a
 /// half-open trial brings a tripped key back).
 pub const KEY_TRANSITIONS_TOTAL: &str = "keygate_key_transitions_total";
+/// Key validation requests (`jobs::validate`), by `slug` and `outcome` (ok, invalid, exhausted,
+/// inconclusive).
+pub const KEY_VALIDATIONS_TOTAL: &str = "keygate_key_validations_total";
 /// Upstream-wide 429 backoffs of a service, by `slug`.
 pub const SERVICE_BACKOFFS_TOTAL: &str = "keygate_service_backoffs_total";
 /// Requests refused because the access key is over its RPM/RPD/TPM, by `slug`.
@@ -70,6 +73,7 @@ pub fn handle() -> PrometheusHandle {
             );
             metrics::describe_counter!(UPSTREAM_ATTEMPTS_TOTAL, "Upstream attempts by outcome");
             metrics::describe_counter!(KEY_TRANSITIONS_TOTAL, "Upstream key health transitions");
+            metrics::describe_counter!(KEY_VALIDATIONS_TOTAL, "Key validation requests by outcome");
             metrics::describe_counter!(SERVICE_BACKOFFS_TOTAL, "Upstream-wide 429 backoffs");
             metrics::describe_counter!(
                 CLIENT_RATE_LIMITED_TOTAL,

@@ -976,3 +976,47 @@ contract!(
         ok(&p.a, &lease).await;
     }
 );
+
+contract!(
+    a_job_lock_has_one_holder_until_released_or_expired,
+    |p: Pair| async move {
+        let first = p.a.try_lock("job", 60_000).await.unwrap();
+        let first = first.expect("a free lock is taken");
+        assert!(
+            p.b.try_lock("job", 60_000).await.unwrap().is_none(),
+            "held: the other replica cannot take it"
+        );
+        assert!(
+            p.a.try_lock("job", 60_000).await.unwrap().is_none(),
+            "held: not even its holder takes it twice"
+        );
+        assert!(
+            p.b.try_lock("other-job", 60_000).await.unwrap().is_some(),
+            "locks are per name"
+        );
+        assert!(p.a.unlock(&first).await.unwrap(), "the holder releases it");
+        let second = p.b.try_lock("job", 300).await.unwrap();
+        let second = second.expect("free again once released");
+        assert!(
+            !p.a.unlock(&first).await.unwrap(),
+            "a released lock's token releases nothing"
+        );
+        assert!(
+            p.a.try_lock("job", 60_000).await.unwrap().is_none(),
+            "the stale unlock left the new holder's lock in place"
+        );
+        // Without an unlock the lock ends with its TTL (a replica that died holding it).
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                p.a.try_lock("job", 60_000).await.unwrap().is_some()
+            })
+            .await,
+            "taken again after the 300 ms TTL"
+        );
+        assert!(
+            !p.b.unlock(&second).await.unwrap(),
+            "an expired holder cannot release the lock someone took since"
+        );
+        assert!(p.b.try_lock("job", 60_000).await.unwrap().is_none());
+    }
+);

@@ -19,3 +19,4 @@ mod proxy;
 mod router;
 mod routing;
 mod sinks;
+mod validation;

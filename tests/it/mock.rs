@@ -36,6 +36,8 @@ pub struct Seen {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Clone, Default)]
@@ -109,6 +111,7 @@ async fn handle(State(mock): State<Mock>, req: Request) -> Response {
         query: parts.uri.query().map(str::to_string),
         headers: parts.headers.clone(),
         body: body.clone(),
+        at: std::time::Instant::now(),
     });
     let behaviour = mock
         .inner

@@ -1,0 +1,456 @@
+//! Key validation: one cheap upstream request per key, read the way the data plane reads answers,
+//! so operators learn which keys work before traffic does and keys that went out of rotation come
+//! back once they answer again.
+//!
+//! The request is the upstream's model list, `GET {base_url}/models`, with the service's own auth
+//! rule (the data plane's `ServiceRt::set_auth`: `Authorization: Bearer` for `openai`,
+//! `x-api-key` + `anthropic-version` for `anthropic`, `x-goog-api-key` for `gemini`). A `rest`
+//! service has no such list, so it gets `GET {base_url}/`. The answer is classified as on the data
+//! plane (`proxy::failover::classify`): a status the data plane would hand the client as it is
+//! (2xx, or a 4xx such as a 404 from a REST root) says the key was accepted; 401/403 mean
+//! invalid; 402, or a 429 whose body says the quota is gone, exhausted; any other 429, a 5xx, a
+//! timeout (the service's `request_timeout_ms`) or a connect error is passing trouble.
+//!
+//! What a test records, on demand or scheduled alike:
+//! - accepted, and the key was out of rotation (`invalid`, `exhausted`, `cooling`): it comes back
+//!   as an operator's re-enable brings it back (durable status `active`, live health cleared);
+//! - refused: the key goes out as a data-plane attempt would take it out (`proxy::finish::report`).
+//!   An operator who tests a key wants traffic off a key the upstream refuses;
+//! - passing trouble: the key's health is left alone. A probe is not traffic: cooling a key, or
+//!   counting towards its breaker, on one 429 or 5xx of a test would take healthy keys out on a
+//!   flaky moment the data plane would have retried through;
+//! - a `disabled` key is tested but never changes status: that is the operator's call.
+//!
+//! Every test stores `validated_at` and `validation_error` on the key.
+//!
+//! Scheduled validation (`services.validate_interval_s`, off by default) re-tests the keys out of
+//! rotation. Every replica looks for due services every `jobs.validate_tick_ms`; a run first takes
+//! the lock `validate:<service id>` in the coordination store for one interval and keeps it when
+//! done, so the lock means both "one replica at a time" and "once per interval". A run starts no
+//! test after 90% of the interval, so it never outlives its lock. A replica that shuts down
+//! mid-run gives its lock back, so another replica can redo the run at once.
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use futures::StreamExt;
+use sea_orm::ActiveValue::Unchanged;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use tokio::task::JoinSet;
+use utoipa::ToSchema;
+
+use crate::coord::{Fault, Lock, now_ms};
+use crate::crypto::mask;
+use crate::db::{
+    self,
+    entity::{service, upstream_key},
+};
+use crate::domain::{KeyStatus, Kind};
+use crate::formats::Format;
+use crate::proxy::failover::{Class, KeyFault, classify, read_small};
+use crate::snapshot::ServiceRt;
+use crate::state::AppState;
+use crate::telemetry::metrics as m;
+
+/// The statuses a scheduled validation re-tests.
+pub const OUT_OF_ROTATION: [KeyStatus; 3] =
+    [KeyStatus::Invalid, KeyStatus::Exhausted, KeyStatus::Cooling];
+
+/// What testing one key found.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyTest {
+    pub key_id: i64,
+    /// Masked (`sk-ab...wxyz`).
+    pub key: String,
+    /// The upstream accepted the key (it did not answer 401/402/403/429/5xx, and did answer).
+    pub ok: bool,
+    /// The upstream's HTTP status; null when no answer came (timeout, connect error).
+    pub status: Option<u16>,
+    /// Time to the answer's head.
+    pub latency_ms: u64,
+    /// What went wrong, when something did (never the key).
+    pub error: Option<String>,
+    pub key_status_before: KeyStatus,
+    /// After the test: back to `active` when an out-of-rotation key answered, `invalid` or
+    /// `exhausted` when the upstream refused it.
+    pub key_status_after: KeyStatus,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] sea_orm::DbErr),
+    #[error(transparent)]
+    Coord(#[from] crate::coord::CoordError),
+    #[error("service '{0}' is not in this replica's configuration yet")]
+    NotLoaded(String),
+    #[error("configuration reload failed: {0}")]
+    Reload(anyhow::Error),
+}
+
+/// A key with the status an operator sees for it now.
+pub struct Candidate {
+    pub key: upstream_key::Model,
+    pub status: KeyStatus,
+}
+
+/// Pairs keys with their current status (durable from the database, live from the store).
+pub async fn with_status(
+    state: &AppState,
+    rows: Vec<upstream_key::Model>,
+) -> Result<Vec<Candidate>, Error> {
+    let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
+    let live = state.coord.live_states(&ids).await?;
+    let now = now_ms();
+    Ok(rows
+        .into_iter()
+        .zip(live)
+        .map(|(key, l)| Candidate {
+            status: l.key_status(&key.status, now),
+            key,
+        })
+        .collect())
+}
+
+/// The service's keys whose status is one of `only` (every key when `only` is empty).
+pub async fn keys_in(
+    state: &AppState,
+    service_id: i64,
+    only: &[KeyStatus],
+) -> Result<Vec<Candidate>, Error> {
+    let rows = db::keys::of_service(&state.db, service_id).await?;
+    let mut keys = with_status(state, rows).await?;
+    if !only.is_empty() {
+        keys.retain(|c| only.contains(&c.status));
+    }
+    Ok(keys)
+}
+
+/// Tests `keys` of `svc`, at most `validate_concurrency` at once, results in the keys' order.
+/// With a `deadline` (scheduled runs) no test starts or lasts past it, and keys it leaves out are
+/// missing from the result.
+pub async fn test_keys(
+    state: &AppState,
+    svc: &service::Model,
+    keys: Vec<Candidate>,
+    deadline: Option<Instant>,
+) -> Result<Vec<KeyTest>, Error> {
+    // The data plane's view of the service: the same URL, auth rule and timeout traffic uses.
+    let rt = state
+        .snapshot
+        .load()
+        .services
+        .get(&svc.slug)
+        .cloned()
+        .ok_or_else(|| Error::NotLoaded(svc.slug.clone()))?;
+    let at_once = svc.validate_concurrency.clamp(1, 64) as usize;
+    let done: Vec<Result<Option<Tested>, Error>> = futures::stream::iter(keys)
+        .map(|c| test_one(state, &rt, c, deadline))
+        .buffered(at_once)
+        .collect()
+        .await;
+    let done: Vec<Tested> = done
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    // A key whose durable status changed back is not in the snapshot yet.
+    if done.iter().any(|t| t.reload) {
+        state.config_changed().await.map_err(Error::Reload)?;
+    }
+    let ids: Vec<i64> = done.iter().map(|t| t.result.key_id).collect();
+    let live = state.coord.live_states(&ids).await?;
+    let now = now_ms();
+    Ok(done
+        .into_iter()
+        .zip(live)
+        .map(|(t, l)| KeyTest {
+            key_status_after: l.key_status(&t.stored_after, now),
+            ..t.result
+        })
+        .collect())
+}
+
+struct Tested {
+    result: KeyTest,
+    /// The key's durable status after the test.
+    stored_after: String,
+    /// The durable status went back to `active`: the snapshot must reload.
+    reload: bool,
+}
+
+async fn test_one(
+    state: &AppState,
+    rt: &ServiceRt,
+    c: Candidate,
+    deadline: Option<Instant>,
+) -> Result<Option<Tested>, Error> {
+    let mut timeout = rt.request_timeout;
+    if let Some(d) = deadline {
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        timeout = timeout.min(left);
+    }
+    let Candidate {
+        key,
+        status: before,
+    } = c;
+    let (masked, probe) = match state.cipher.decrypt(&key.secret).map(SecretString::from) {
+        Ok(secret) => (
+            mask(secret.expose_secret()),
+            probe(state, rt, secret.expose_secret(), timeout).await,
+        ),
+        Err(_) => (
+            "(undecryptable)".to_string(),
+            Probe::inconclusive(None, Duration::ZERO, "the stored key cannot be decrypted"),
+        ),
+    };
+    metrics::counter!(m::KEY_VALIDATIONS_TOTAL, "slug" => rt.slug.clone(), "outcome" => probe.verdict.label())
+        .increment(1);
+    let (stored_after, back) = record(state, rt, &key, before, &probe, &masked).await?;
+    Ok(Some(Tested {
+        reload: back && key.status != KeyStatus::Active.as_str(),
+        result: KeyTest {
+            key_id: key.id,
+            key: masked,
+            ok: probe.verdict == Verdict::Accepted,
+            status: probe.status,
+            latency_ms: probe.latency.as_millis() as u64,
+            error: probe.error,
+            key_status_before: before,
+            key_status_after: before,
+        },
+        stored_after,
+    }))
+}
+
+/// Acts on what a test found (see the module notes); returns the key's durable status after it,
+/// and whether the key came back into rotation.
+async fn record(
+    state: &AppState,
+    rt: &ServiceRt,
+    key: &upstream_key::Model,
+    before: KeyStatus,
+    probe: &Probe,
+    masked: &str,
+) -> Result<(String, bool), Error> {
+    let mut am = upstream_key::ActiveModel {
+        id: Unchanged(key.id),
+        ..Default::default()
+    };
+    let mut stored_after = key.status.clone();
+    let back = probe.verdict == Verdict::Accepted && OUT_OF_ROTATION.contains(&before);
+    if back {
+        db::keys::reactivate(&mut am);
+        stored_after = KeyStatus::Active.as_str().into();
+    }
+    if let Verdict::Refused(fault, to) = probe.verdict
+        && before != to
+        && before != KeyStatus::Disabled
+    {
+        let reason = probe.error.as_deref().unwrap_or("refused");
+        crate::proxy::finish::report(state, rt, key.id, None, fault, reason, None).await;
+        stored_after = to.as_str().into();
+    }
+    db::keys::set_validation(&state.db, am, probe.error.clone()).await?;
+    if back {
+        state
+            .coord
+            .report(rt.id, key.id, None, Fault::Clear, 0)
+            .await?;
+        metrics::counter!(m::KEY_TRANSITIONS_TOTAL, "slug" => rt.slug.clone(), "to" => "active")
+            .increment(1);
+        tracing::info!(key = %masked, key_id = key.id, slug = %rt.slug, from = %before, "upstream key back in rotation: it answered a validation");
+    }
+    Ok((stored_after, back))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Accepted,
+    /// Refused for good: the fault to report and the status it leads to.
+    Refused(Fault, KeyStatus),
+    /// Says nothing lasting about the key.
+    Inconclusive,
+}
+
+impl Verdict {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "ok",
+            Self::Refused(_, s) => s.as_str(),
+            Self::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+struct Probe {
+    verdict: Verdict,
+    status: Option<u16>,
+    latency: Duration,
+    error: Option<String>,
+}
+
+impl Probe {
+    fn inconclusive(status: Option<u16>, latency: Duration, error: impl Into<String>) -> Self {
+        Self {
+            verdict: Verdict::Inconclusive,
+            status,
+            latency,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// The URL of the cheap request: the model list, or a REST upstream's root.
+fn probe_url(rt: &ServiceRt) -> String {
+    match rt.kind {
+        Kind::Rest => format!("{}/", rt.base_url),
+        // A router has no keys of its own, so it is never probed; its targets are.
+        Kind::OpenAi | Kind::Anthropic | Kind::Gemini | Kind::Router => {
+            format!("{}/models", rt.base_url)
+        }
+    }
+}
+
+async fn probe(state: &AppState, rt: &ServiceRt, secret: &str, timeout: Duration) -> Probe {
+    let mut headers = HeaderMap::new();
+    if !rt.set_auth(&mut headers, secret) {
+        return Probe {
+            verdict: Verdict::Refused(Fault::Invalid, KeyStatus::Invalid),
+            status: None,
+            latency: Duration::ZERO,
+            error: Some("key is not a valid header value".into()),
+        };
+    }
+    // The client that carries the service's traffic (the one place to pick an egress client).
+    let client = &state.http;
+    let started = Instant::now();
+    let sent =
+        tokio::time::timeout(timeout, client.get(probe_url(rt)).headers(headers).send()).await;
+    let latency = started.elapsed();
+    let resp = match sent {
+        Err(_) => {
+            let msg = format!("no answer within {} ms", timeout.as_millis());
+            return Probe::inconclusive(None, latency, msg);
+        }
+        Ok(Err(e)) if e.is_connect() => return Probe::inconclusive(None, latency, "connect error"),
+        Ok(Err(_)) => return Probe::inconclusive(None, latency, "upstream request error"),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let verdict = match classify(status) {
+        Class::Deliver => Verdict::Accepted,
+        Class::Key(KeyFault::Invalid) => Verdict::Refused(Fault::Invalid, KeyStatus::Invalid),
+        Class::Key(KeyFault::Exhausted) => Verdict::Refused(Fault::Exhausted, KeyStatus::Exhausted),
+        // As on the data plane: a 429 whose body says the quota is gone is exhaustion.
+        Class::Key(KeyFault::RateLimited) => {
+            let body = read_small(resp).await;
+            if Format::of_kind(rt.kind).quota_exhausted(status.as_u16(), &body) {
+                Verdict::Refused(Fault::Exhausted, KeyStatus::Exhausted)
+            } else {
+                Verdict::Inconclusive
+            }
+        }
+        Class::Key(KeyFault::Server) => Verdict::Inconclusive,
+    };
+    Probe {
+        verdict,
+        status: Some(status.as_u16()),
+        latency,
+        error: (verdict != Verdict::Accepted).then(|| format!("upstream answered {status}")),
+    }
+}
+
+/// The scheduled validation: runs until shutdown, then gives back the locks of runs in progress.
+pub async fn schedule(state: AppState) {
+    let every = Duration::from_millis(state.config.jobs.validate_tick_ms.max(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = state.events.on_shutdown();
+    let mut runs = JoinSet::new();
+    let mut held: HashMap<tokio::task::Id, Lock> = HashMap::new();
+    loop {
+        tokio::select! {
+            done = &mut shutdown => {
+                runs.shutdown().await;
+                for lock in held.values() {
+                    let _ = state.coord.unlock(lock).await;
+                }
+                if let Ok(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            Some(ended) = runs.join_next_with_id(), if !runs.is_empty() => {
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                // The lock stays in the store until its interval ends.
+                held.remove(&id);
+            }
+            _ = tick.tick() => start_due(&state, &mut runs, &mut held).await,
+        }
+    }
+}
+
+/// Starts a run for every service whose interval lock this replica can take.
+async fn start_due(
+    state: &AppState,
+    runs: &mut JoinSet<()>,
+    held: &mut HashMap<tokio::task::Id, Lock>,
+) {
+    let services = match db::services::with_validation(&state.db).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "scheduled key validation: cannot list services");
+            return;
+        }
+    };
+    for svc in services {
+        let Some(secs) = svc.validate_interval_s.filter(|s| *s > 0) else {
+            continue;
+        };
+        let interval = Duration::from_secs(secs as u64);
+        let name = format!("validate:{}", svc.id);
+        match state
+            .coord
+            .try_lock(&name, interval.as_millis() as u64)
+            .await
+        {
+            Ok(Some(lock)) => {
+                let handle = runs.spawn(run_once(state.clone(), svc, interval));
+                held.insert(handle.id(), lock);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduled key validation: coordination store unavailable");
+                return;
+            }
+        }
+    }
+}
+
+async fn run_once(state: AppState, svc: service::Model, interval: Duration) {
+    let deadline = Instant::now() + interval * 9 / 10;
+    let run = async {
+        let keys = keys_in(&state, svc.id, &OUT_OF_ROTATION).await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        test_keys(&state, &svc, keys, Some(deadline)).await
+    };
+    match run.await {
+        Ok(r) if r.is_empty() => {}
+        Ok(r) => {
+            let back = r.iter().filter(|t| t.ok).count();
+            tracing::info!(slug = %svc.slug, tested = r.len(), back, "scheduled key validation");
+        }
+        Err(e) => tracing::warn!(slug = %svc.slug, error = %e, "scheduled key validation failed"),
+    }
+}
