@@ -219,8 +219,8 @@ pub async fn run(
                 HeaderValue::from_static(formats::anthropic::DEFAULT_VERSION),
             );
         }
-        let send = state
-            .http
+        let send = svc
+            .client_for(index, &state.http)
             .request(method.clone(), &adm.url)
             .headers(headers)
             .body(reqwest_body)

@@ -10,6 +10,7 @@
 //! configured default slug. The data plane reads only the config snapshot and the coordination
 //! store, and hands events to `crate::events`; it never names the database.
 pub mod auth;
+pub mod azure;
 pub mod body;
 pub mod error;
 pub mod failover;
@@ -128,6 +129,9 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
             return fin.fail(ProxyError::new(kind, fmt, msg));
         }
     };
+    if let Err(e) = azure::read_model(&fin, &adm, &mut body, proxy.max_body_bytes).await {
+        return fin.fail(e);
+    }
     if fin.model.is_none()
         && let body::ReqBody::Buffered(b) = &body
         && !b.is_empty()
@@ -160,6 +164,10 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
             Ok(t) => t,
             Err(e) => return fin.fail(e),
         };
+        let model = tr.as_ref().and_then(|t| t.prepared.model.as_deref());
+        if let Err(e) = azure::route(&fin, &mut adm, model) {
+            return fin.fail(e);
+        }
         let method = tr
             .as_ref()
             .map(|t| t.prepared.method.clone())
@@ -172,6 +180,7 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
                 fin.upstream_fmt,
             ),
         };
+        let base = headers::with_service(base, &adm.svc.upstream_headers);
         let ran = failover::run(&state, &mut fin, &adm, &method, &base, &mut body).await;
         let client = fin.client;
         let mut resp = match ran.outcome {
