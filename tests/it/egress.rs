@@ -342,7 +342,7 @@ both!(
 );
 
 both!(
-    a_socks5_proxy_with_credentials_carries_upstream_calls,
+    a_socks5_proxy_carries_calls_and_one_that_cannot_be_built_takes_the_keys_out,
     |b: Backend| async move {
         let upstream = mock::start().await;
         let socks = start_socks5_proxy().await;
@@ -365,6 +365,23 @@ both!(
         assert_eq!(seen[0].target, host_port(&upstream.base));
         assert_eq!(seen[0].proxy_auth.as_deref(), Some("sock-user:sock-pass"));
         assert_eq!(upstream.mock.counts().get(KEY_A), Some(&1));
+
+        // A stored proxy no client can be built from (a row edited by hand) takes the service's
+        // keys out of rotation: its calls are refused, never sent around the proxy.
+        use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
+        let db = &app.state.db;
+        let rows = keygate::db::entity::service::Entity::find()
+            .all(db)
+            .await
+            .unwrap();
+        let row = rows.into_iter().find(|s| s.slug == "sk5").unwrap();
+        let mut am: keygate::db::entity::service::ActiveModel = row.into();
+        am.egress_proxy = Set(Some("ftp://not-a-proxy:21".into()));
+        am.update(db).await.unwrap();
+        app.state.config_changed().await.unwrap();
+        assert_eq!(app.chat("sk5", &ak).await.status(), 503);
+        assert_eq!(upstream.mock.seen().len(), 1);
+        assert_eq!(socks.seen().len(), seen.len());
     }
 );
 
