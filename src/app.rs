@@ -78,11 +78,7 @@ impl App {
             }
         };
 
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let http = crate::egress::builder().build()?;
 
         let global_keys: HashSet<String> = config
             .proxy

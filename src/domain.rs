@@ -65,6 +65,17 @@ impl Kind {
             Self::Gemini => ("x-goog-api-key", "{key}"),
         }
     }
+
+    /// The defaults when the service sets none, given whether it is an Azure OpenAI service
+    /// (an `openai` one with a deployment path or an API version): Azure takes its key in
+    /// `api-key`, as is.
+    pub fn auth_defaults(self, azure: bool) -> (&'static str, &'static str) {
+        if azure && self == Self::OpenAi {
+            ("api-key", "{key}")
+        } else {
+            self.default_auth()
+        }
+    }
 }
 
 /// Whether a service keeps a client's session on one key (so the provider's prompt cache hits).

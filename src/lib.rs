@@ -9,6 +9,7 @@ pub mod coord;
 pub mod crypto;
 pub mod db;
 pub mod domain;
+pub mod egress;
 pub mod events;
 pub mod formats;
 pub mod jobs;

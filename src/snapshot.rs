@@ -6,11 +6,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sea_orm::DatabaseConnection;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::coord::{ClientLimits, KeySet, KeySpec, Strategy};
 use crate::crypto::{Cipher, mask};
-use crate::db;
+use crate::{db, egress};
 
 // The domain enums moved to `crate::domain`; these paths stay for the data plane.
 pub use crate::domain::{Kind, RetryOn};
@@ -19,6 +19,8 @@ pub struct KeyRt {
     pub id: i64,
     pub secret: SecretString,
     pub masked: String,
+    /// This key's own client, when it has an egress proxy (None: the service's).
+    pub http: Option<reqwest::Client>,
 }
 
 pub struct ServiceRt {
@@ -36,6 +38,13 @@ pub struct ServiceRt {
     /// How long a request waits for a key under its concurrency cap.
     pub queue_timeout: std::time::Duration,
     pub lease_ttl_ms: u64,
+    /// The service's client when it has an egress proxy or a private CA (None: the shared one).
+    /// Use `client_for`, which also knows the keys' own proxies.
+    pub http: Option<reqwest::Client>,
+    /// Added to every upstream request (`proxy::headers::with_service`).
+    pub upstream_headers: HeaderMap,
+    /// Azure OpenAI options (deployment path, api-version).
+    pub azure: Option<crate::proxy::azure::Azure>,
     pub max_attempts: u32,
     pub retry_on: RetryOn,
     pub strategy: Strategy,
@@ -91,12 +100,80 @@ fn cost_ppm(factor: f64) -> u32 {
     }
 }
 
+impl ServiceRt {
+    /// The HTTP client for a call with the key at `key_index` (in `keys`): the key's own when it
+    /// has an egress proxy, else the service's (proxy and/or private CA), else `shared` (the
+    /// process-wide `state.http`). Every upstream call a service makes goes through this: the
+    /// data plane, key validation and balance sync alike, so egress settings hold for all.
+    pub fn client_for<'a>(
+        &'a self,
+        key_index: usize,
+        shared: &'a reqwest::Client,
+    ) -> &'a reqwest::Client {
+        self.keys
+            .get(key_index)
+            .and_then(|k| k.http.as_ref())
+            .or(self.http.as_ref())
+            .unwrap_or(shared)
+    }
+}
+
 #[derive(Default)]
 pub struct Snapshot {
     pub version: u64,
     pub services: HashMap<String, Arc<ServiceRt>>,
     /// By hex SHA-256 of the full key.
     pub access_keys: HashMap<String, Arc<AccessKeyRt>>,
+    /// The egress clients in use, handed to the next load for reuse.
+    clients: egress::Clients,
+}
+
+/// A routable key before its service's egress is known. No `Debug`: it holds secrets.
+struct LoadedKey {
+    rt: KeyRt,
+    spec: KeySpec,
+    proxy: Option<SecretString>,
+}
+
+/// The service's client and the keys that can be reached as configured. Fails closed: a key
+/// whose proxy cannot be built is left out, and so is every key of a service whose own egress
+/// cannot be built, rather than sending their traffic past the proxy or CA the operator set.
+/// Errors are logged without the proxy URL.
+fn egress_of(
+    s: &db::entity::service::Model,
+    keys: Vec<LoadedKey>,
+    cipher: &Cipher,
+    prev: &egress::Clients,
+    clients: &mut egress::Clients,
+) -> (Option<reqwest::Client>, Vec<(KeyRt, KeySpec)>) {
+    let ca = s.tls_ca_pem.as_deref().filter(|p| !p.trim().is_empty());
+    let proxy = s
+        .egress_proxy
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(|p| egress::open_proxy(cipher, p).map_err(|e| e.to_string()))
+        .transpose();
+    let http = match proxy.and_then(|p| clients.get(prev, p.as_deref(), ca)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(slug = %s.slug, error = %e, "service egress cannot be built: its keys are left out");
+            return (None, Vec::new());
+        }
+    };
+    let mut out = Vec::with_capacity(keys.len());
+    for mut k in keys {
+        if let Some(p) = &k.proxy {
+            match clients.get(prev, Some(p.expose_secret()), ca) {
+                Ok(c) => k.rt.http = c,
+                Err(e) => {
+                    tracing::error!(slug = %s.slug, key_id = k.rt.id, error = %e, "key egress cannot be built: key left out");
+                    continue;
+                }
+            }
+        }
+        out.push((k.rt, k.spec));
+    }
+    (http, out)
 }
 
 impl Snapshot {
@@ -105,21 +182,38 @@ impl Snapshot {
         cipher: &Cipher,
         version: u64,
     ) -> anyhow::Result<Self> {
+        Self::load_after(db, cipher, version, &Self::default()).await
+    }
+
+    /// Like `load`, reusing `prev`'s egress clients where the settings did not change.
+    pub async fn load_after(
+        db: &DatabaseConnection,
+        cipher: &Cipher,
+        version: u64,
+        prev: &Snapshot,
+    ) -> anyhow::Result<Self> {
         let services = db::services::all(db).await?;
         let keys = db::keys::routable(db).await?;
         let access = db::access_keys::all_enabled(db).await?;
 
-        let mut by_service: HashMap<i64, Vec<(KeyRt, KeySpec)>> = HashMap::new();
+        let mut by_service: HashMap<i64, Vec<LoadedKey>> = HashMap::new();
         let limit = |v: Option<i32>| v.filter(|v| *v > 0).map(|v| v as u32);
         for k in keys {
-            match cipher.decrypt(&k.secret) {
-                Ok(plain) => by_service.entry(k.service_id).or_default().push((
-                    KeyRt {
+            let proxy = k
+                .egress_proxy
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(|p| egress::open_proxy(cipher, p))
+                .transpose();
+            match cipher.decrypt(&k.secret).and_then(|s| Ok((s, proxy?))) {
+                Ok((plain, proxy)) => by_service.entry(k.service_id).or_default().push(LoadedKey {
+                    rt: KeyRt {
                         id: k.id,
                         masked: mask(&plain),
                         secret: SecretString::from(plain),
+                        http: None,
                     },
-                    KeySpec {
+                    spec: KeySpec {
                         id: k.id,
                         weight: k.weight.max(1) as u32,
                         rpm: limit(k.rpm),
@@ -127,10 +221,12 @@ impl Snapshot {
                         balance: k.balance_micros,
                         cost_ppm: cost_ppm(k.cost_factor),
                     },
-                )),
+                    proxy: proxy.map(SecretString::from),
+                }),
                 Err(e) => tracing::error!(key_id = k.id, error = %e, "upstream key skipped"),
             }
         }
+        let mut clients = egress::Clients::default();
         let mut out = Snapshot {
             version,
             ..Default::default()
@@ -140,17 +236,22 @@ impl Snapshot {
                 tracing::error!(slug = %s.slug, kind = %s.kind, "service with unknown kind skipped");
                 continue;
             };
-            let (dh, df) = kind.default_auth();
+            let azure = crate::proxy::azure::Azure::load(
+                &s.slug,
+                s.deployment_path.as_deref(),
+                s.api_version.as_deref(),
+            )
+            .filter(|_| kind == Kind::OpenAi);
+            let (dh, df) = kind.auth_defaults(azure.is_some());
             let auth_header = s
                 .auth_header
                 .as_deref()
                 .and_then(|h| HeaderName::try_from(h).ok())
                 .unwrap_or_else(|| HeaderName::from_static(dh));
-            let (keys, specs): (Vec<KeyRt>, Vec<KeySpec>) = by_service
-                .remove(&s.id)
-                .unwrap_or_default()
-                .into_iter()
-                .unzip();
+            let loaded = by_service.remove(&s.id).unwrap_or_default();
+            let (http, usable) = egress_of(&s, loaded, cipher, &prev.clients, &mut clients);
+            let (keys, specs): (Vec<KeyRt>, Vec<KeySpec>) = usable.into_iter().unzip();
+            let upstream_headers = upstream_headers(&s, auth_header.as_str());
             let retry_on = RetryOn::from_db(&s.retry_on).unwrap_or_else(|e| {
                 tracing::error!(slug = %s.slug, error = %e, "bad retry_on; using the default");
                 RetryOn::default_policy()
@@ -173,6 +274,9 @@ impl Snapshot {
                     total_timeout: ms(s.total_timeout_ms),
                     queue_timeout: ms(s.queue_timeout_ms),
                     lease_ttl_ms: s.lease_ttl_ms.max(1000) as u64,
+                    http,
+                    upstream_headers,
+                    azure,
                     max_attempts: s.max_attempts.max(1) as u32,
                     retry_on,
                     strategy: Strategy::parse(&s.strategy).unwrap_or(Strategy::RoundRobin),
@@ -215,6 +319,23 @@ impl Snapshot {
                 }),
             );
         }
+        out.clients = clients;
         Ok(out)
     }
+}
+
+/// The service's extra headers; a stored set that fails the check (a row edited by hand) is
+/// dropped whole with an error line, rather than half applied.
+fn upstream_headers(s: &db::entity::service::Model, auth_header: &str) -> HeaderMap {
+    let Some(obj) = s.upstream_headers.as_ref().and_then(|v| v.as_object()) else {
+        return HeaderMap::new();
+    };
+    // A non-string value cannot be a header value: "\n" makes the check refuse it.
+    let pairs = obj
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or("\n")));
+    crate::proxy::headers::service_headers(pairs, auth_header).unwrap_or_else(|e| {
+        tracing::error!(slug = %s.slug, error = %e, "bad upstream_headers ignored");
+        HeaderMap::new()
+    })
 }

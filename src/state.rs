@@ -66,7 +66,8 @@ impl AppState {
         if self.snapshot.load().version == version {
             return Ok(());
         }
-        let snap = Snapshot::load(&self.db, &self.cipher, version).await?;
+        let snap =
+            Snapshot::load_after(&self.db, &self.cipher, version, &self.snapshot.load()).await?;
         self.snapshot.store(Arc::new(snap));
         metrics::counter!(crate::telemetry::metrics::SNAPSHOT_RELOADS_TOTAL, "trigger" => trigger)
             .increment(1);

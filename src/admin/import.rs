@@ -10,6 +10,8 @@ pub struct ParsedKey {
     pub weight: i32,
     /// Micro-units (`crate::money`).
     pub balance_micros: Option<i64>,
+    /// The key's own outbound proxy, checked (`egress::parse_proxy`); JSON items only.
+    pub egress_proxy: Option<String>,
 }
 
 /// Shows the key masked only.
@@ -20,6 +22,10 @@ impl std::fmt::Debug for ParsedKey {
             .field("label", &self.label)
             .field("weight", &self.weight)
             .field("balance_micros", &self.balance_micros)
+            .field(
+                "egress_proxy",
+                &self.egress_proxy.as_deref().map(crate::egress::mask_proxy),
+            )
             .finish()
     }
 }
@@ -105,6 +111,17 @@ struct JsonKey {
     label: Option<String>,
     weight: Option<i64>,
     balance: Option<f64>,
+    egress_proxy: Option<String>,
+}
+
+/// An empty proxy is none; the message never repeats the URL.
+fn check_proxy(p: Option<String>) -> Result<Option<String>, String> {
+    match p.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(url) => crate::egress::parse_proxy(url)
+            .map(|_| Some(url.to_string()))
+            .map_err(|e| format!("egress_proxy: {e}")),
+    }
 }
 
 /// Parses JSON items (`"sk-..."` or `{"key", "label"?, "weight"?, "balance"?}`).
@@ -118,11 +135,12 @@ pub fn from_json_items(items: Vec<serde_json::Value>) -> Result<Vec<ParsedKey>, 
                 label: None,
                 weight: 1,
                 balance_micros: None,
+                egress_proxy: None,
             }),
             // serde's messages quote the offending value, which may be a key: say what is expected.
             v => serde_json::from_value::<JsonKey>(v)
                 .map_err(|_| {
-                    "expected a string or {\"key\": string, \"label\"?: string, \"weight\"?: integer, \"balance\"?: number}"
+                    "expected a string or {\"key\": string, \"label\"?: string, \"weight\"?: integer, \"balance\"?: number, \"egress_proxy\"?: string}"
                         .to_string()
                 })
                 .and_then(|k| {
@@ -133,6 +151,7 @@ pub fn from_json_items(items: Vec<serde_json::Value>) -> Result<Vec<ParsedKey>, 
                         label: k.label.filter(|l| !l.trim().is_empty()),
                         weight: check_weight(k.weight)?,
                         balance_micros: check_balance(k.balance)?,
+                        egress_proxy: check_proxy(k.egress_proxy)?,
                     })
                 }),
         };
@@ -172,6 +191,7 @@ pub fn parse(format: Format, body: &[u8]) -> Result<Vec<ParsedKey>, Vec<String>>
                         label: None,
                         weight: 1,
                         balance_micros: None,
+                        egress_proxy: None,
                     }),
                     Err(e) => errs.push(format!("line {}: {e}", i + 1)),
                 }
@@ -239,6 +259,7 @@ fn parse_csv(text: &str) -> Result<Vec<ParsedKey>, Vec<String>> {
             label: None,
             weight: 1,
             balance_micros,
+            egress_proxy: None,
         });
     }
     if errs.is_empty() { Ok(out) } else { Err(errs) }

@@ -3,6 +3,7 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use sea_orm::ActiveValue::Set;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -14,6 +15,7 @@ use crate::coord::{Fault, LiveState, now_ms};
 use crate::crypto::{mask, sha256_hex};
 use crate::db::{self, entity::upstream_key};
 use crate::domain::KeyStatus;
+use crate::egress;
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -46,6 +48,8 @@ pub struct KeyView {
     pub validated_at: Option<chrono::DateTime<chrono::Utc>>,
     /// What that test found wrong (null when the key answered).
     pub validation_error: Option<String>,
+    /// This key's own outbound proxy (overrides the service's), credentials masked.
+    pub egress_proxy: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -76,6 +80,11 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
         last_error: k.last_error,
         validated_at: k.validated_at,
         validation_error: k.validation_error,
+        egress_proxy: k.egress_proxy.as_deref().map(|p| {
+            egress::open_proxy(&state.cipher, p)
+                .map(|u| egress::mask_proxy(&u))
+                .unwrap_or_else(|_| "(undecryptable)".into())
+        }),
         created_at: k.created_at,
     }
 }
@@ -94,7 +103,8 @@ async fn views(state: &AppState, rows: Vec<upstream_key::Model>) -> ApiResult<Ve
 /// No `Debug`: it carries upstream keys.
 #[derive(Deserialize, ToSchema)]
 pub struct AddKeys {
-    /// Each item: `{"key", "label"?, "weight"?, "balance"?}` (or a bare string).
+    /// Each item: `{"key", "label"?, "weight"?, "balance"?, "egress_proxy"?}` (or a bare
+    /// string); `egress_proxy` is this key's own outbound proxy, as the service's.
     #[schema(value_type = Vec<Object>)]
     pub keys: Vec<serde_json::Value>,
 }
@@ -127,6 +137,12 @@ pub struct PatchKey {
     /// `active` (re-enable, clears cooldowns and failure counts) or `disabled`; the other
     /// statuses are the gateway's to set.
     pub status: Option<KeyStatus>,
+    /// This key's own outbound proxy (`http://`, `https://`, `socks5://`, `socks5h://`, with
+    /// `user:password@` if needed), overriding the service's. Stored encrypted, shown masked;
+    /// `null` or `""` clears it (the service's proxy applies again).
+    #[serde(default, deserialize_with = "super::services::clearable")]
+    #[schema(value_type = Option<String>)]
+    pub egress_proxy: Option<Option<SecretString>>,
 }
 
 /// List a service's upstream keys (masked).
@@ -162,6 +178,10 @@ async fn store(
             label: k.label,
             weight: k.weight,
             balance_micros: k.balance_micros,
+            egress_proxy_enc: k
+                .egress_proxy
+                .as_deref()
+                .map(|p| egress::seal_proxy(&state.cipher, p)),
         })
         .collect();
     let (added, duplicates) = db::keys::insert_new(&state.db, service_id, new).await?;
@@ -360,6 +380,16 @@ pub async fn patch(
     }
     if let Some(v) = req.tpm {
         am.tpm = Set((v > 0).then_some(v));
+    }
+    if let Some(p) = req.egress_proxy {
+        let sealed = p
+            .map(|url| {
+                egress::parse_proxy(url.expose_secret())
+                    .map_err(|m| ApiError::BadRequest(format!("egress_proxy: {m}")))?;
+                Ok::<_, ApiError>(egress::seal_proxy(&state.cipher, url.expose_secret()))
+            })
+            .transpose()?;
+        am.egress_proxy = Set(sealed);
     }
     let mut clear = false;
     if let Some(s) = req.status {

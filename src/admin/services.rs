@@ -2,14 +2,18 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use sea_orm::ActiveValue::Set;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::{AuthUser, Role};
 use super::error::{ApiError, ApiResult, Json, List, Page, Problem};
+use crate::crypto::{Cipher, mask};
 use crate::db::{self, entity::service};
 use crate::domain::{Affinity, Kind, RetryOn, Strategy};
+use crate::egress;
 use crate::proxy::router::RouteSpec;
+use crate::proxy::{azure, headers};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -51,16 +55,25 @@ pub struct ServiceView {
     pub key_concurrency: Option<i32>,
     pub queue_timeout_ms: i32,
     pub lease_ttl_ms: i32,
+    /// Outbound proxy for upstream calls, credentials masked (`http://***@proxy:3128`).
+    pub egress_proxy: Option<String>,
+    /// Headers added to every upstream request; values masked (they often carry tokens).
+    pub upstream_headers: std::collections::BTreeMap<String, String>,
+    /// Hex SHA-256 of each private CA certificate trusted beside the public roots (empty: none).
+    pub tls_ca_sha256: Vec<String>,
+    /// Azure OpenAI: the `api-version` query parameter added to every upstream call.
+    pub api_version: Option<String>,
+    /// Azure OpenAI: where per-deployment calls go under base_url (`deployments/{model}`).
+    pub deployment_path: Option<String>,
     pub enabled: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-impl TryFrom<service::Model> for ServiceView {
-    type Error = ApiError;
-
+impl ServiceView {
     /// Fails only on a row edited by hand outside the API (the API writes valid values only).
-    fn try_from(s: service::Model) -> ApiResult<Self> {
+    /// The cipher opens the stored proxy URL, which is shown masked.
+    pub fn of(s: service::Model, cipher: &Cipher) -> ApiResult<Self> {
         let bad = |field: &str, e: String| {
             ApiError::Internal(anyhow::anyhow!(
                 "service '{}' has a bad {field}: {e}",
@@ -85,6 +98,26 @@ impl TryFrom<service::Model> for ServiceView {
             affinity_header: s.affinity_header.clone(),
             affinity_ttl_s: s.affinity_ttl_s,
             retry_on: RetryOn::from_db(&s.retry_on).map_err(|e| bad("retry_on", e))?,
+            egress_proxy: s.egress_proxy.as_deref().map(|p| {
+                egress::open_proxy(cipher, p)
+                    .map(|u| egress::mask_proxy(&u))
+                    .unwrap_or_else(|_| "(undecryptable)".into())
+            }),
+            upstream_headers: s
+                .upstream_headers
+                .as_ref()
+                .and_then(|v| v.as_object())
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), mask(v.as_str().unwrap_or(""))))
+                .collect(),
+            tls_ca_sha256: s
+                .tls_ca_pem
+                .as_deref()
+                .map(egress::ca_fingerprints)
+                .unwrap_or_default(),
+            api_version: s.api_version.clone(),
+            deployment_path: s.deployment_path.clone(),
             id: s.id,
             tenant_id: s.tenant_id,
             slug: s.slug,
@@ -163,7 +196,69 @@ pub struct CreateService {
     pub queue_timeout_ms: Option<i32>,
     /// Lease lifetime, renewed while the request lives (default 60000).
     pub lease_ttl_ms: Option<i32>,
+    /// Outbound proxy for upstream calls: `http://`, `https://`, `socks5://` or `socks5h://`
+    /// (names resolved by the proxy), with `user:password@` when it needs them. Stored
+    /// encrypted, shown masked; a key's own `egress_proxy` overrides it. `null` or `""` clears it.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub egress_proxy: Option<Option<SecretString>>,
+    /// Headers added to every upstream request, `{"name": "value"}`; they replace a client's
+    /// header of the same name. Refused: the service's auth header, `host`, `content-length`,
+    /// `content-type`, `content-encoding`, `accept-encoding`, hop-by-hop headers and
+    /// `x-keygate-hop`. Replaces the whole map; `{}` clears it.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    pub upstream_headers: Option<std::collections::BTreeMap<String, SecretString>>,
+    /// PEM of private CA certificates the upstream's certificate may chain to, trusted beside
+    /// the public roots. `null` or `""` clears it.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub tls_ca_pem: Option<Option<String>>,
+    /// Azure OpenAI (`openai` kind): the `api-version` query parameter added to every upstream
+    /// call, replacing a client's. With it or `deployment_path` set, the key goes in `api-key`
+    /// unless `auth_header` says otherwise. `null` or `""` clears it.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub api_version: Option<Option<String>>,
+    /// Azure OpenAI (`openai` kind): the path under base_url that per-deployment calls (chat,
+    /// completions, embeddings, audio, images) go through, `{model}` replaced by the model sent
+    /// upstream (after aliases), e.g. `deployments/{model}` with base_url
+    /// `https://<resource>.openai.azure.com/openai`. `null` or `""` clears it.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub deployment_path: Option<Option<String>>,
     pub enabled: Option<bool>,
+}
+
+/// Egress and Azure settings shared by create and update: None = unchanged, Some(None) = clear.
+#[derive(Default)]
+pub struct EgressSettings {
+    pub egress_proxy: Option<Option<SecretString>>,
+    pub upstream_headers: Option<std::collections::BTreeMap<String, SecretString>>,
+    pub tls_ca_pem: Option<Option<String>>,
+    pub api_version: Option<Option<String>>,
+    pub deployment_path: Option<Option<String>>,
+}
+
+macro_rules! egress_of {
+    ($req:expr) => {
+        EgressSettings {
+            egress_proxy: $req.egress_proxy.take(),
+            upstream_headers: $req.upstream_headers.take(),
+            tls_ca_pem: $req.tls_ca_pem.take(),
+            api_version: $req.api_version.take(),
+            deployment_path: $req.deployment_path.take(),
+        }
+    };
+}
+
+/// A field that can be cleared: absent = unchanged, `null` or `""` = clear, else the value.
+pub(super) fn clearable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: From<String>,
+{
+    let v = Option::<String>::deserialize(d)?;
+    Ok(Some(v.filter(|s| !s.trim().is_empty()).map(T::from)))
 }
 
 /// Key pool settings shared by create and update.
@@ -234,6 +329,36 @@ pub struct PatchService {
     pub queue_timeout_ms: Option<i32>,
     /// Lease lifetime, renewed while the request lives (default 60000).
     pub lease_ttl_ms: Option<i32>,
+    /// Outbound proxy for upstream calls: `http://`, `https://`, `socks5://` or `socks5h://`
+    /// (names resolved by the proxy), with `user:password@` when it needs them. Stored
+    /// encrypted, shown masked; a key's own `egress_proxy` overrides it. `null` or `""` clears it.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub egress_proxy: Option<Option<SecretString>>,
+    /// Headers added to every upstream request, `{"name": "value"}`; they replace a client's
+    /// header of the same name. Refused: the service's auth header, `host`, `content-length`,
+    /// `content-type`, `content-encoding`, `accept-encoding`, hop-by-hop headers and
+    /// `x-keygate-hop`. Replaces the whole map; `{}` clears it.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    pub upstream_headers: Option<std::collections::BTreeMap<String, SecretString>>,
+    /// PEM of private CA certificates the upstream's certificate may chain to, trusted beside
+    /// the public roots. `null` or `""` clears it.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub tls_ca_pem: Option<Option<String>>,
+    /// Azure OpenAI (`openai` kind): the `api-version` query parameter added to every upstream
+    /// call, replacing a client's. With it or `deployment_path` set, the key goes in `api-key`
+    /// unless `auth_header` says otherwise. `null` or `""` clears it.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub api_version: Option<Option<String>>,
+    /// Azure OpenAI (`openai` kind): the path under base_url that per-deployment calls (chat,
+    /// completions, embeddings, audio, images) go through, `{model}` replaced by the model sent
+    /// upstream (after aliases), e.g. `deployments/{model}` with base_url
+    /// `https://<resource>.openai.azure.com/openai`. `null` or `""` clears it.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub deployment_path: Option<Option<String>>,
     pub enabled: Option<bool>,
 }
 
@@ -290,6 +415,85 @@ fn check_pool(p: &PoolSettings) -> ApiResult<()> {
         return Err(ApiError::BadRequest(
             "lease_ttl_ms: must be 1000 to 3600000".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Checks and sets the egress and Azure settings, then checks them against the rest of the
+/// service as it will be stored: Azure options need kind `openai`, and no extra header may be
+/// the auth header (`pending_auth_header`: one this request sets but `am` does not hold yet).
+fn apply_egress(
+    am: &mut service::ActiveModel,
+    e: EgressSettings,
+    pending_auth_header: Option<&str>,
+    cipher: &Cipher,
+) -> ApiResult<()> {
+    let bad = |field: &str, msg: String| ApiError::BadRequest(format!("{field}: {msg}"));
+    if let Some(p) = e.egress_proxy {
+        let sealed = p
+            .map(|url| {
+                egress::parse_proxy(url.expose_secret()).map_err(|m| bad("egress_proxy", m))?;
+                Ok::<_, ApiError>(egress::seal_proxy(cipher, url.expose_secret()))
+            })
+            .transpose()?;
+        am.egress_proxy = Set(sealed);
+    }
+    if let Some(pem) = e.tls_ca_pem {
+        if let Some(pem) = &pem {
+            // Built once here so a snapshot load never meets a CA reqwest refuses.
+            egress::client(None, Some(pem)).map_err(ApiError::BadRequest)?;
+        }
+        am.tls_ca_pem = Set(pem);
+    }
+    if let Some(v) = e.api_version {
+        if let Some(v) = &v {
+            azure::check_api_version(v).map_err(|m| bad("api_version", m))?;
+        }
+        am.api_version = Set(v);
+    }
+    if let Some(t) = e.deployment_path {
+        let t = t
+            .map(|t| azure::check_deployment_path(&t))
+            .transpose()
+            .map_err(|m| bad("deployment_path", m))?;
+        am.deployment_path = Set(t);
+    }
+    if let Some(h) = e.upstream_headers {
+        let plain: serde_json::Map<String, serde_json::Value> = h
+            .iter()
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.expose_secret().into()))
+            .collect();
+        am.upstream_headers = Set((!plain.is_empty()).then_some(plain.into()));
+    }
+    let set =
+        |v: &sea_orm::ActiveValue<Option<String>>| v.try_as_ref().is_some_and(Option::is_some);
+    let azure = set(&am.api_version) || set(&am.deployment_path);
+    let kind = am.kind.try_as_ref().and_then(|k| Kind::parse(k));
+    if azure && kind != Some(Kind::OpenAi) {
+        let field = if set(&am.deployment_path) {
+            "deployment_path"
+        } else {
+            "api_version"
+        };
+        return Err(bad(field, "Azure options are for kind openai only".into()));
+    }
+    let auth_header = pending_auth_header
+        .map(str::to_string)
+        .or_else(|| am.auth_header.try_as_ref().cloned().flatten())
+        .unwrap_or_else(|| {
+            kind.map(|k| k.auth_defaults(azure).0)
+                .unwrap_or("authorization")
+                .to_string()
+        });
+    if let Some(Some(obj)) = am
+        .upstream_headers
+        .try_as_ref()
+        .map(|v| v.as_ref().and_then(|v| v.as_object()))
+    {
+        let pairs = obj
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or("\n")));
+        headers::service_headers(pairs, &auth_header).map_err(|m| bad("upstream_headers", m))?;
     }
     Ok(())
 }
@@ -456,7 +660,7 @@ pub async fn list(
     let last = rows.last().map(|s| s.id);
     Ok(axum::Json(List::page(
         rows.into_iter()
-            .map(TryInto::try_into)
+            .map(|s| ServiceView::of(s, &state.cipher))
             .collect::<ApiResult<_>>()?,
         last,
         limit,
@@ -512,6 +716,7 @@ pub async fn create(
     check_validation(&state, req.validate_interval_s, req.validate_concurrency)?;
     let pool = pool_of!(req);
     check_pool(&pool)?;
+    let egress = egress_of!(req);
     let mut am = service::ActiveModel {
         tenant_id: Set(user.write_tenant()),
         name: Set(req.name.unwrap_or_else(|| req.slug.clone())),
@@ -546,6 +751,7 @@ pub async fn create(
         ..Default::default()
     };
     apply_pool(&mut am, pool);
+    apply_egress(&mut am, egress, None, &state.cipher)?;
     let s = db::services::insert(&state.db, am)
         .await
         .map_err(|e| match ApiError::from(e) {
@@ -555,7 +761,10 @@ pub async fn create(
             other => other,
         })?;
     state.config_changed().await?;
-    Ok((StatusCode::CREATED, axum::Json(s.try_into()?)))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ServiceView::of(s, &state.cipher)?),
+    ))
 }
 
 /// Get a service.
@@ -567,7 +776,8 @@ pub async fn get(
     user: AuthUser,
     Path(slug): Path<String>,
 ) -> ApiResult<axum::Json<ServiceView>> {
-    Ok(axum::Json(find(&state, &user, &slug).await?.try_into()?))
+    let s = find(&state, &user, &slug).await?;
+    Ok(axum::Json(ServiceView::of(s, &state.cipher)?))
 }
 
 /// Update a service.
@@ -589,6 +799,7 @@ pub async fn patch(
     check_validation(&state, req.validate_interval_s, req.validate_concurrency)?;
     let pool = pool_of!(req);
     check_pool(&pool)?;
+    let egress = egress_of!(req);
     let existing = find(&state, &user, &slug).await?;
     let is_router = existing.kind == Kind::Router.as_str();
     if is_router && req.base_url.is_some() {
@@ -612,6 +823,7 @@ pub async fn patch(
     };
     let mut am: service::ActiveModel = existing.into();
     apply_pool(&mut am, pool);
+    apply_egress(&mut am, egress, req.auth_header.as_deref(), &state.cipher)?;
     if let Some(n) = req.name {
         am.name = Set(n);
     }
@@ -666,7 +878,7 @@ pub async fn patch(
     }
     let s = db::services::update(&state.db, am).await?;
     state.config_changed().await?;
-    Ok(axum::Json(s.try_into()?))
+    Ok(axum::Json(ServiceView::of(s, &state.cipher)?))
 }
 
 /// Delete a service and its keys.

@@ -79,6 +79,8 @@ pub struct NewKey {
     pub weight: i32,
     /// Micro-units.
     pub balance_micros: Option<i64>,
+    /// Sealed (`egress::seal_proxy`).
+    pub egress_proxy_enc: Option<String>,
 }
 
 /// Inserts keys whose fingerprint is not yet in the service, in one transaction.
@@ -119,6 +121,7 @@ pub async fn insert_new(
             weight: Set(k.weight),
             status: Set("active".into()),
             balance_micros: Set(k.balance_micros),
+            egress_proxy: Set(k.egress_proxy_enc),
             quota_total_micros: Set(None),
             quota_used_micros: Set(0),
             rpm: Set(None),

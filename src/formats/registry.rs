@@ -127,7 +127,7 @@ pub fn plan(
 
 /// A model name that goes into an upstream path: it must stay one segment, or a client could
 /// steer keygate's key to another path of the upstream.
-fn path_segment(model: &str) -> Result<&str, Refusal> {
+pub(crate) fn path_segment(model: &str) -> Result<&str, Refusal> {
     let bad = model.is_empty()
         || model == "."
         || model == ".."

@@ -202,7 +202,10 @@ async fn test_one(
     let (masked, probe) = match state.cipher.decrypt(&key.secret).map(SecretString::from) {
         Ok(secret) => (
             mask(secret.expose_secret()),
-            probe(state, rt, secret.expose_secret(), timeout).await,
+            match egress_client(state, rt, &key) {
+                Ok(client) => probe(&client, rt, secret.expose_secret(), timeout).await,
+                Err(e) => Probe::inconclusive(None, Duration::ZERO, &e),
+            },
         ),
         Err(_) => (
             "(undecryptable)".to_string(),
@@ -317,7 +320,28 @@ fn probe_url(rt: &ServiceRt) -> String {
     }
 }
 
-async fn probe(state: &AppState, rt: &ServiceRt, secret: &str, timeout: Duration) -> Probe {
+/// The client the key's traffic goes through. A key out of rotation is not in the snapshot, so
+/// its own proxy is built here (without the service's private CA, which the snapshot keeps only
+/// inside the service's client).
+fn egress_client(
+    state: &AppState,
+    rt: &ServiceRt,
+    key: &crate::db::entity::upstream_key::Model,
+) -> Result<reqwest::Client, String> {
+    if let Some(i) = rt.keys.iter().position(|k| k.id == key.id) {
+        return Ok(rt.client_for(i, &state.http).clone());
+    }
+    match key.egress_proxy.as_deref() {
+        Some(stored) => {
+            let url = crate::egress::open_proxy(&state.cipher, stored)
+                .map_err(|_| "the key's egress proxy cannot be decrypted".to_string())?;
+            crate::egress::client(Some(&url), None)
+        }
+        None => Ok(rt.http.clone().unwrap_or_else(|| state.http.clone())),
+    }
+}
+
+async fn probe(client: &reqwest::Client, rt: &ServiceRt, secret: &str, timeout: Duration) -> Probe {
     let mut headers = HeaderMap::new();
     if !rt.set_auth(&mut headers, secret) {
         return Probe {
@@ -327,8 +351,6 @@ async fn probe(state: &AppState, rt: &ServiceRt, secret: &str, timeout: Duration
             error: Some("key is not a valid header value".into()),
         };
     }
-    // The client that carries the service's traffic (the one place to pick an egress client).
-    let client = &state.http;
     let started = Instant::now();
     let sent =
         tokio::time::timeout(timeout, client.get(probe_url(rt)).headers(headers).send()).await;

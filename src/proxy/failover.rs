@@ -210,8 +210,8 @@ pub async fn run(
             last_failure = Some(Failure::Connect);
             continue;
         }
-        let send = state
-            .http
+        let send = svc
+            .client_for(index, &state.http)
             .request(method.clone(), &adm.url)
             .headers(headers)
             .body(reqwest_body)

@@ -79,6 +79,55 @@ pub fn upstream(incoming: &HeaderMap, hop_id: &HeaderValue, keep_length: bool) -
     out
 }
 
+/// Headers a service may not add upstream: the connection's (hop-by-hop, `host`), the body's
+/// (keygate sets or strips them per call: a wrong length or encoding breaks the request, and
+/// answers must arrive uncompressed to be metered) and keygate's own loop marker. The service's
+/// auth header is refused too (`service_headers`): the key is keygate's to set.
+const NOT_ADDABLE: [&str; 5] = [
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "accept-encoding",
+    "x-keygate-hop",
+];
+
+/// A service's extra upstream headers (`{"name": "value"}`) as a header map, or what is wrong
+/// with the first bad one. The message names the header, never its value (it may be a token).
+pub fn service_headers<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    auth_header: &str,
+) -> Result<HeaderMap, String> {
+    let mut out = HeaderMap::new();
+    for (name, value) in pairs {
+        let n = HeaderName::try_from(name.trim())
+            .map_err(|_| format!("'{name}' is not a valid header name"))?;
+        if HOP_BY_HOP.contains(&n.as_str()) || NOT_ADDABLE.contains(&n.as_str()) {
+            return Err(format!(
+                "'{n}' is set by keygate or the connection, not by a service"
+            ));
+        }
+        if n.as_str().eq_ignore_ascii_case(auth_header.trim()) {
+            return Err(format!(
+                "'{n}' is this service's auth header: it carries the upstream key"
+            ));
+        }
+        let mut v = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of '{n}' is not a valid header value"))?;
+        v.set_sensitive(true);
+        out.insert(n, v);
+    }
+    Ok(out)
+}
+
+/// The service's headers on top of the client's: the operator's value wins over a client's
+/// header of the same name. The auth header is set after this, per attempt.
+pub fn with_service(mut h: HeaderMap, service: &HeaderMap) -> HeaderMap {
+    for (name, value) in service {
+        h.insert(name.clone(), value.clone());
+    }
+    h
+}
+
 /// The headers of an upstream answer that go back to the client.
 pub fn downstream(upstream: &HeaderMap) -> HeaderMap {
     let listed = connection_listed(upstream);
@@ -154,6 +203,32 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(out.contains_key("content-type"));
         assert_eq!(out.get(HOP).unwrap(), "abc");
+    }
+
+    #[test]
+    fn service_headers_refuse_the_auth_header_and_connection_headers() {
+        let ok = service_headers(
+            [("X-Org", "acme"), ("anthropic-beta", "b")],
+            "authorization",
+        )
+        .unwrap();
+        assert_eq!(ok.get("x-org").unwrap(), "acme");
+        for bad in [
+            "authorization",
+            "Host",
+            "content-length",
+            "connection",
+            "x-keygate-hop",
+            "a b",
+        ] {
+            let e = service_headers([(bad, "secret-value")], "Authorization").unwrap_err();
+            assert!(!e.contains("secret-value"), "{e}");
+        }
+        assert!(service_headers([("x-ok", "line\nbreak")], "authorization").is_err());
+        let mut client = HeaderMap::new();
+        client.insert("x-org", HeaderValue::from_static("client"));
+        let merged = with_service(client, &ok);
+        assert_eq!(merged.get("x-org").unwrap(), "acme");
     }
 
     #[test]

@@ -117,7 +117,7 @@ async fn upstream_ids(
         Format::Gemini => "?pageSize=1000",
         _ => "",
     };
-    let adm = Admitted {
+    let mut adm = Admitted {
         svc: svc.clone(),
         endpoint: Endpoint::Models,
         url: format!("{}/models{query}", svc.base_url),
@@ -125,10 +125,15 @@ async fn upstream_ids(
     };
     fin.svc = Some(svc.clone());
     fin.upstream_fmt = upstream;
-    let base = translate::upstream_headers(
-        &headers::upstream(client_headers, &state.hop_id, false),
-        fin.client_fmt,
-        upstream,
+    // The same egress as traffic: Azure's api-version, the service's extra headers.
+    super::azure::route(fin, &mut adm, None)?;
+    let base = headers::with_service(
+        translate::upstream_headers(
+            &headers::upstream(client_headers, &state.hop_id, false),
+            fin.client_fmt,
+            upstream,
+        ),
+        &svc.upstream_headers,
     );
     let mut body = ReqBody::Buffered(bytes::Bytes::new());
     let ran = failover::run(state, fin, &adm, &Method::GET, &base, &mut body).await;

@@ -11,6 +11,7 @@
 //! store, and hands events to `crate::events`; it never names the database.
 pub mod affinity;
 pub mod auth;
+pub mod azure;
 pub mod body;
 pub mod error;
 pub mod failover;
@@ -131,6 +132,9 @@ async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Re
             return fin.fail(ProxyError::new(kind, fmt, msg));
         }
     };
+    if let Err(e) = azure::read_model(&fin, &adm, &mut body, proxy.max_body_bytes).await {
+        return fin.fail(e);
+    }
     if fin.model.is_none()
         && let body::ReqBody::Buffered(b) = &body
         && !b.is_empty()
@@ -262,6 +266,10 @@ async fn serve(
             Ok(t) => t,
             Err(e) => return Ok(fin.fail(e)),
         };
+        let model = tr.as_ref().and_then(|t| t.prepared.model.as_deref());
+        if let Err(e) = azure::route(&fin, &mut adm, model) {
+            return Ok(fin.fail(e));
+        }
         let method = tr
             .as_ref()
             .map(|t| t.prepared.method.clone())
@@ -274,6 +282,7 @@ async fn serve(
                 fin.upstream_fmt,
             ),
         };
+        let base = headers::with_service(base, &adm.svc.upstream_headers);
         let ran = failover::run(state, &mut fin, &adm, &method, &base, &mut body).await;
         let client = fin.client;
         let mut resp = match ran.outcome {

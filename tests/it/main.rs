@@ -9,6 +9,7 @@ mod binary;
 mod cluster;
 mod contract;
 mod edge;
+mod egress;
 mod formats;
 mod migrations;
 mod ops;
