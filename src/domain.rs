@@ -533,7 +533,8 @@ mod tests {
         let e = "fastest".parse::<Strategy>().unwrap_err();
         assert_eq!(
             e,
-            "'fastest' is not one of round_robin, weighted, least_used, random, balance"
+            "'fastest' is not one of round_robin, weighted, least_used, random, balance, latency, \
+             success_rate, cost"
         );
     }
 

@@ -397,6 +397,8 @@ pub async fn patch(
             KeyStatus::Active => {
                 clear = true;
                 db::keys::reactivate(&mut am);
+                // Before the row is written: a fault still queued must not undo it.
+                state.events.key_reset(id);
             }
             KeyStatus::Disabled => am.status = Set(s.as_str().into()),
             other => {

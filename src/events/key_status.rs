@@ -26,12 +26,14 @@ pub async fn run(
     mut rx: mpsc::UnboundedReceiver<KeyStatusChange>,
 ) {
     let mut shutdown = events.on_shutdown();
+    let epochs = events.key_epochs();
     // Only the shutdown hook is needed; a sender held here would keep the channel open.
     drop(events);
     let mut sink = Sink {
         db,
         keys: HashMap::new(),
         failing: false,
+        epochs,
     };
     loop {
         let due = sink.next_due();
@@ -72,6 +74,7 @@ struct Sink {
     keys: HashMap<i64, Key>,
     /// Writes are failing: one WARN when they start to, one INFO when they work again.
     failing: bool,
+    epochs: std::sync::Arc<super::KeyEpochs>,
 }
 
 #[derive(Default)]
@@ -86,6 +89,7 @@ struct Key {
 struct Pending {
     status: Option<&'static str>,
     reason: String,
+    epoch: u64,
 }
 
 impl Sink {
@@ -94,6 +98,14 @@ impl Sink {
     fn merge(&mut self, c: KeyStatusChange, now: Instant) {
         let k = self.keys.entry(c.key_id).or_default();
         match &mut k.pending {
+            // A change from a newer epoch replaces one made before the key was put back.
+            Some(p) if p.epoch < c.epoch => {
+                *p = Pending {
+                    status: c.status,
+                    reason: c.reason,
+                    epoch: c.epoch,
+                }
+            }
             Some(p) => {
                 if c.status.is_some() {
                     p.status = c.status;
@@ -104,6 +116,7 @@ impl Sink {
                 k.pending = Some(Pending {
                     status: c.status,
                     reason: c.reason,
+                    epoch: c.epoch,
                 })
             }
         }
@@ -163,6 +176,10 @@ impl Sink {
         let Some(p) = k.pending.take() else {
             return true;
         };
+        if p.epoch < self.epochs.current(id) {
+            // The key was put back in rotation after this change: it is stale.
+            return true;
+        }
         let res = tokio::time::timeout(
             WRITE_TIMEOUT,
             crate::db::keys::set_status(&self.db, id, p.status, &p.reason),

@@ -93,6 +93,19 @@ pub struct KeyStatusChange {
     pub key_id: i64,
     pub status: Option<&'static str>,
     pub reason: String,
+    /// The key's reset epoch when the change was emitted (set by `Events::key_status`): a change
+    /// from before an operator or a validation put the key back is stale and never written.
+    pub epoch: u64,
+}
+
+/// Per key, how many times it was put back in rotation by hand or by a validation.
+#[derive(Default)]
+pub struct KeyEpochs(parking_lot::Mutex<std::collections::HashMap<i64, u64>>);
+
+impl KeyEpochs {
+    pub fn current(&self, key_id: i64) -> u64 {
+        self.0.lock().get(&key_id).copied().unwrap_or(0)
+    }
 }
 
 /// The handle the data plane emits through. Cheap to clone; never blocks.
@@ -104,6 +117,7 @@ struct Inner {
     /// Looked up once: a registry lookup per request costs more than the increment.
     queue_depth: metrics::Gauge,
     keys: mpsc::UnboundedSender<KeyStatusChange>,
+    epochs: Arc<KeyEpochs>,
     closed: AtomicBool,
     /// Asks the writers to flush and stop; each answers when done.
     shutdown: parking_lot::Mutex<Vec<oneshot::Sender<oneshot::Sender<()>>>>,
@@ -124,6 +138,7 @@ impl Events {
                 requests: rtx,
                 queue_depth: metrics::gauge!(m::LOG_QUEUE_DEPTH),
                 keys: ktx,
+                epochs: Arc::default(),
                 closed: AtomicBool::new(false),
                 shutdown: parking_lot::Mutex::new(Vec::new()),
             })),
@@ -150,8 +165,19 @@ impl Events {
         }
     }
 
-    pub fn key_status(&self, change: KeyStatusChange) {
+    pub fn key_status(&self, mut change: KeyStatusChange) {
+        change.epoch = self.0.epochs.current(change.key_id);
         let _ = self.0.keys.send(change);
+    }
+
+    /// The key was put back in rotation (its row written `active`): status changes emitted before
+    /// now and not yet written are dropped, so a late write cannot take it out again.
+    pub fn key_reset(&self, key_id: i64) {
+        *self.0.epochs.0.lock().entry(key_id).or_default() += 1;
+    }
+
+    pub fn key_epochs(&self) -> Arc<KeyEpochs> {
+        self.0.epochs.clone()
     }
 
     /// Registers a sink that wants to hear about shutdown: it gets a sender to answer on once it

@@ -249,6 +249,8 @@ async fn record(
     let back = probe.verdict == Verdict::Accepted && OUT_OF_ROTATION.contains(&before);
     if back {
         db::keys::reactivate(&mut am);
+        // Before the row is written: a fault still queued must not undo it.
+        state.events.key_reset(key.id);
         stored_after = KeyStatus::Active.as_str().into();
     }
     if let Verdict::Refused(fault, to) = probe.verdict

@@ -390,6 +390,7 @@ pub async fn report(
         key_id,
         status: durable,
         reason: reason.to_string(),
+        epoch: 0,
     });
     Some(r)
 }

@@ -356,6 +356,7 @@ both!(
             key_id: id,
             status,
             reason,
+            epoch: 0,
         };
         // The first fault of the key is written at once and opens a one-second window.
         app.state
@@ -416,6 +417,55 @@ both!(
         assert!(
             text.contains("keygate_key_status_writes_total"),
             "the write counter is exported"
+        );
+    }
+);
+
+both!(
+    a_fault_queued_before_a_key_is_put_back_is_never_written_over_it,
+    |b: Backend| async move {
+        let up = mock::start().await;
+        let app = TestApp::spawn(b).await;
+        app.with_service("back", &up.base, &["sk-back-key-000001"])
+            .await;
+        let db = app.state.db.clone();
+        let id = keygate::db::entity::upstream_key::Entity::find()
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        let ev = &app.state.events;
+        let change = |status, reason: &str| keygate::events::KeyStatusChange {
+            key_id: id,
+            status,
+            reason: reason.into(),
+            epoch: 0,
+        };
+        // The first change opens the one-second window; the durable one waits inside it.
+        ev.key_status(change(None, "server_error"));
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                key(&db, id).await.last_error.as_deref() == Some("server_error")
+            })
+            .await
+        );
+        ev.key_status(change(Some("invalid"), "invalid"));
+        // The operator re-enables the key before the window ends (what PATCH status=active and a
+        // validation that finds the key answering do).
+        ev.key_reset(id);
+        ev.key_status(change(None, "after the reset"));
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                key(&db, id).await.last_error.as_deref() == Some("after the reset")
+            })
+            .await,
+            "changes after the reset are written"
+        );
+        assert_eq!(
+            key(&db, id).await.status,
+            "active",
+            "the stale fault was dropped"
         );
     }
 );
