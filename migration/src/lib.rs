@@ -6,6 +6,7 @@ mod m20261122_000002_key_pool;
 mod m20261122_000003_money_micros;
 mod m20261122_000004_service_responses;
 mod m20261122_000005_routing;
+mod m20261122_000006_money;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_money_micros::Migration),
             Box::new(m20261122_000004_service_responses::Migration),
             Box::new(m20261122_000005_routing::Migration),
+            Box::new(m20261122_000006_money::Migration),
         ]
     }
 }

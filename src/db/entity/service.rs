@@ -47,6 +47,8 @@ pub struct Model {
     /// Scheduled validation of out-of-rotation keys (None = off).
     pub validate_interval_s: Option<i32>,
     pub validate_concurrency: i32,
+    /// Remote balance sync settings (`billing::sync`), None = off.
+    pub balance_sync: Option<Json>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -27,6 +27,17 @@ pub struct Model {
     pub cost_factor: f64,
     pub validated_at: Option<DateTimeUtc>,
     pub validation_error: Option<String>,
+    /// When the balance was last read from the upstream's billing API, and what went wrong then.
+    pub balance_synced_at: Option<DateTimeUtc>,
+    pub sync_error: Option<String>,
+    /// Running statistics, flushed from the coordination store.
+    pub requests_total: i64,
+    pub successes_total: i64,
+    pub failures_4xx: i64,
+    pub failures_5xx: i64,
+    pub failures_network: i64,
+    pub tokens_total: i64,
+    pub cost_total_micros: i64,
     pub created_at: DateTimeUtc,
 }
 
