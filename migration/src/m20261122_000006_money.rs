@@ -27,7 +27,9 @@ enum UpstreamKeys {
     SyncError,
     RequestsTotal,
     SuccessesTotal,
+    #[sea_orm(iden = "failures_4xx")]
     Failures4xx,
+    #[sea_orm(iden = "failures_5xx")]
     Failures5xx,
     FailuresNetwork,
     TokensTotal,
