@@ -3,6 +3,7 @@
 //! (`admin`) manages services, keys, access keys and users in the relational store (`db`).
 pub mod admin;
 pub mod app;
+pub mod billing;
 pub mod bootstrap;
 pub mod config;
 pub mod coord;

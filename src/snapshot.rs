@@ -124,6 +124,8 @@ pub struct Snapshot {
     pub services: HashMap<String, Arc<ServiceRt>>,
     /// By hex SHA-256 of the full key.
     pub access_keys: HashMap<String, Arc<AccessKeyRt>>,
+    /// Prices of models per slug (stored rules over the built-in defaults).
+    pub prices: crate::billing::pricing::PriceTable,
     /// The egress clients in use, handed to the next load for reuse.
     clients: egress::Clients,
 }
