@@ -49,6 +49,7 @@ fn acquire_release(c: &mut Criterion) {
                 client: None,
                 price: None,
                 session: None,
+                reserve: 0,
             };
             let ok = Usage {
                 success: true,

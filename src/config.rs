@@ -133,6 +133,8 @@ pub struct JobsConfig {
     /// The shortest `validate_interval_s` the admin API accepts. 10 s keeps a pool of keys from
     /// hammering its upstream; tests lower it to watch several runs go by.
     pub validate_min_interval_s: u32,
+    /// How often live balances, spend and key statistics are written to the database (ms).
+    pub persist_interval_ms: u64,
 }
 
 impl Config {
@@ -180,7 +182,8 @@ impl Config {
             .set_default("log.queue_capacity", 50_000)?
             .set_default("log.spool_max_bytes", 256 * 1024 * 1024)?
             .set_default("jobs.validate_tick_ms", 5_000)?
-            .set_default("jobs.validate_min_interval_s", 10)?;
+            .set_default("jobs.validate_min_interval_s", 10)?
+            .set_default("jobs.persist_interval_ms", 10_000)?;
         if let Some(f) = file {
             b = b.add_source(config::File::with_name(f).required(false));
         }

@@ -317,6 +317,8 @@ impl Snapshot {
                         rpm: limit(a.rpm),
                         rpd: limit(a.rpd),
                         tpm: limit(a.tpm),
+                        budget: a.budget_micros,
+                        spent: a.spent_micros,
                     },
                 }),
             );

@@ -345,6 +345,10 @@ pub async fn patch(
     let k = db::keys::by_id(&state.db, svc.id, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("key {id} not found in '{slug}'")))?;
+    // A top-up brings back a key that ran out (unless this request disables it).
+    let topped_up = k.status == KeyStatus::Exhausted.as_str()
+        && req.balance.is_some_and(|b| b > 0)
+        && req.status.is_none();
     let mut am: upstream_key::ActiveModel = k.into();
     if let Some(l) = req.label {
         am.label = Set(Some(l).filter(|l| !l.trim().is_empty()));
@@ -392,7 +396,7 @@ pub async fn patch(
         am.egress_proxy = Set(sealed);
     }
     let mut clear = false;
-    if let Some(s) = req.status {
+    if let Some(s) = req.status.or(topped_up.then_some(KeyStatus::Active)) {
         match s {
             KeyStatus::Active => {
                 clear = true;

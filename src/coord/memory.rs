@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::{
-    Acquire, AcquireReq, DAY_MS, Fault, Lease, LiveState, MINUTE_MS, Observed, Policy, Remaining,
-    Report, Strategy, Usage, gcra, new_lease_id, now_ms,
+    Acquire, AcquireReq, ClientLimits, DAY_MS, Fault, KeyStats, Lease, LiveState, MINUTE_MS,
+    Observed, Policy, Released, Remaining, Report, StatClass, Strategy, Usage, gcra, new_lease_id,
+    now_ms,
 };
 
 #[derive(Clone, Default)]
@@ -61,6 +62,8 @@ struct KeyState {
     tat_rpm: f64,
     tat_tpm: f64,
     obs: Observed,
+    /// Statistics since they were last taken (`balance` and `last_used` unused here).
+    stats: KeyStats,
 }
 
 /// A usable key, as evaluated for one acquire.
@@ -81,6 +84,8 @@ struct ClientState {
     tat_rpm: f64,
     tat_rpd: f64,
     tat_tpm: f64,
+    /// Live spend in micro-units, seeded from the database on first use.
+    spent: Option<i64>,
 }
 
 impl MemoryStore {
@@ -155,6 +160,13 @@ impl MemoryStore {
                     retry_after_ms: worst,
                     remaining: rem,
                 };
+            }
+            if let Some(budget) = c.budget {
+                // As the script: what was spent plus this request's reserve must fit.
+                let spent = *cl.spent.get_or_insert(c.spent);
+                if spent + req.reserve > budget || spent >= budget {
+                    return Acquire::OverBudget { spent };
+                }
             }
         }
 
@@ -368,6 +380,9 @@ impl MemoryStore {
             if let Some(t) = new_rpd {
                 cl.tat_rpd = t;
             }
+            if c.budget.is_some() && req.reserve > 0 {
+                *cl.spent.get_or_insert(c.spent) += req.reserve;
+            }
         }
         let spec = &req.keys[c.i];
         let lease_id = new_lease_id();
@@ -410,16 +425,25 @@ impl MemoryStore {
         }
     }
 
-    pub fn release(&self, lease: &Lease, u: &Usage) {
+    pub fn release(&self, lease: &Lease, u: &Usage) -> Released {
         let now = now_ms();
         let mut guard = self.inner.state.lock();
         let st = &mut *guard;
         Self::drop_lease(st, lease);
         let k = st.keys.entry(lease.key_id).or_default();
+        let mut out = Released::default();
         if let Some(l) = u.latency_ms {
             // The key answered: a good answer for its success rate, whatever the status.
             k.obs.observe(now, Some(l), true, &self.inner.policy);
+            k.stats.requests += 1;
+            if u.success {
+                k.stats.successes += 1;
+            } else {
+                k.stats.failures_4xx += 1;
+            }
         }
+        k.stats.tokens += u.tokens as i64;
+        k.stats.cost += u.cost.max(0);
         if u.success {
             k.fails = 0;
             k.cool_n = 0;
@@ -438,7 +462,19 @@ impl MemoryStore {
             && let Some(db) = u.key_balance
         {
             // Integer micros, as HINCRBY in release_v4.lua: a debit is exact.
-            k.bal = Some(k.bal.unwrap_or(db).saturating_sub(u.cost));
+            let bal = k.bal.unwrap_or(db).saturating_sub(u.cost);
+            k.bal = Some(bal);
+            if bal <= 0 && k.until != -1 {
+                k.until = -1;
+                k.reason = Some("exhausted".into());
+                out.exhausted = true;
+            }
+        }
+        if let Some(c) = u.client
+            && c.budget.is_some()
+        {
+            let cl = st.clients.entry(c.access_key_id).or_default();
+            *cl.spent.get_or_insert(c.spent) += u.cost - u.reserved;
         }
         if u.tokens > 0
             && let Some(c) = u.client
@@ -447,6 +483,39 @@ impl MemoryStore {
             let cl = st.clients.entry(c.access_key_id).or_default();
             cl.tat_tpm = cl.tat_tpm.max(now as f64) + u.tokens as f64 * (MINUTE_MS / l as f64);
         }
+        out
+    }
+
+    pub fn settle(&self, client: &ClientLimits, delta: i64) {
+        if client.budget.is_none() {
+            return;
+        }
+        let mut st = self.inner.state.lock();
+        let cl = st.clients.entry(client.access_key_id).or_default();
+        *cl.spent.get_or_insert(client.spent) += delta;
+    }
+
+    pub fn take_stats(&self, key_ids: &[i64]) -> Vec<KeyStats> {
+        let mut st = self.inner.state.lock();
+        key_ids
+            .iter()
+            .map(|id| match st.keys.get_mut(id) {
+                Some(k) => KeyStats {
+                    balance: k.bal,
+                    last_used: k.last,
+                    ..std::mem::take(&mut k.stats)
+                },
+                None => KeyStats::default(),
+            })
+            .collect()
+    }
+
+    pub fn spent(&self, access_key_ids: &[i64]) -> Vec<Option<i64>> {
+        let st = self.inner.state.lock();
+        access_key_ids
+            .iter()
+            .map(|id| st.clients.get(id).and_then(|c| c.spent))
+            .collect()
     }
 
     pub fn renew(&self, lease: &Lease, ttl_ms: u64) {
@@ -460,6 +529,7 @@ impl MemoryStore {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn report(
         &self,
         service_id: i64,
@@ -468,6 +538,7 @@ impl MemoryStore {
         fault: Fault,
         n_keys: usize,
         took_ms: Option<u64>,
+        class: Option<StatClass>,
     ) -> Report {
         let now = now_ms();
         let p = self.inner.policy;
@@ -493,6 +564,14 @@ impl MemoryStore {
         }
         let k = st.keys.entry(key_id).or_default();
         k.obs.observe(now, took_ms, false, &p);
+        if let Some(class) = class {
+            k.stats.requests += 1;
+            match class {
+                StatClass::Client => k.stats.failures_4xx += 1,
+                StatClass::Server => k.stats.failures_5xx += 1,
+                StatClass::Network => k.stats.failures_network += 1,
+            }
+        }
         let report = |k: &KeyState, b: Option<i64>| Report {
             fails: k.fails,
             until: k.until,

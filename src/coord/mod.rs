@@ -103,11 +103,58 @@ pub struct ClientLimits {
     pub rpm: Option<u32>,
     pub rpd: Option<u32>,
     pub tpm: Option<u32>,
+    /// Budget in micro-units (None = unlimited).
+    pub budget: Option<i64>,
+    /// What the database says was spent: seeds the live figure the first time it is needed.
+    pub spent: i64,
 }
 
 impl ClientLimits {
     pub fn is_limited(&self) -> bool {
-        self.rpm.is_some() || self.rpd.is_some() || self.tpm.is_some()
+        self.rpm.is_some() || self.rpd.is_some() || self.tpm.is_some() || self.budget.is_some()
+    }
+}
+
+/// What an attempt's outcome counts as in a key's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatClass {
+    /// The key answered with a 4xx (a refusal, a rate limit, or a client error passed on).
+    Client,
+    /// The key answered with a 5xx.
+    Server,
+    /// No answer: timeout or connection error.
+    Network,
+}
+
+impl StatClass {
+    pub(crate) fn script_name(self) -> &'static str {
+        match self {
+            Self::Client => "4xx",
+            Self::Server => "5xx",
+            Self::Network => "net",
+        }
+    }
+}
+
+/// A key's statistics since they were last taken, and its live money (`take_stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyStats {
+    pub requests: i64,
+    pub successes: i64,
+    pub failures_4xx: i64,
+    pub failures_5xx: i64,
+    pub failures_network: i64,
+    pub tokens: i64,
+    pub cost: i64,
+    /// The live balance in micro-units, when the store holds one.
+    pub balance: Option<i64>,
+    /// ms epoch the key was last given to a request (0 = never).
+    pub last_used: i64,
+}
+
+impl KeyStats {
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.tokens == 0 && self.cost == 0
     }
 }
 
@@ -166,6 +213,9 @@ pub struct AcquireReq<'a> {
     pub price: Option<i64>,
     /// Session affinity: the request's session, when the service binds sessions to keys.
     pub session: Option<&'a Session>,
+    /// Micro-units set aside from the client's budget on the first attempt (its estimated
+    /// price); the release settles it against the real cost.
+    pub reserve: i64,
 }
 
 /// A session bound to a key (session affinity), named by a hash so that client identifiers never
@@ -233,6 +283,8 @@ pub enum Acquire {
     AtCapacity,
     /// The service is backing off after an upstream-wide 429.
     ServiceBackoff { retry_after_ms: u64 },
+    /// The client's budget does not cover the request.
+    OverBudget { spent: i64 },
     /// No key is usable (all invalid, exhausted, cooling or over their own limits).
     NoKey,
 }
@@ -288,6 +340,16 @@ pub struct Usage {
     /// Milliseconds from sending to the answer's head; None when the key was not observed (its
     /// answer never came, or the request ended before it).
     pub latency_ms: Option<u64>,
+    /// What was set aside from the client's budget at acquire: the budget is charged
+    /// `cost - reserved` now.
+    pub reserved: i64,
+}
+
+/// What a release found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Released {
+    /// The debit took the key's live balance to zero or below: it is now `exhausted`.
+    pub exhausted: bool,
 }
 
 /// Live state of a key, for the admin API.
@@ -375,13 +437,39 @@ impl Coord {
         }
     }
 
-    pub async fn release(&self, lease: &Lease, usage: &Usage) -> Result<(), CoordError> {
+    pub async fn release(&self, lease: &Lease, usage: &Usage) -> Result<Released, CoordError> {
+        match self {
+            Self::Memory(m) => Ok(m.release(lease, usage)),
+            Self::Redis(r) => r.release(lease, usage).await,
+        }
+    }
+
+    /// Charges (or refunds, when negative) `delta` micro-units to the client's budget: for a
+    /// request that ends without a release to carry the settlement.
+    pub async fn settle(&self, client: &ClientLimits, delta: i64) -> Result<(), CoordError> {
         match self {
             Self::Memory(m) => {
-                m.release(lease, usage);
+                m.settle(client, delta);
                 Ok(())
             }
-            Self::Redis(r) => r.release(lease, usage).await,
+            Self::Redis(r) => r.settle(client, delta).await,
+        }
+    }
+
+    /// Takes the keys' statistics gathered since the last call (each replica's flush adds them
+    /// to the database, so nothing is counted twice), with their live balances.
+    pub async fn take_stats(&self, key_ids: &[i64]) -> Result<Vec<KeyStats>, CoordError> {
+        match self {
+            Self::Memory(m) => Ok(m.take_stats(key_ids)),
+            Self::Redis(r) => r.take_stats(key_ids).await,
+        }
+    }
+
+    /// The live spend of access keys (None where the store has none yet).
+    pub async fn spent(&self, access_key_ids: &[i64]) -> Result<Vec<Option<i64>>, CoordError> {
+        match self {
+            Self::Memory(m) => Ok(m.spent(access_key_ids)),
+            Self::Redis(r) => r.spent(access_key_ids).await,
         }
     }
 
@@ -404,11 +492,13 @@ impl Coord {
         fault: Fault,
         n_keys: usize,
     ) -> Result<Report, CoordError> {
-        self.report_timed(service_id, key_id, lease, fault, n_keys, None)
+        self.report_timed(service_id, key_id, lease, fault, n_keys, None, None)
             .await
     }
 
-    /// `report` of a failed attempt that took `took_ms` (the latency strategy counts it).
+    /// `report` of a failed attempt that took `took_ms` (the latency strategy counts it), counted
+    /// in the key's statistics as `class`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn report_timed(
         &self,
         service_id: i64,
@@ -417,11 +507,14 @@ impl Coord {
         fault: Fault,
         n_keys: usize,
         took_ms: Option<u64>,
+        class: Option<StatClass>,
     ) -> Result<Report, CoordError> {
         match self {
-            Self::Memory(m) => Ok(m.report(service_id, key_id, lease, fault, n_keys, took_ms)),
+            Self::Memory(m) => {
+                Ok(m.report(service_id, key_id, lease, fault, n_keys, took_ms, class))
+            }
             Self::Redis(r) => {
-                r.report(service_id, key_id, lease, fault, n_keys, took_ms)
+                r.report(service_id, key_id, lease, fault, n_keys, took_ms, class)
                     .await
             }
         }

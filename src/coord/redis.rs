@@ -14,8 +14,8 @@ use std::time::Duration;
 use redis::{AsyncCommands, Script};
 
 use super::{
-    Acquire, AcquireReq, CoordError, Fault, Lease, LiveState, Policy, Remaining, Report, Usage,
-    new_lease_id,
+    Acquire, AcquireReq, ClientLimits, CoordError, Fault, KeyStats, Lease, LiveState, Policy,
+    Released, Remaining, Report, StatClass, Usage, new_lease_id,
 };
 
 #[derive(Clone)]
@@ -30,6 +30,7 @@ pub struct RedisStore {
     report: Script,
     renew: Script,
     unlock: Script,
+    take_stats_script: Script,
 }
 
 fn opt(v: Option<u32>) -> u32 {
@@ -61,9 +62,11 @@ impl RedisStore {
             report: Script::new(include_str!("lua/report_v3.lua")),
             renew: Script::new(include_str!("lua/renew_v2.lua")),
             unlock: Script::new(include_str!("lua/unlock_v1.lua")),
+            take_stats_script: Script::new(include_str!("lua/take_stats_v1.lua")),
         };
         let mut conn = store.conn.clone();
         for s in [
+            &store.take_stats_script,
             &store.acquire,
             &store.release,
             &store.report,
@@ -127,7 +130,14 @@ impl RedisStore {
             .arg(if req.session.is_some() { 1 } else { 0 })
             .arg(req.session.map_or(0, |s| s.start % req.keys.len() as u64))
             .arg(req.session.map_or(0, |s| s.ttl_ms))
-            .arg(self.policy.latency_tau_ms);
+            .arg(self.policy.latency_tau_ms)
+            .arg(
+                c.and_then(|c| c.budget)
+                    .map(|b| b.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(c.map_or(0, |c| c.spent))
+            .arg(req.reserve);
         let mut conn = self.conn.clone();
         let r: Vec<i64> = inv.invoke_async(&mut conn).await?;
         let [code, index, fails, probe, retry_after, rpm, rpd, tpm] = r[..] else {
@@ -165,13 +175,15 @@ impl RedisStore {
             4 => Acquire::ServiceBackoff {
                 retry_after_ms: retry_after.max(1) as u64,
             },
+            5 => Acquire::OverBudget { spent: retry_after },
             _ => Acquire::NoKey,
         })
     }
 
-    pub async fn release(&self, lease: &Lease, u: &Usage) -> Result<(), CoordError> {
+    pub async fn release(&self, lease: &Lease, u: &Usage) -> Result<Released, CoordError> {
         let mut conn = self.conn.clone();
-        let _: (i64, String) = self
+        let settle = u.client.filter(|c| c.budget.is_some()).map(|c| c.spent);
+        let (_, _, exhausted): (i64, String, i64) = self
             .release
             .key(format!("{}:leases", self.svc(lease.service_id)))
             .key(self.key(lease.key_id))
@@ -186,9 +198,81 @@ impl RedisStore {
             .arg(u.latency_ms.map(|l| l.to_string()).unwrap_or_default())
             .arg(self.policy.latency_tau_ms)
             .arg(self.policy.success_tau_ms)
+            .arg(match settle {
+                Some(_) => (u.cost - u.reserved).to_string(),
+                None => String::new(),
+            })
+            .arg(settle.unwrap_or(0))
             .invoke_async(&mut conn)
             .await?;
+        Ok(Released {
+            exhausted: exhausted == 1,
+        })
+    }
+
+    pub async fn settle(&self, client: &ClientLimits, delta: i64) -> Result<(), CoordError> {
+        if client.budget.is_none() || delta == 0 {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let key = self.client(Some(client.access_key_id));
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg("spent_micros")
+            .arg(client.spent)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(&key)
+            .arg("spent_micros")
+            .arg(delta)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
         Ok(())
+    }
+
+    pub async fn take_stats(&self, key_ids: &[i64]) -> Result<Vec<KeyStats>, CoordError> {
+        let mut out = Vec::with_capacity(key_ids.len());
+        let mut conn = self.conn.clone();
+        // Bounded batches: one script call must not hold Redis for long.
+        for chunk in key_ids.chunks(256) {
+            let mut inv = self.take_stats_script.prepare_invoke();
+            for id in chunk {
+                inv.key(self.key(*id));
+            }
+            let rows: Vec<Vec<String>> = inv.invoke_async(&mut conn).await?;
+            for r in rows {
+                let n = |i: usize| r.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                out.push(KeyStats {
+                    requests: n(0),
+                    successes: n(1),
+                    failures_4xx: n(2),
+                    failures_5xx: n(3),
+                    failures_network: n(4),
+                    tokens: n(5),
+                    cost: n(6),
+                    balance: r.get(7).and_then(|v| v.parse().ok()),
+                    last_used: n(8),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn spent(&self, access_key_ids: &[i64]) -> Result<Vec<Option<i64>>, CoordError> {
+        if access_key_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for id in access_key_ids {
+            pipe.cmd("HGET")
+                .arg(self.client(Some(*id)))
+                .arg("spent_micros");
+        }
+        Ok(pipe.query_async(&mut conn).await?)
     }
 
     pub async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<(), CoordError> {
@@ -203,6 +287,7 @@ impl RedisStore {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn report(
         &self,
         service_id: i64,
@@ -211,6 +296,7 @@ impl RedisStore {
         fault: Fault,
         n_keys: usize,
         took_ms: Option<u64>,
+        class: Option<StatClass>,
     ) -> Result<Report, CoordError> {
         let svc = self.svc(service_id);
         let retry_after = match fault {
@@ -239,6 +325,7 @@ impl RedisStore {
             .arg(took_ms.map(|l| l.to_string()).unwrap_or_default())
             .arg(p.latency_tau_ms)
             .arg(p.success_tau_ms)
+            .arg(class.map_or("", StatClass::script_name))
             .invoke_async(&mut conn)
             .await?;
         Ok(Report {

@@ -52,3 +52,14 @@ pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, DbErr> {
         .rows_affected
         > 0)
 }
+
+/// Records an access key's live spend (from the coordination store).
+pub async fn set_spent(db: &DatabaseConnection, id: i64, spent: i64) -> Result<(), DbErr> {
+    use sea_orm::sea_query::Expr;
+    access_key::Entity::update_many()
+        .col_expr(access_key::Column::SpentMicros, Expr::value(spent))
+        .filter(access_key::Column::Id.eq(id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}

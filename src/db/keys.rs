@@ -203,3 +203,46 @@ pub async fn ids_of_service(db: &DatabaseConnection, service_id: i64) -> Result<
         .all(db)
         .await
 }
+
+/// Every key id, for the statistics flush.
+pub async fn all_ids(db: &DatabaseConnection) -> Result<Vec<i64>, DbErr> {
+    upstream_key::Entity::find()
+        .select_only()
+        .column(upstream_key::Column::Id)
+        .order_by_asc(upstream_key::Column::Id)
+        .into_tuple()
+        .all(db)
+        .await
+}
+
+/// Adds a key's statistics since the last flush, and records its live balance and last use.
+pub async fn add_stats(
+    db: &DatabaseConnection,
+    id: i64,
+    s: &crate::coord::KeyStats,
+) -> Result<(), DbErr> {
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    use upstream_key::Column as C;
+    let add = |c: C, n: i64| (c, Expr::col(c).add(n));
+    let mut q = upstream_key::Entity::update_many().filter(C::Id.eq(id));
+    for (c, e) in [
+        add(C::RequestsTotal, s.requests),
+        add(C::SuccessesTotal, s.successes),
+        add(C::Failures4xx, s.failures_4xx),
+        add(C::Failures5xx, s.failures_5xx),
+        add(C::FailuresNetwork, s.failures_network),
+        add(C::TokensTotal, s.tokens),
+        add(C::CostTotalMicros, s.cost),
+    ] {
+        q = q.col_expr(c, e);
+    }
+    if let Some(b) = s.balance {
+        q = q.col_expr(C::BalanceMicros, Expr::value(b));
+    }
+    if s.last_used > 0
+        && let Some(t) = chrono::DateTime::from_timestamp_millis(s.last_used)
+    {
+        q = q.col_expr(C::LastUsedAt, Expr::value(t));
+    }
+    q.exec(db).await.map(|_| ())
+}

@@ -51,6 +51,7 @@ pub fn error_type(kind: ErrorKind) -> &'static str {
         ErrorKind::BodyTooLarge => "request_too_large",
         ErrorKind::BadRequest | ErrorKind::ClientTimeout => "invalid_request_error",
         ErrorKind::RateLimited | ErrorKind::UpstreamRateLimited => "rate_limit_error",
+        ErrorKind::BudgetExhausted => "billing_error",
         ErrorKind::NoUsableKey => "overloaded_error",
         ErrorKind::UpstreamFailed
         | ErrorKind::UpstreamTimeout

@@ -46,7 +46,9 @@ pub fn status_name(kind: ErrorKind) -> &'static str {
         ErrorKind::BodyTooLarge | ErrorKind::BadRequest => "INVALID_ARGUMENT",
         ErrorKind::ClientTimeout | ErrorKind::UpstreamTimeout => "DEADLINE_EXCEEDED",
         ErrorKind::NoUsableKey => "UNAVAILABLE",
-        ErrorKind::UpstreamRateLimited | ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
+        ErrorKind::UpstreamRateLimited | ErrorKind::RateLimited | ErrorKind::BudgetExhausted => {
+            "RESOURCE_EXHAUSTED"
+        }
         ErrorKind::LoopDetected => "ABORTED",
         ErrorKind::UpstreamFailed | ErrorKind::Internal => "INTERNAL",
     }

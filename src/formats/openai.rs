@@ -62,6 +62,7 @@ pub fn error_type(kind: ErrorKind) -> &'static str {
         }
         ErrorKind::NoUsableKey => "service_unavailable",
         ErrorKind::UpstreamRateLimited | ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::BudgetExhausted => "insufficient_quota",
         ErrorKind::UpstreamFailed
         | ErrorKind::UpstreamTimeout
         | ErrorKind::LoopDetected

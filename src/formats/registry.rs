@@ -561,3 +561,127 @@ pub fn estimate_tokens(
     };
     Ok((body, n))
 }
+
+/// An OpenAI chat stream passed through to a client that did not ask for usage: keygate asked
+/// for it (`stream_options.include_usage`) to meter the request, so the usage chunk
+/// (`"choices": []`) is read here and kept from the client. Every other event goes on as sent.
+#[derive(Default)]
+pub struct HiddenUsage {
+    reader: SseReader,
+    events: Vec<SseEvent>,
+    usage: Option<Tokens>,
+}
+
+impl HiddenUsage {
+    fn drain(&mut self, out: &mut Vec<u8>) {
+        for ev in self.events.drain(..) {
+            // Only an event that names usage is parsed; the rest are copied.
+            if ev.data.contains("\"usage\"")
+                && let Ok(v) = serde_json::from_str::<Value>(&ev.data)
+            {
+                if let Some(t) = openai::usage(&v) {
+                    self.usage = Some(t);
+                }
+                if v["choices"].as_array().is_some_and(|c| c.is_empty()) {
+                    continue;
+                }
+            }
+            if let Some(name) = &ev.event {
+                out.extend_from_slice(b"event: ");
+                out.extend_from_slice(name.as_bytes());
+                out.push(b'\n');
+            }
+            for line in ev.data.split('\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+            out.push(b'\n');
+        }
+    }
+}
+
+impl Transform for HiddenUsage {
+    fn chunk(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.reader.feed(input, &mut self.events);
+        self.drain(out);
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        self.reader.finish(&mut self.events);
+        self.drain(out);
+    }
+
+    fn usage(&self) -> Option<Tokens> {
+        self.usage
+    }
+
+    fn error(&mut self, message: &str, out: &mut Vec<u8>) -> bool {
+        out.extend_from_slice(&openai::stream_error_event(message));
+        true
+    }
+}
+
+/// Asks an OpenAI chat stream for its usage when the client did not (`stream: true` without
+/// `stream_options.include_usage`). Returns the rewritten body, or None when nothing changes.
+pub fn ask_stream_usage(body: &[u8]) -> Option<Bytes> {
+    // Cheap checks first: most requests are not streams.
+    if !body.windows(8).any(|w| w == b"\"stream\"") {
+        return None;
+    }
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let o = v.as_object_mut()?;
+    if o.get("stream").and_then(Value::as_bool) != Some(true)
+        || o.get("stream_options")
+            .and_then(|s| s.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true)
+    {
+        return None;
+    }
+    let opts = o
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Default::default()));
+    opts.as_object_mut()?
+        .insert("include_usage".into(), Value::Bool(true));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod hidden_usage_tests {
+    use super::*;
+
+    #[test]
+    fn the_usage_chunk_keygate_asked_for_is_read_and_kept_from_the_client() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let mut t = HiddenUsage::default();
+        let mut out = Vec::new();
+        for c in stream.as_bytes().chunks(7) {
+            t.chunk(c, &mut out);
+        }
+        t.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(t.usage().map(|u| (u.prompt, u.completion)), Some((9, 2)));
+    }
+
+    #[test]
+    fn usage_is_asked_for_only_on_streams_that_did_not_ask() {
+        let asked = ask_stream_usage(br#"{"model":"m","stream":true}"#).unwrap();
+        let v: Value = serde_json::from_slice(&asked).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(ask_stream_usage(br#"{"model":"m"}"#).is_none());
+        assert!(ask_stream_usage(br#"{"stream":false}"#).is_none());
+        assert!(
+            ask_stream_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+                .is_none()
+        );
+    }
+}

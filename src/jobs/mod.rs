@@ -3,4 +3,6 @@
 //!
 //! - `validate`: tests upstream keys with a cheap request (on demand from the admin API, and on a
 //!   schedule per service) and brings back keys out of rotation that answer again.
+//! - `persist`: flushes live balances, spend and per-key statistics to the database.
+pub mod persist;
 pub mod validate;

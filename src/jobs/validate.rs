@@ -258,7 +258,7 @@ async fn record(
         && before != KeyStatus::Disabled
     {
         let reason = probe.error.as_deref().unwrap_or("refused");
-        crate::proxy::finish::report(state, rt, key.id, None, fault, reason, None).await;
+        crate::proxy::finish::report(state, rt, key.id, None, fault, reason, None, None).await;
         stored_after = to.as_str().into();
     }
     db::keys::set_validation(&state.db, am, probe.error.clone()).await?;

@@ -15,6 +15,8 @@ pub enum ErrorKind {
     BadRequest,
     ClientTimeout,
     RateLimited,
+    /// The access key's budget is spent (OpenAI code `insufficient_quota`).
+    BudgetExhausted,
     UpstreamFailed,
     UpstreamRateLimited,
     NoUsableKey,
@@ -36,6 +38,8 @@ impl ErrorKind {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            // As OpenAI answers a spent account.
+            Self::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::NoUsableKey => StatusCode::SERVICE_UNAVAILABLE,
@@ -56,6 +60,7 @@ impl ErrorKind {
             Self::BadRequest => "bad_request",
             Self::ClientTimeout => "client_timeout",
             Self::RateLimited => "rate_limited",
+            Self::BudgetExhausted => "insufficient_quota",
             Self::UpstreamFailed => "upstream_failed",
             Self::UpstreamRateLimited => "upstream_rate_limited",
             Self::NoUsableKey => "no_usable_key",

@@ -113,6 +113,16 @@ pub async fn run(
             .increment(1);
     };
 
+    // What the request will cost at least: its price per request plus its prompt (about four
+    // bytes a token) at the input price. Keys whose balance is below it are skipped by the
+    // balance strategy, and a budget must cover it.
+    let estimate = fin.price.map(|p| {
+        let prompt = match body {
+            ReqBody::Buffered(b) => b.len() as u64 / 4,
+            ReqBody::Stream(..) => 0,
+        };
+        p.estimate(prompt)
+    });
     // Keys tried in this run (a Responses call retried as chat completions starts afresh).
     let mut excluded: Vec<i64> = Vec::new();
     while (excluded.len() as u32) < max_attempts && Instant::now() < deadline {
@@ -125,8 +135,13 @@ pub async fn run(
             cap: svc.cap,
             lease_ttl_ms: svc.lease_ttl_ms,
             client: if first { fin.client } else { None },
-            price: None,
+            price: estimate,
             session: adm.session.as_ref(),
+            reserve: if first && fin.client.is_some_and(|c| c.budget.is_some()) {
+                estimate.unwrap_or(0)
+            } else {
+                0
+            },
         };
         let queue_until = (Instant::now() + svc.queue_timeout).min(deadline);
         let granted = match acquire_waiting(state, &areq, queue_until).await {
@@ -153,6 +168,7 @@ pub async fn run(
             } => {
                 if first {
                     remaining = Some(rem);
+                    fin.reserved = areq.reserve;
                 }
                 excluded.push(lease.key_id);
                 fin.hold(index, lease, probe);
@@ -180,6 +196,21 @@ pub async fn run(
                     format!("the upstream of '{slug}' is rate limiting every key; backing off"),
                 );
                 e.retry_after_secs = Some(retry_after_ms.div_ceil(1000).max(1));
+                return Ran {
+                    outcome: Outcome::Error(e),
+                    remaining,
+                };
+            }
+            Acquire::OverBudget { spent } => {
+                let budget = fin.client.and_then(|c| c.budget).unwrap_or(0);
+                let e = err(
+                    ErrorKind::BudgetExhausted,
+                    format!(
+                        "this access key's budget is used up ({} of {} spent)",
+                        crate::money::format_units(spent),
+                        crate::money::format_units(budget)
+                    ),
+                );
                 return Ran {
                     outcome: Outcome::Error(e),
                     remaining,

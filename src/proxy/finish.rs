@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ErrorKind, ProxyError};
-use crate::coord::{ClientLimits, Coord, Fault, Lease, Report, Usage};
+use crate::billing::pricing::Price;
+use crate::coord::{ClientLimits, Coord, Fault, Lease, Released, Report, StatClass, Usage};
 use crate::events::{KeyStatusChange, RequestEvent, Tokens};
 use crate::formats::Format;
 use crate::snapshot::ServiceRt;
@@ -58,6 +59,12 @@ pub struct Finish {
     pub estimated: bool,
     /// For a router slug: the target serving the request (`svc` is then the target).
     pub target: Option<String>,
+    /// The price of the model on the serving slug, when a rule or the default table has one.
+    pub price: Option<Price>,
+    /// Micro-units set aside from the client's budget at the first acquire, not yet settled.
+    pub reserved: i64,
+    /// What the request cost, once its usage is known.
+    cost: Option<i64>,
     done: bool,
 }
 
@@ -85,6 +92,9 @@ impl Finish {
             streamed: false,
             estimated: false,
             target: None,
+            price: None,
+            reserved: 0,
+            cost: None,
             done: false,
         }
     }
@@ -149,6 +159,12 @@ impl Finish {
             h.head_ms
                 .unwrap_or_else(|| h.sent.elapsed().as_millis() as u64),
         );
+        // A refusal came with a 4xx head, a failure with a 5xx head or with none at all.
+        let class = match fault {
+            Fault::Failure if h.head_ms.is_some() => StatClass::Server,
+            Fault::Failure => StatClass::Network,
+            _ => StatClass::Client,
+        };
         let task = tokio::spawn(async move {
             let r = report(
                 &st,
@@ -158,6 +174,7 @@ impl Finish {
                 fault,
                 &reason,
                 took,
+                Some(class),
             )
             .await;
             if r.is_none() {
@@ -186,17 +203,23 @@ impl Finish {
 
     fn release(&self, h: Held, usage: &Usage) {
         // The in-process store answers at once; Redis is released off the client's path.
+        let svc = self.svc.clone();
         match &self.state.coord {
             Coord::Memory(mem) => {
-                mem.release(&h.lease, usage);
+                let r = mem.release(&h.lease, usage);
                 self.state.lease_released.notify_waiters();
+                spent_balance(&self.state, svc.as_deref(), &h.lease, r);
             }
             Coord::Redis(_) => {
                 let (st, usage) = (self.state.clone(), *usage);
                 tokio::spawn(async move {
-                    if let Err(e) = st.coord.release(&h.lease, &usage).await {
-                        metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
-                        tracing::warn!(error = %e, "lease release failed; it will expire by its TTL");
+                    match st.coord.release(&h.lease, &usage).await {
+                        Ok(r) => spent_balance(&st, svc.as_deref(), &h.lease, r),
+                        Err(e) => {
+                            metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind())
+                                .increment(1);
+                            tracing::warn!(error = %e, "lease release failed; it will expire by its TTL");
+                        }
                     }
                     st.lease_released.notify_waiters();
                 });
@@ -248,6 +271,7 @@ impl Finish {
                     Fault::Failure,
                     reason,
                     None,
+                    Some(StatClass::Server),
                 )
                 .await;
                 st.lease_released.notify_waiters();
@@ -256,28 +280,45 @@ impl Finish {
         self.emit(Some("stream_broken"), false);
     }
 
-    fn release_with_usage(&self, h: Held, success: bool) {
-        let Some(svc) = &self.svc else { return };
+    fn release_with_usage(&mut self, h: Held, success: bool) {
+        let Some(svc) = self.svc.clone() else { return };
         if h.probe && success {
             metrics::counter!(m::KEY_TRANSITIONS_TOTAL, "slug" => svc.slug.clone(), "to" => "active")
                 .increment(1);
             tracing::info!(key = %svc.keys[h.index].masked, key_id = h.lease.key_id, slug = %svc.slug, to = "active", reason = "trial request succeeded", "upstream key back in rotation");
         }
         let spec = &svc.specs[h.index];
+        // The answer came: its usage is what it cost (a cancelled stream: what was delivered).
+        let cost = self.price.map(|p| p.cost(&self.tokens));
+        self.cost = cost;
         let usage = Usage {
             success,
             tokens: self.tokens.total(),
-            cost: 0,
+            cost: cost.unwrap_or(0),
             key_tpm: spec.tpm,
             client: self.client,
             key_balance: spec.balance,
             latency_ms: h.head_ms,
+            reserved: std::mem::take(&mut self.reserved),
         };
         self.release(h, &usage);
     }
 
     fn emit(&mut self, error_kind: Option<&str>, cancelled: bool) {
         self.done = true;
+        // Set aside at acquire and never settled by a release (the request got no answer):
+        // give it back.
+        let reserved = std::mem::take(&mut self.reserved);
+        if reserved != 0
+            && let Some(c) = self.client
+        {
+            let st = self.state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = st.coord.settle(&c, -reserved).await {
+                    metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
+                }
+            });
+        }
         let status = self.status;
         metrics::counter!(m::REQUESTS_TOTAL, "slug" => self.label.clone(), "status" => status.to_string())
             .increment(1);
@@ -296,7 +337,7 @@ impl Finish {
             latency_ms: self.started.elapsed().as_millis() as u64,
             ttft_ms: self.ttft.map(|t| t.as_millis() as u64),
             tokens: self.tokens,
-            cost_micros: None,
+            cost_micros: self.cost,
             error_kind: error_kind.map(str::to_string),
             streamed: self.streamed,
             cancelled,
@@ -335,6 +376,28 @@ impl Drop for Finish {
     }
 }
 
+/// A debit took the key's live balance to zero: it is out as `exhausted` (the store already took
+/// it out, in the same step); say so as every other transition is said, and persist it.
+fn spent_balance(state: &AppState, svc: Option<&ServiceRt>, lease: &Lease, r: Released) {
+    if !r.exhausted {
+        return;
+    }
+    let slug = svc.map(|s| s.slug.clone()).unwrap_or_default();
+    let masked = svc
+        .and_then(|s| s.keys.iter().find(|k| k.id == lease.key_id))
+        .map(|k| k.masked.clone())
+        .unwrap_or_default();
+    metrics::counter!(m::KEY_TRANSITIONS_TOTAL, "slug" => slug.clone(), "to" => "exhausted")
+        .increment(1);
+    tracing::warn!(key = %masked, key_id = lease.key_id, slug = %slug, to = "exhausted", reason = "balance used up", "upstream key out of rotation");
+    state.events.key_status(KeyStatusChange {
+        key_id: lease.key_id,
+        status: Some("exhausted"),
+        reason: "balance used up".into(),
+        epoch: 0,
+    });
+}
+
 /// Records a key fault in the coordination store, with a metric and a log line on every
 /// transition out of rotation; the status goes to the key-status sink (coalesced, off the path).
 pub async fn report(
@@ -345,6 +408,7 @@ pub async fn report(
     fault: Fault,
     reason: &str,
     took_ms: Option<u64>,
+    class: Option<StatClass>,
 ) -> Option<Report> {
     let masked = svc
         .keys
@@ -354,7 +418,7 @@ pub async fn report(
         .unwrap_or("");
     let r = match state
         .coord
-        .report_timed(svc.id, key_id, lease, fault, svc.keys.len(), took_ms)
+        .report_timed(svc.id, key_id, lease, fault, svc.keys.len(), took_ms, class)
         .await
     {
         Ok(r) => r,

@@ -243,12 +243,30 @@ async fn serve(
 ) -> Result<Response, (Finish, Response)> {
     let proxy = &state.config.proxy;
     adm.session = affinity::session(&adm.svc, &parts.headers, body.buffered().as_deref());
+    // Priced by the model sent upstream, on the slug that serves it.
+    fin.price = fin
+        .upstream_model
+        .as_deref()
+        .or(fin.model.as_deref())
+        .and_then(|m| state.snapshot.load().prices.price(&adm.svc.slug, m));
     if translate::counts_locally(&fin, &adm) {
         fin.estimated = true;
         return Ok(translate::count_tokens(fin, &adm, &mut body, proxy.max_body_bytes).await);
     }
     let query = parts.uri.query();
     let head = parts.method == Method::HEAD;
+    // Every stream is metered: an OpenAI chat stream whose client did not ask for usage asks for
+    // it on the client's behalf, and the usage chunk is kept from the client.
+    let mut hide_usage = false;
+    if fin.client_fmt == crate::formats::Format::OpenAi
+        && fin.upstream_fmt == crate::formats::Format::OpenAi
+        && adm.endpoint == crate::formats::Endpoint::ChatCompletions
+        && let body::ReqBody::Buffered(b) = &body
+        && let Some(asked) = crate::formats::registry::ask_stream_usage(b)
+    {
+        body = body::ReqBody::Buffered(asked);
+        hide_usage = true;
+    }
     // A Responses call to an OpenAI upstream without `/responses` is tried once more, translated.
     let mut native = state.responses_fallback.native(&adm.svc);
     let original = body.buffered();
@@ -336,6 +354,20 @@ async fn serve(
                 return Err((fin, Response::default()));
             }
             Outcome::Answer { resp, error_kind } => match &tr {
+                None if hide_usage
+                    && resp.status().is_success()
+                    && resp
+                        .headers()
+                        .get(axum::http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("text/event-stream")) =>
+                {
+                    let hidden = meter::Translating {
+                        transform: Box::<crate::formats::registry::HiddenUsage>::default(),
+                        content_type: "text/event-stream",
+                    };
+                    meter::deliver(resp, fin, error_kind, head, Some(hidden))
+                }
                 None => meter::deliver(resp, fin, error_kind, head, None),
                 Some(t) if resp.status().is_success() => {
                     // The client's name stays in the log; the upstream's is `upstream_model`.

@@ -108,6 +108,7 @@ fn req<'a>(strategy: Strategy, keys: &'a KeySet) -> AcquireReq<'a> {
         client: None,
         price: None,
         session: None,
+        reserve: 0,
     }
 }
 
@@ -292,7 +293,14 @@ contract!(
             Acquire::NoKey,
             "0.1 + 0.15 + 0.05 spent 0.3 to the micro"
         );
-        // An operator top-up replaces the live balance on every replica.
+        let live = &p.a.live_states(&[100]).await.unwrap()[0];
+        assert_eq!(
+            (live.until, live.reason.as_deref()),
+            (-1, Some("exhausted")),
+            "a key whose balance reaches zero is out as exhausted"
+        );
+        // An operator top-up (the key re-enabled, a new live balance) brings it back.
+        p.a.report(1, 100, None, Fault::Clear, 1).await.unwrap();
         p.a.set_balance(100, Some(1)).await.unwrap();
         assert!(matches!(
             p.b.acquire(&r).await.unwrap(),
@@ -394,6 +402,8 @@ contract!(
             rpm: Some(10),
             rpd: Some(1000),
             tpm: None,
+            budget: None,
+            spent: 0,
         });
         let (mut admitted, mut refused) = (0, 0);
         let mut remaining = Vec::new();
@@ -431,6 +441,8 @@ contract!(
             rpm: Some(10),
             rpd: None,
             tpm: None,
+            budget: None,
+            spent: 0,
         });
         assert!(matches!(
             p.b.acquire(&r).await.unwrap(),
@@ -449,6 +461,8 @@ contract!(
             rpm: None,
             rpd: None,
             tpm: Some(1000),
+            budget: None,
+            spent: 0,
         };
         r.client = Some(client);
         let (_, l, _) = take(&p.a, &r).await;

@@ -12,6 +12,7 @@ mod edge;
 mod egress;
 mod formats;
 mod migrations;
+mod money;
 mod ops;
 mod pipeline;
 mod polyglot;

@@ -33,13 +33,17 @@
 -- ARGV[17] where an unbound session starts scanning (0-based index, from a hash of the session)
 -- ARGV[18] session binding ttl ms
 -- ARGV[19] latency decay time constant ms (peak-EWMA)
+-- ARGV[20] client budget in micros ('' = none); KEYS[3] field spent_micros is what it spent
+-- ARGV[21] what the database says the client spent (seeds spent_micros when absent)
+-- ARGV[22] micros set aside from the budget for this request (its estimated price; 0 = none)
 --
 -- Returns {code, index, fails, probe, retry_after_ms, rpm_remaining, rpd_remaining, tpm_remaining}
 -- Round robin takes the first usable key from the cursor on and moves the cursor past it.
 -- A session keeps its key while the key is usable; otherwise the first usable key after it (in
 -- list order) takes over, so every replica moves it to the same key.
 --   code 1 granted (index 1-based), 2 client over a limit, 3 every usable key at its cap,
---   4 service backing off (upstream-wide 429), 0 no usable key. Remaining: -1 = no limit.
+--   4 service backing off (upstream-wide 429), 5 the client's budget does not cover the request
+--   (retry_after_ms then carries what it spent), 0 no usable key. Remaining: -1 = no limit.
 -- Read by coord::redis::RedisStore::acquire into coord::Acquire.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -119,6 +123,18 @@ if charge then
   end
   if worst > 0 then
     return {2, 0, 0, 0, worst, rem_rpm, rem_rpd, rem_tpm}
+  end
+end
+local reserve = tonumber(ARGV[22]) or 0
+if charge and ARGV[20] ~= '' then
+  -- A budget admits a request while what was spent plus what this one is expected to cost fits
+  -- (a spent budget, or one of 0, admits nothing). The reserve is taken below with the key, so
+  -- concurrent requests cannot all squeeze into the same remainder.
+  redis.call('HSETNX', KEYS[3], 'spent_micros', ARGV[21])
+  local spent = tonumber(redis.call('HGET', KEYS[3], 'spent_micros')) or 0
+  local budget = tonumber(ARGV[20])
+  if spent + reserve > budget or spent >= budget then
+    return {5, 0, 0, 0, spent, rem_rpm, rem_rpd, rem_tpm}
   end
 end
 
@@ -281,6 +297,7 @@ if pick == nil then
 end
 
 if charge then
+  if reserve > 0 and ARGV[20] ~= '' then redis.call('HINCRBY', KEYS[3], 'spent_micros', reserve) end
   if new_rpm then redis.call('HSET', KEYS[3], 'tat_rpm', new_rpm) end
   if new_rpd then redis.call('HSET', KEYS[3], 'tat_rpd', new_rpd) end
   redis.call('PEXPIRE', KEYS[3], DAY * 2)

@@ -9,7 +9,13 @@
 --         first use
 -- ARGV[8] ms from sending to the answer's head ('' = the key was not observed: nothing counted)
 -- ARGV[9] latency time constant ms, ARGV[10] success-rate time constant ms
--- Returns {released, live balance in micros or -1}. Read by coord::redis::RedisStore::release.
+-- ARGV[11] micros to add to the client's spend (cost minus what acquire set aside; '' = none),
+-- ARGV[12] what the database says the client spent (seeds spent_micros when absent)
+-- Statistics (taken by take_stats_v1): st_req, st_ok, st_f4 (an answer that was not a success),
+-- st_tok, st_cost. A debit that takes the live balance to zero or below puts the key out as
+-- `exhausted` in the same step.
+-- Returns {released, live balance in micros or -1, exhausted 1|0}. Read by
+-- coord::redis::RedisStore::release.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local MIN = 60000
@@ -46,6 +52,8 @@ end
 if ARGV[8] ~= '' then
   -- The key answered: a good answer for its success rate, whatever the status it passed on.
   observe(KEYS[2], tonumber(ARGV[8]), true, tonumber(ARGV[9]), tonumber(ARGV[10]))
+  redis.call('HINCRBY', KEYS[2], 'st_req', 1)
+  redis.call('HINCRBY', KEYS[2], ARGV[2] == '1' and 'st_ok' or 'st_f4', 1)
 end
 local tokens = tonumber(ARGV[3])
 local function add_tokens(h, limit)
@@ -57,12 +65,23 @@ local function add_tokens(h, limit)
 end
 add_tokens(KEYS[2], tonumber(ARGV[5]))
 add_tokens(KEYS[3], tonumber(ARGV[6]))
+if tokens > 0 then redis.call('HINCRBY', KEYS[2], 'st_tok', ARGV[3]) end
 local bal = -1
+local exhausted = 0
 local cost = tonumber(ARGV[4])
+if cost > 0 then redis.call('HINCRBY', KEYS[2], 'st_cost', ARGV[4]) end
 if cost > 0 and ARGV[7] ~= '' then
   redis.call('HSETNX', KEYS[2], 'bal_micros', ARGV[7])
   -- The decrement goes as the caller's digits, not as a Lua number, which Redis would format
   -- with %.14g (and an exponent) past 14 digits.
   bal = redis.call('HINCRBY', KEYS[2], 'bal_micros', '-' .. ARGV[4])
+  if bal <= 0 and redis.call('HGET', KEYS[2], 'until') ~= '-1' then
+    redis.call('HSET', KEYS[2], 'until', -1, 'reason', 'exhausted')
+    exhausted = 1
+  end
 end
-return {released, tostring(bal)}
+if ARGV[11] ~= '' and ARGV[11] ~= '0' then
+  redis.call('HSETNX', KEYS[3], 'spent_micros', ARGV[12])
+  redis.call('HINCRBY', KEYS[3], 'spent_micros', ARGV[11])
+end
+return {released, tostring(bal), exhausted}

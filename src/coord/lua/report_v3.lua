@@ -10,6 +10,7 @@
 -- ARGV[10] share of keys (percent) that makes a 429 burst upstream-wide, ARGV[11] key id
 -- ARGV[12] ms the failed attempt took ('' = not timed), ARGV[13] latency time constant ms,
 -- ARGV[14] success-rate time constant ms
+-- ARGV[15] statistics class of the failed attempt: 4xx | 5xx | net ('' = not counted)
 -- Returns {fails, until, service_backoff_until}: until as in acquire_v4.lua (0, -1 or ms epoch);
 -- service_backoff_until 0 unless this report started an upstream-wide backoff.
 -- Read by coord::redis::RedisStore::report into coord::Report.
@@ -52,6 +53,11 @@ end
 -- Every fault is a failed attempt for the success rate; a slow failure (a timeout) also
 -- counts as latency.
 observe(KEYS[3], tonumber(ARGV[12]), false, tonumber(ARGV[13]), tonumber(ARGV[14]))
+if ARGV[15] ~= '' then
+  redis.call('HINCRBY', KEYS[3], 'st_req', 1)
+  local field = ({['4xx'] = 'st_f4', ['5xx'] = 'st_f5', net = 'st_fn'})[ARGV[15]]
+  if field then redis.call('HINCRBY', KEYS[3], field, 1) end
+end
 local u = tonumber(redis.call('HGET', KEYS[3], 'until') or '0') or 0
 local fails = tonumber(redis.call('HGET', KEYS[3], 'fails') or '0') or 0
 if kind == 'invalid' or kind == 'exhausted' then

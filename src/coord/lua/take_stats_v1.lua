@@ -1,0 +1,22 @@
+-- keygate take_stats v1: the statistics keys gathered since they were last taken, and their live
+-- balances, for the flush to the database. Each counter is decremented by what is returned, in
+-- the same step, so replicas flushing at once never count a request twice.
+-- KEYS: key hashes (see acquire_v4.lua)
+-- Returns one {st_req, st_ok, st_f4, st_f5, st_fn, st_tok, st_cost, bal_micros or '', last}
+-- per key, as strings. Read by coord::redis::RedisStore::take_stats.
+local out = {}
+local fields = {'st_req', 'st_ok', 'st_f4', 'st_f5', 'st_fn', 'st_tok', 'st_cost'}
+for i, h in ipairs(KEYS) do
+  local row = {}
+  local v = redis.call('HMGET', h, unpack(fields))
+  for j, f in ipairs(fields) do
+    local n = v[j] or '0'
+    if n ~= '0' then redis.call('HINCRBY', h, f, '-' .. n) end
+    row[j] = n
+  end
+  local extra = redis.call('HMGET', h, 'bal_micros', 'last')
+  row[8] = extra[1] or ''
+  row[9] = extra[2] or '0'
+  out[i] = row
+end
+return out
