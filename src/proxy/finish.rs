@@ -65,6 +65,8 @@ pub struct Finish {
     pub reserved: i64,
     /// What the request cost, once its usage is known.
     cost: Option<i64>,
+    /// The request body, to estimate its prompt tokens from when the upstream reports none.
+    pub prompt: Option<bytes::Bytes>,
     done: bool,
 }
 
@@ -95,6 +97,7 @@ impl Finish {
             price: None,
             reserved: 0,
             cost: None,
+            prompt: None,
             done: false,
         }
     }

@@ -78,6 +78,7 @@ pub fn deliver(
         transform,
         out: Vec::new(),
         sent: 0,
+        sample: Vec::new(),
         idle,
         stall: Box::pin(tokio::time::sleep(idle)),
         scanner: UsageScanner::new(fin.upstream_fmt, sse),
@@ -98,6 +99,8 @@ struct Metered {
     /// end is recognised by the count rather than by the stream's end.
     expected: Option<u64>,
     sent: u64,
+    /// The answer's first bytes, to estimate its tokens from when it reports no usage.
+    sample: Vec<u8>,
     /// Longest wait for the next chunk before the stream counts as broken.
     idle: Duration,
     stall: Pin<Box<Sleep>>,
@@ -116,7 +119,7 @@ impl Metered {
     fn end(&mut self) {
         self.scanner.finish();
         if let Some(mut fin) = self.fin.take() {
-            fin.tokens = self.tokens();
+            self.charge(&mut fin);
             fin.end(self.success, self.error_kind);
         }
     }
@@ -128,6 +131,23 @@ impl Metered {
         }
     }
 
+    /// The tokens the request is charged: what the upstream reported, else keygate's estimate
+    /// from the request and the answer delivered so far (marked `estimated`).
+    fn charge(&self, fin: &mut Finish) {
+        let reported = self.tokens();
+        if reported != crate::events::Tokens::default() || self.sent == 0 || !self.success {
+            fin.tokens = reported;
+            return;
+        }
+        use crate::billing::estimate;
+        fin.tokens = crate::events::Tokens {
+            prompt: fin.prompt.as_deref().map(estimate::prompt).unwrap_or(0),
+            completion: estimate::completion(&self.sample, self.sent),
+            ..Default::default()
+        };
+        fin.estimated = true;
+    }
+
     /// The upstream broke or stalled after bytes went out: mark the key, end an SSE stream with
     /// an error event in the client's format (other bodies end with an error).
     fn broken(&mut self, why: String) -> Poll<Option<Result<Bytes, std::io::Error>>> {
@@ -136,7 +156,7 @@ impl Metered {
         };
         tracing::warn!(key = %fin.masked_key(), error = %why, "upstream stream broke mid-way");
         self.scanner.finish();
-        fin.tokens = self.tokens();
+        self.charge(&mut fin);
         let fmt = fin.client_fmt;
         fin.end_broken("stream broke mid-way");
         let message = "the upstream stream failed before it completed";
@@ -167,6 +187,12 @@ impl Stream for Metered {
                 Poll::Ready(Some(Ok(chunk))) => {
                     this.stall.as_mut().reset(Instant::now() + this.idle);
                     this.sent += chunk.len() as u64;
+                    let room =
+                        crate::billing::estimate::SAMPLE_BYTES.saturating_sub(this.sample.len());
+                    if room > 0 {
+                        this.sample
+                            .extend_from_slice(&chunk[..room.min(chunk.len())]);
+                    }
                     let chunk = match this.transform.as_mut() {
                         None => {
                             this.scanner.feed(&chunk);
@@ -216,12 +242,11 @@ impl Stream for Metered {
 impl Drop for Metered {
     fn drop(&mut self) {
         // The client went away mid-answer: charge what the upstream reported so far.
-        if self.fin.is_some() {
+        if let Some(mut fin) = self.fin.take() {
             self.scanner.finish();
-            let tokens = self.tokens();
-            if let Some(fin) = self.fin.as_mut() {
-                fin.tokens = tokens;
-            }
+            self.charge(&mut fin);
+            // Dropping it ends the request as cancelled, with these tokens.
+            drop(fin);
         }
     }
 }

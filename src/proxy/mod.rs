@@ -243,6 +243,7 @@ async fn serve(
 ) -> Result<Response, (Finish, Response)> {
     let proxy = &state.config.proxy;
     adm.session = affinity::session(&adm.svc, &parts.headers, body.buffered().as_deref());
+    fin.prompt = body.buffered();
     // Priced by the model sent upstream, on the slug that serves it.
     fin.price = fin
         .upstream_model

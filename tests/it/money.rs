@@ -287,3 +287,54 @@ both!(
         assert!(persisted, "{:?}", db_key(&app).await[0]);
     }
 );
+
+both!(
+    an_answer_without_usage_is_charged_by_keygates_own_count_and_marked_estimated,
+    |b: Backend| async move {
+        let up = mock::start().await;
+        up.mock.set(
+            "sk-nousage-key-0001",
+            mock::Behaviour::Chunks {
+                n: 20,
+                gap: Duration::from_millis(1),
+            },
+        );
+        let app = TestApp::spawn(b).await;
+        app.create_service("oa", "openai", &up.base).await;
+        app.add_keys("oa", &["sk-nousage-key-0001"]).await;
+        price(
+            &app,
+            json!({"pattern": "*", "input_per_mtok": 1000, "output_per_mtok": 1000}),
+        )
+        .await;
+        let ak = app.access_key().await;
+        let r = chat(&app, &ak, "oa", true).await;
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+        use keygate::db::entity::request_log::{Column, Entity};
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        let db = app.state.db.clone();
+        let found = eventually(Duration::from_secs(5), || async {
+            Entity::find()
+                .filter(Column::Service.eq("oa"))
+                .one(&db)
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await;
+        assert!(found);
+        let row = Entity::find()
+            .filter(Column::Service.eq("oa"))
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(row.estimated, "{row:?}");
+        let (p, c) = (row.prompt_tokens.unwrap(), row.completion_tokens.unwrap());
+        // "hi" in one user message; twenty deltas "t0".."t19".
+        assert!((1..=4).contains(&p), "prompt {p}");
+        assert!((20..=60).contains(&c), "completion {c}");
+        assert_eq!(row.cost_micros, Some((p + c) * 1000));
+    }
+);
