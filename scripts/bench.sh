@@ -157,9 +157,16 @@ gateway() { # name, then env assignments
   local token
   token=$(python3 -c 'import json,sys,urllib.request; r=urllib.request.urlopen(urllib.request.Request(sys.argv[1]+"/admin/auth/login", data=json.dumps({"username":"admin","password":"bench-password"}).encode(), headers={"content-type":"application/json"})); print(json.load(r)["access_token"])' "$base")
   admin POST "$base/admin/services" "$token" "{\"slug\":\"bench\",\"kind\":\"openai\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT/v1\"}" >/dev/null
-  local keys; keys=$(python3 -c 'import json; print(json.dumps({"keys":[{"key":"sk-bench-%04d-%s" % (i, "x"*24)} for i in range(100)]}))')
+  local keys; keys=$(python3 -c 'import json,sys; print(json.dumps({"keys":[dict({"key":"sk-bench-%04d-%s" % (i, "x"*24)}, **({"balance": 1000000} if sys.argv[1] == "1" else {})) for i in range(100)]}))' "${PRICED:-0}")
   admin POST "$base/admin/services/bench/keys" "$token" "$keys" >/dev/null
-  local ak; ak=$(admin POST "$base/admin/access-keys" "$token" '{"name":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+  local ak_body='{"name":"bench"}'
+  if [ "${PRICED:-0}" = 1 ]; then
+    # Cost accounting on: every request is priced, debited from a key balance and reserved
+    # against (then settled on) an access-key budget, all in the store's scripts.
+    admin POST "$base/admin/pricing" "$token" '{"pattern":"*","input_per_mtok":2.5,"output_per_mtok":10,"per_request":0.0001}' >/dev/null
+    ak_body='{"name":"bench","budget":1000000}'
+  fi
+  local ak; ak=$(admin POST "$base/admin/access-keys" "$token" "$ak_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
   # Idle: configured and warmed by one request, before any load.
   curl -fs -o /dev/null -H "authorization: Bearer $ak" -H 'content-type: application/json' -d "$BODY" "$base/llm/bench/v1/chat/completions"
   local idle; idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
@@ -191,6 +198,14 @@ gateway sqlite+memory
 gateway postgres+redis DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
   REDIS_URL="redis://127.0.0.1:$REDIS_PORT" JWT_SECRET=bench-jwt-secret-0123456789 \
   KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
+if [ "${BENCH_PRICED:-1}" = 1 ]; then
+  # The same gateway with cost accounting on (a fresh database), for the ratio to the row above.
+  createdb_priced=$(python3 -c 'import uuid; print("priced_" + uuid.uuid4().hex[:8])')
+  "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$createdb_priced"
+  PRICED=1 gateway "postgres+redis, priced" DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$createdb_priced" \
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT" KEYGATE__REDIS__PREFIX=priced: JWT_SECRET=bench-jwt-secret-0123456789 \
+    KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
+fi
 
 python3 - "$RESULTS" "$SECS" "$OPEN_STREAMS" <<'PY'
 import json, sys, os, platform
