@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use sea_orm::DatabaseConnection;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::billing::pricing::{Price, PriceTable, Rule, Source};
 use crate::coord::{ClientLimits, KeySet, KeySpec, Strategy};
 use crate::crypto::{Cipher, mask};
 use crate::{db, egress};
@@ -125,7 +126,7 @@ pub struct Snapshot {
     /// By hex SHA-256 of the full key.
     pub access_keys: HashMap<String, Arc<AccessKeyRt>>,
     /// Prices of models per slug (stored rules over the built-in defaults).
-    pub prices: crate::billing::pricing::PriceTable,
+    pub prices: PriceTable,
     /// The egress clients in use, handed to the next load for reuse.
     clients: egress::Clients,
 }
@@ -197,6 +198,7 @@ impl Snapshot {
         let services = db::services::all(db).await?;
         let keys = db::keys::routable(db).await?;
         let access = db::access_keys::all_enabled(db).await?;
+        let prices = price_table(db::pricing::all(db).await?);
 
         let mut by_service: HashMap<i64, Vec<LoadedKey>> = HashMap::new();
         let limit = |v: Option<i32>| v.filter(|v| *v > 0).map(|v| v as u32);
@@ -231,6 +233,7 @@ impl Snapshot {
         let mut clients = egress::Clients::default();
         let mut out = Snapshot {
             version,
+            prices,
             ..Default::default()
         };
         for s in services {
@@ -326,6 +329,36 @@ impl Snapshot {
         out.clients = clients;
         Ok(out)
     }
+}
+
+/// The stored rules over the built-in defaults. A stored pattern that no longer compiles (a row
+/// edited by hand; the API refuses them) is left out with an error line rather than failing the
+/// whole load.
+fn price_table(rows: Vec<db::entity::pricing_rule::Model>) -> PriceTable {
+    let stored = rows.into_iter().filter_map(|r| {
+        let matcher = crate::proxy::models::compile(&r.pattern)
+            .inspect_err(|e| tracing::error!(rule_id = r.id, error = %e, "pricing rule skipped"))
+            .ok()?;
+        Some(Rule {
+            source: Source::Rule(r.id),
+            pattern: r.pattern,
+            matcher,
+            slug: r.slug,
+            priority: r.priority,
+            price: Price {
+                input_per_mtok: r.input_per_mtok_micros,
+                output_per_mtok: r.output_per_mtok_micros,
+                cache_read_per_mtok: r.cache_read_per_mtok_micros,
+                cache_write_per_mtok: r.cache_write_per_mtok_micros,
+                per_request: r.per_request_micros,
+            },
+        })
+    });
+    PriceTable::new(
+        stored
+            .chain(crate::billing::defaults::rules().iter().cloned())
+            .collect(),
+    )
 }
 
 /// The service's extra headers; a stored set that fails the check (a row edited by hand) is

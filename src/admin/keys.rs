@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 use sea_orm::ActiveValue::Set;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AuthUser, Role};
 use super::error::{ApiError, ApiResult, Json, List, Page, Problem};
@@ -16,6 +16,7 @@ use crate::crypto::{mask, sha256_hex};
 use crate::db::{self, entity::upstream_key};
 use crate::domain::KeyStatus;
 use crate::egress;
+use crate::jobs::validate::{self, Candidate};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -51,6 +52,29 @@ pub struct KeyView {
     /// This key's own outbound proxy (overrides the service's), credentials masked.
     pub egress_proxy: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Upstream requests made with this key (every attempt), as last flushed to the database.
+    pub requests: i64,
+    /// Of those, the ones the upstream answered with success.
+    pub successes: i64,
+    /// Failed attempts by class.
+    pub failures: KeyFailures,
+    /// Prompt plus completion tokens of this key's requests.
+    pub tokens: i64,
+    /// What this key's requests cost, in currency units (exact to 0.000001).
+    #[serde(with = "crate::money::units")]
+    #[schema(value_type = f64)]
+    pub cost: i64,
+}
+
+/// A key's failed attempts: the upstream answered 4xx or 5xx, or never answered (connect error,
+/// timeout).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyFailures {
+    #[serde(rename = "4xx")]
+    pub client: i64,
+    #[serde(rename = "5xx")]
+    pub server: i64,
+    pub network: i64,
 }
 
 fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) -> KeyView {
@@ -86,6 +110,15 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
                 .unwrap_or_else(|_| "(undecryptable)".into())
         }),
         created_at: k.created_at,
+        requests: k.requests_total,
+        successes: k.successes_total,
+        failures: KeyFailures {
+            client: k.failures_4xx,
+            server: k.failures_5xx,
+            network: k.failures_network,
+        },
+        tokens: k.tokens_total,
+        cost: k.cost_total_micros,
     }
 }
 
@@ -98,6 +131,27 @@ async fn views(state: &AppState, rows: Vec<upstream_key::Model>) -> ApiResult<Ve
         .zip(live.iter())
         .map(|(k, l)| view(state, k, l, now))
         .collect())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct StatusFilter {
+    /// Only keys in these statuses, comma-separated (`invalid,cooling`); every key when absent.
+    pub status: Option<String>,
+}
+
+impl StatusFilter {
+    pub(super) fn statuses(&self) -> ApiResult<Vec<KeyStatus>> {
+        let Some(list) = self.status.as_deref() else {
+            return Ok(Vec::new());
+        };
+        list.split(',')
+            .map(|s| {
+                s.trim()
+                    .parse::<KeyStatus>()
+                    .map_err(|e| ApiError::BadRequest(format!("status: {e}")))
+            })
+            .collect()
+    }
 }
 
 /// No `Debug`: it carries upstream keys.
@@ -292,15 +346,18 @@ pub async fn import(
 }
 
 /// Export a service's keys as CSV (masked: `id,key,label,status,balance,weight`; balance in
-/// currency units, exact decimal text).
+/// currency units, exact decimal text), all of them or those in the given statuses.
 #[utoipa::path(get, path = "/admin/services/{slug}/keys/export", tag = "keys",
-    params(("slug" = String, Path)), security(("bearer" = [])),
-    responses((status = 200, content_type = "text/csv", body = String), (status = 404, body = Problem)))]
+    params(("slug" = String, Path), StatusFilter), security(("bearer" = [])),
+    responses((status = 200, content_type = "text/csv", body = String),
+        (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn export(
     State(state): State<AppState>,
     user: AuthUser,
     Path(slug): Path<String>,
+    Query(filter): Query<StatusFilter>,
 ) -> ApiResult<impl IntoResponse> {
+    let only = filter.statuses()?;
     let svc = find_service(&state, &user, &slug).await?;
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record(["id", "key", "label", "status", "balance", "weight"]);
@@ -311,6 +368,9 @@ pub async fn export(
             break;
         };
         for k in views(&state, rows).await? {
+            if !only.is_empty() && !only.contains(&k.status) {
+                continue;
+            }
             let _ = w.write_record([
                 k.id.to_string(),
                 k.key,
@@ -449,4 +509,154 @@ pub async fn delete(
         .await?;
     state.config_changed().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchAction {
+    /// Back in rotation, as `PATCH` with `status: active` does: durable status, failure record
+    /// and live health (cooldown, failure count) cleared.
+    Enable,
+    /// Out of rotation until enabled.
+    Disable,
+    Delete,
+}
+
+/// At most this many ids in one batch.
+const MAX_BATCH_IDS: usize = 10_000;
+
+/// The keys a batch applies to: by `ids` or by `status`, exactly one of them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBatch {
+    pub action: BatchAction,
+    /// These keys of the service (at most 10000); an id that is not one refuses the batch.
+    pub ids: Option<Vec<i64>>,
+    /// Every key of the service whose status, as the key list shows it, is this one.
+    pub status: Option<KeyStatus>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyBatchResult {
+    pub action: BatchAction,
+    /// Keys the batch applied to.
+    pub matched: usize,
+    /// Of those, the keys whose status it changed (every one for `delete`).
+    pub changed: usize,
+    /// Ids of the keys it applied to, in id order.
+    pub ids: Vec<i64>,
+}
+
+/// The keys a batch names, with their status now. Unknown ids refuse the whole batch.
+async fn batch_keys(
+    state: &AppState,
+    svc_id: i64,
+    slug: &str,
+    req: &KeyBatch,
+) -> ApiResult<Vec<Candidate>> {
+    match (&req.ids, req.status) {
+        (Some(ids), None) => {
+            if ids.is_empty() || ids.len() > MAX_BATCH_IDS {
+                return Err(ApiError::BadRequest(format!(
+                    "ids: give 1 to {MAX_BATCH_IDS} key ids"
+                )));
+            }
+            let mut ids = ids.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            let rows = db::keys::by_ids(&state.db, svc_id, &ids).await?;
+            if rows.len() != ids.len() {
+                let found: std::collections::HashSet<i64> = rows.iter().map(|k| k.id).collect();
+                let missing: Vec<String> = ids
+                    .iter()
+                    .filter(|i| !found.contains(i))
+                    .take(20)
+                    .map(i64::to_string)
+                    .collect();
+                return Err(ApiError::BadRequest(format!(
+                    "ids: not keys of '{slug}': {}; nothing changed",
+                    missing.join(", ")
+                )));
+            }
+            Ok(validate::with_status(state, rows).await?)
+        }
+        (None, Some(status)) => Ok(validate::keys_in(state, svc_id, &[status]).await?),
+        _ => Err(ApiError::BadRequest(
+            "ids, status: give exactly one of them".into(),
+        )),
+    }
+}
+
+/// Enable, disable or delete many keys at once: those with the given ids, or every key in a
+/// status (`{"action": "enable", "status": "invalid"}` puts back every invalid key).
+#[utoipa::path(post, path = "/admin/services/{slug}/keys/batch", tag = "keys",
+    request_body = KeyBatch, params(("slug" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = KeyBatchResult), (status = 400, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn batch(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(slug): Path<String>,
+    Json(req): Json<KeyBatch>,
+) -> ApiResult<axum::Json<KeyBatchResult>> {
+    user.require(Role::Operator)?;
+    let svc = find_service(&state, &user, &slug).await?;
+    let keys = batch_keys(&state, svc.id, &slug, &req).await?;
+    let ids: Vec<i64> = keys.iter().map(|c| c.key.id).collect();
+    let target = match req.action {
+        BatchAction::Enable => Some(KeyStatus::Active),
+        BatchAction::Disable => Some(KeyStatus::Disabled),
+        BatchAction::Delete => None,
+    };
+    let changed = keys
+        .iter()
+        .filter(|c| target.is_none_or(|t| c.status != t))
+        .count();
+    if !ids.is_empty() {
+        apply_batch(&state, svc.id, req.action, &ids).await?;
+        state.config_changed().await?;
+    }
+    Ok(axum::Json(KeyBatchResult {
+        action: req.action,
+        matched: ids.len(),
+        changed,
+        ids,
+    }))
+}
+
+/// Writes a batch: the rows in one transaction, then the live state, as the single-key `PATCH`
+/// and `DELETE` do it.
+async fn apply_batch(
+    state: &AppState,
+    svc_id: i64,
+    action: BatchAction,
+    ids: &[i64],
+) -> ApiResult<()> {
+    match action {
+        BatchAction::Enable => {
+            let mut am = upstream_key::ActiveModel::default();
+            db::keys::reactivate(&mut am);
+            // Before the rows are written: faults still queued must not undo it.
+            for id in ids {
+                state.events.key_reset(*id);
+            }
+            db::keys::update_many(&state.db, svc_id, ids, am).await?;
+        }
+        BatchAction::Disable => {
+            let am = upstream_key::ActiveModel {
+                status: Set(KeyStatus::Disabled.as_str().into()),
+                ..Default::default()
+            };
+            db::keys::update_many(&state.db, svc_id, ids, am).await?;
+            return Ok(());
+        }
+        BatchAction::Delete => db::keys::delete_many(&state.db, svc_id, ids).await?,
+    }
+    for id in ids {
+        state
+            .coord
+            .report(svc_id, *id, None, Fault::Clear, 0)
+            .await?;
+    }
+    Ok(())
 }

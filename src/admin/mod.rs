@@ -5,6 +5,7 @@ pub mod error;
 mod import;
 mod keys;
 pub mod login_guard;
+mod pricing;
 mod services;
 mod users;
 mod validate;
@@ -26,6 +27,7 @@ use crate::state::AppState;
         (name = "services", description = "Services: one slug per upstream API"),
         (name = "keys", description = "Upstream keys of a service (always masked)"),
         (name = "access-keys", description = "Keys clients use to call the data plane"),
+        (name = "pricing", description = "Prices per model, global or per slug, over the built-in defaults"),
         (name = "ops", description = "Health, readiness and metrics"),
     )
 )]
@@ -58,6 +60,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::list, keys::add))
         .routes(routes!(keys::import))
         .routes(routes!(keys::export))
+        .routes(routes!(keys::batch))
         .routes(routes!(keys::patch, keys::delete))
         .routes(routes!(validate::test_all))
         .routes(routes!(validate::test_one))
@@ -67,5 +70,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
             access_keys::patch,
             access_keys::delete
         ))
+        .routes(routes!(pricing::list, pricing::create))
+        .routes(routes!(pricing::check))
+        .routes(routes!(pricing::replace, pricing::delete))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
 }

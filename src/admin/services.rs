@@ -881,7 +881,7 @@ pub async fn patch(
     Ok(axum::Json(ServiceView::of(s, &state.cipher)?))
 }
 
-/// Delete a service and its keys.
+/// Delete a service, its keys and the pricing rules on its slug.
 #[utoipa::path(delete, path = "/admin/services/{slug}", tag = "services",
     security(("bearer" = [])), params(("slug" = String, Path)),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
@@ -898,7 +898,7 @@ pub async fn delete(
         )));
     }
     let key_ids = db::keys::ids_of_service(&state.db, s.id).await?;
-    db::services::delete(&state.db, s.id).await?;
+    db::services::delete(&state.db, &s).await?;
     for id in key_ids {
         state
             .coord

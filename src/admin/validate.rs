@@ -2,14 +2,12 @@
 //! test upstream keys now. The request, its reading and what it records live in
 //! `crate::jobs::validate`, shared with the scheduled validation.
 use axum::extract::{Path, Query, State};
-use serde::Deserialize;
-use utoipa::IntoParams;
 
 use super::auth::{AuthUser, Role};
 use super::error::{ApiError, ApiResult, List, Problem};
+use super::keys::StatusFilter;
 use super::services::find as find_service;
 use crate::db;
-use crate::domain::KeyStatus;
 use crate::jobs::validate::{self, KeyTest};
 use crate::state::AppState;
 
@@ -20,27 +18,6 @@ impl From<validate::Error> for ApiError {
             validate::Error::Coord(e) => e.into(),
             other => ApiError::Internal(other.into()),
         }
-    }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct TestFilter {
-    /// Only keys in these statuses, comma-separated (`invalid,cooling`); every key when absent.
-    pub status: Option<String>,
-}
-
-impl TestFilter {
-    fn statuses(&self) -> ApiResult<Vec<KeyStatus>> {
-        let Some(list) = self.status.as_deref() else {
-            return Ok(Vec::new());
-        };
-        list.split(',')
-            .map(|s| {
-                s.trim()
-                    .parse::<KeyStatus>()
-                    .map_err(|e| ApiError::BadRequest(format!("status: {e}")))
-            })
-            .collect()
     }
 }
 
@@ -69,14 +46,14 @@ pub async fn test_one(
 /// Test a service's keys now (all, or those in the given statuses), `validate_concurrency` at a
 /// time; one result per key, in id order. Each result is recorded as for a single key.
 #[utoipa::path(post, path = "/admin/services/{slug}/keys/test", tag = "keys",
-    params(("slug" = String, Path), TestFilter), security(("bearer" = [])),
+    params(("slug" = String, Path), StatusFilter), security(("bearer" = [])),
     responses((status = 200, body = List<KeyTest>), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn test_all(
     State(state): State<AppState>,
     user: AuthUser,
     Path(slug): Path<String>,
-    Query(filter): Query<TestFilter>,
+    Query(filter): Query<StatusFilter>,
 ) -> ApiResult<axum::Json<List<KeyTest>>> {
     user.require(Role::Operator)?;
     let only = filter.statuses()?;

@@ -7,6 +7,9 @@ use sea_orm::{EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrai
 
 use super::entity::upstream_key;
 
+/// Ids per `IN (...)`: well under both backends' bind-parameter limits.
+const CHUNK: usize = 500;
+
 /// Statuses that keep a key in the snapshot used by the data plane.
 pub const ROUTABLE: [&str; 2] = ["active", "cooling"];
 
@@ -192,6 +195,62 @@ pub async fn delete(db: &DatabaseConnection, service_id: i64, id: i64) -> Result
         .exec(db)
         .await?;
     Ok(r.rows_affected > 0)
+}
+
+/// The service's keys among `ids`, in id order (ids of other services are not found).
+pub async fn by_ids(
+    db: &DatabaseConnection,
+    service_id: i64,
+    ids: &[i64],
+) -> Result<Vec<upstream_key::Model>, DbErr> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        out.extend(
+            upstream_key::Entity::find()
+                .filter(upstream_key::Column::ServiceId.eq(service_id))
+                .filter(upstream_key::Column::Id.is_in(chunk.to_vec()))
+                .all(db)
+                .await?,
+        );
+    }
+    out.sort_by_key(|k| k.id);
+    Ok(out)
+}
+
+/// Writes the columns `am` sets (e.g. a `reactivate`) on the service's keys `ids`, all or none.
+pub async fn update_many(
+    db: &DatabaseConnection,
+    service_id: i64,
+    ids: &[i64],
+    am: upstream_key::ActiveModel,
+) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    for chunk in ids.chunks(CHUNK) {
+        upstream_key::Entity::update_many()
+            .set(am.clone())
+            .filter(upstream_key::Column::ServiceId.eq(service_id))
+            .filter(upstream_key::Column::Id.is_in(chunk.to_vec()))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await
+}
+
+/// Deletes the service's keys `ids`, all or none.
+pub async fn delete_many(
+    db: &DatabaseConnection,
+    service_id: i64,
+    ids: &[i64],
+) -> Result<(), DbErr> {
+    let txn = db.begin().await?;
+    for chunk in ids.chunks(CHUNK) {
+        upstream_key::Entity::delete_many()
+            .filter(upstream_key::Column::ServiceId.eq(service_id))
+            .filter(upstream_key::Column::Id.is_in(chunk.to_vec()))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await
 }
 
 pub async fn ids_of_service(db: &DatabaseConnection, service_id: i64) -> Result<Vec<i64>, DbErr> {

@@ -4,6 +4,7 @@ pub mod access_keys;
 pub mod entity;
 pub mod keys;
 pub mod logs;
+pub mod pricing;
 pub mod services;
 pub mod users;
 

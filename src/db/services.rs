@@ -1,9 +1,9 @@
 //! Services (slugs).
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr};
-use sea_orm::{EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 
-use super::entity::service;
+use super::entity::{pricing_rule, service};
 
 pub async fn all(db: &DatabaseConnection) -> Result<Vec<service::Model>, DbErr> {
     service::Entity::find()
@@ -38,6 +38,17 @@ pub async fn list(
     q.limit(limit).all(db).await
 }
 
+/// The slugs of a tenant's services.
+pub async fn slugs_of_tenant(db: &DatabaseConnection, tenant: i64) -> Result<Vec<String>, DbErr> {
+    service::Entity::find()
+        .select_only()
+        .column(service::Column::Slug)
+        .filter(service::Column::TenantId.eq(tenant))
+        .into_tuple()
+        .all(db)
+        .await
+}
+
 pub async fn by_slug(db: &DatabaseConnection, slug: &str) -> Result<Option<service::Model>, DbErr> {
     service::Entity::find()
         .filter(service::Column::Slug.eq(slug))
@@ -63,12 +74,21 @@ pub async fn update(
     am.update(db).await
 }
 
-pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, DbErr> {
-    Ok(service::Entity::delete_by_id(id)
-        .exec(db)
+/// Deletes a service and the pricing rules on its slug, together: a slug created later (perhaps
+/// by another tenant) must not inherit them.
+pub async fn delete(db: &DatabaseConnection, s: &service::Model) -> Result<bool, DbErr> {
+    let txn = db.begin().await?;
+    pricing_rule::Entity::delete_many()
+        .filter(pricing_rule::Column::Slug.eq(s.slug.as_str()))
+        .exec(&txn)
+        .await?;
+    let gone = service::Entity::delete_by_id(s.id)
+        .exec(&txn)
         .await?
         .rows_affected
-        > 0)
+        > 0;
+    txn.commit().await?;
+    Ok(gone)
 }
 
 /// The slug of a router whose routes name `target`, if any.
