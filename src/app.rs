@@ -137,6 +137,7 @@ impl App {
             tokio::spawn(refresh_loop(state.clone())),
             tokio::spawn(proxy::leases::run(state.clone())),
             tokio::spawn(crate::jobs::validate::schedule(state.clone())),
+            tokio::spawn(crate::jobs::sync::schedule(state.clone())),
         ];
 
         let (control, api) = control_routes().split_for_parts();

@@ -35,6 +35,10 @@ pub struct KeyView {
     #[serde(with = "crate::money::units_opt")]
     #[schema(value_type = Option<f64>)]
     pub balance: Option<i64>,
+    /// When the balance was last synced from the upstream's billing API (the attempt's time).
+    pub balance_synced_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why that sync could not read the balance (null when it did; the balance is then kept).
+    pub sync_error: Option<String>,
     /// Requests per minute this key accepts (unset = unlimited).
     pub rpm: Option<i32>,
     /// Tokens per minute this key accepts (unset = unlimited).
@@ -72,6 +76,8 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
         status,
         cooling_until,
         balance: k.balance_micros,
+        balance_synced_at: k.balance_synced_at,
+        sync_error: k.sync_error,
         rpm: k.rpm,
         tpm: k.tpm,
         in_flight: live.inflight,

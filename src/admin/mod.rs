@@ -6,6 +6,7 @@ mod import;
 mod keys;
 pub mod login_guard;
 mod services;
+mod sync;
 mod users;
 mod validate;
 
@@ -61,6 +62,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::patch, keys::delete))
         .routes(routes!(validate::test_all))
         .routes(routes!(validate::test_one))
+        .routes(routes!(sync::sync_all))
+        .routes(routes!(sync::sync_one))
         .routes(routes!(access_keys::list, access_keys::create))
         .routes(routes!(
             access_keys::get,

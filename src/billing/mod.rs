@@ -2,3 +2,4 @@
 //! cost in integer micro-units (`crate::money`); the coordination store debits it from the key's
 //! live balance and the access key's budget; `sync` reads balances from upstream billing APIs.
 pub mod pricing;
+pub mod sync;
