@@ -67,8 +67,10 @@ pub struct BalanceSync {
     /// total minus used (used counts 0 when it has no pointer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_pointer: Option<String>,
+    /// `custom` only: JSON pointer to the amount used (with `total_pointer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_pointer: Option<String>,
+    /// `custom` only: JSON pointer to the amount left; wins over total and used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_pointer: Option<String>,
     /// `custom` only: JSON pointer to the currency's code, shown with each sync result.
@@ -270,11 +272,9 @@ pub struct Call<'a> {
 pub async fn read(s: &BalanceSync, call: &Call<'_>) -> Result<Reading, SyncError> {
     tokio::time::timeout(call.timeout, read_within(s, call))
         .await
-        .unwrap_or_else(|_| {
-            Err(SyncError::Timeout {
-                ms: call.timeout.as_millis(),
-            })
-        })
+        .unwrap_or(Err(SyncError::Timeout {
+            ms: call.timeout.as_millis(),
+        }))
 }
 
 async fn read_within(s: &BalanceSync, call: &Call<'_>) -> Result<Reading, SyncError> {
