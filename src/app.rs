@@ -137,6 +137,7 @@ impl App {
             tokio::spawn(refresh_loop(state.clone())),
             tokio::spawn(proxy::leases::run(state.clone())),
             tokio::spawn(crate::jobs::validate::schedule(state.clone())),
+            tokio::spawn(crate::jobs::sync::schedule(state.clone())),
             tokio::spawn(crate::jobs::persist::run(state.clone())),
             // The tokenizer's tables take a moment to build: not on a request's path.
             tokio::task::spawn_blocking(|| {

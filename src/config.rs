@@ -135,6 +135,11 @@ pub struct JobsConfig {
     pub validate_min_interval_s: u32,
     /// How often live balances, spend and key statistics are written to the database (ms).
     pub persist_interval_ms: u64,
+    /// How often each replica looks for services whose scheduled balance sync is due (ms).
+    pub sync_tick_ms: u64,
+    /// The shortest `balance_sync.interval_s` the admin API accepts. 60 s keeps a pool of keys
+    /// from hammering its upstream's billing API; tests lower it to watch several runs go by.
+    pub sync_min_interval_s: u32,
 }
 
 impl Config {
@@ -183,7 +188,9 @@ impl Config {
             .set_default("log.spool_max_bytes", 256 * 1024 * 1024)?
             .set_default("jobs.validate_tick_ms", 5_000)?
             .set_default("jobs.validate_min_interval_s", 10)?
-            .set_default("jobs.persist_interval_ms", 10_000)?;
+            .set_default("jobs.persist_interval_ms", 10_000)?
+            .set_default("jobs.sync_tick_ms", 5_000)?
+            .set_default("jobs.sync_min_interval_s", 60)?;
         if let Some(f) = file {
             b = b.add_source(config::File::with_name(f).required(false));
         }

@@ -182,6 +182,34 @@ names!(KeyStatus {
     Disabled => "disabled",
 });
 
+/// Where a service's keys learn their balance (`billing::sync`): an upstream billing API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncAdapter {
+    /// OpenAI's legacy billing API, as one-api / new-api resellers still serve it:
+    /// `/dashboard/billing/subscription` hard limit minus `/dashboard/billing/usage` total.
+    OpenaiBilling,
+    /// OpenRouter: the key's `limit_remaining`, or the account's credits for a key without a limit.
+    Openrouter,
+    /// SiliconFlow user info (`data.totalBalance`).
+    Siliconflow,
+    /// DeepSeek balance (`balance_infos[0].total_balance`).
+    Deepseek,
+    /// Moonshot / Kimi balance (`data.available_balance`).
+    Moonshot,
+    /// Any reseller: a method, a path and JSON pointers into its answer.
+    Custom,
+}
+
+names!(SyncAdapter {
+    OpenaiBilling => "openai_billing",
+    Openrouter => "openrouter",
+    Siliconflow => "siliconflow",
+    Deepseek => "deepseek",
+    Moonshot => "moonshot",
+    Custom => "custom",
+});
+
 /// Admin API role. Ordered: admin > operator > viewer; viewers only read.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
@@ -514,6 +542,9 @@ mod tests {
         }
         for s in KeyStatus::ALL.map(|s| KeyStatus::parse(s).unwrap()) {
             assert_eq!(wire(s), s.as_str());
+        }
+        for a in SyncAdapter::ALL.map(|s| SyncAdapter::parse(s).unwrap()) {
+            assert_eq!(wire(a), a.as_str());
         }
         for r in Role::ALL.map(|s| Role::parse(s).unwrap()) {
             assert_eq!(wire(r), r.as_str());

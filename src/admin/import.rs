@@ -1,6 +1,14 @@
-//! Parsing of key imports: JSON, CSV (`key,balance`), plain text (one key a line, blank lines and
-//! `#` comments skipped). Everything is validated before anything is written, and every bad line is
-//! named, so an import either lands whole or not at all.
+//! Parsing of key imports: JSON, CSV (`key,balance`), plain text. Everything is validated before
+//! anything is written, and every bad line is named, so an import either lands whole or not at all.
+//!
+//! A plain-text line (blank lines and `#` comments skipped) is one of:
+//! - `sk-key1,0.24`: a key and its balance, the CSV form (a space or `;` may separate them too);
+//! - `sk-a,sk-b sk-c;sk-d`: several keys, separated by commas, spaces or semicolons, when no part
+//!   is a number;
+//! - anything else (`sk-a,abc,0.2`, a number first, a bad balance) is an error naming the line.
+//!
+//! No key is ever stored with a comma, semicolon or whitespace in it (`check_key`): such a "key"
+//! is several keys pasted together, and sending it upstream only fails.
 use serde::Deserialize;
 
 #[derive(Clone, PartialEq)]
@@ -72,6 +80,9 @@ pub fn check_key(k: &str) -> Result<(), String> {
     }
     if k.chars().any(|c| c.is_whitespace()) {
         return Err("key contains whitespace".into());
+    }
+    if k.contains([',', ';']) {
+        return Err("key contains a comma or semicolon (separate keys go on their own)".into());
     }
     if !k.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
         return Err("key contains characters that cannot be sent in a header".into());
@@ -185,20 +196,61 @@ pub fn parse(format: Format, body: &[u8]) -> Result<Vec<ParsedKey>, Vec<String>>
                 if l.is_empty() || l.starts_with('#') {
                     continue;
                 }
-                match check_key(l) {
-                    Ok(()) => out.push(ParsedKey {
-                        key: l.to_string(),
-                        label: None,
-                        weight: 1,
-                        balance_micros: None,
-                        egress_proxy: None,
-                    }),
+                match text_line(l) {
+                    Ok(keys) => out.extend(keys),
                     Err(e) => errs.push(format!("line {}: {e}", i + 1)),
                 }
             }
             if errs.is_empty() { Ok(out) } else { Err(errs) }
         }
         Format::Csv => parse_csv(text),
+    }
+}
+
+/// One plain-text line: a key and its balance, or several keys (see the module notes).
+fn text_line(line: &str) -> Result<Vec<ParsedKey>, String> {
+    let parts: Vec<&str> = line
+        .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let plain = |key: &str, balance_micros| ParsedKey {
+        key: key.to_string(),
+        label: None,
+        weight: 1,
+        balance_micros,
+        egress_proxy: None,
+    };
+    match parts.as_slice() {
+        [key, balance] if !looks_numeric(key) && looks_numeric(balance) => {
+            check_key(key)?;
+            Ok(vec![plain(key, Some(csv_balance(balance)?))])
+        }
+        keys if !keys.iter().any(|p| looks_numeric(p)) => keys
+            .iter()
+            .map(|k| check_key(k).map(|()| plain(k, None)))
+            .collect(),
+        _ => Err("expected keys separated by commas, spaces or semicolons, or key,balance".into()),
+    }
+}
+
+/// A part that reads as an amount (`0.24`, `-1`, `1e3`, `1.2.3`): a balance, maybe a bad one,
+/// never a key.
+fn looks_numeric(p: &str) -> bool {
+    p.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '.' | '+' | '-'))
+        && p.bytes().any(|b| b.is_ascii_digit())
+        && p.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'+' | b'-' | b'e' | b'E'))
+}
+
+/// A balance as CSV and text carry it: decimal text straight to micros, never through a double.
+fn csv_balance(b: &str) -> Result<i64, String> {
+    match crate::money::parse_units(b) {
+        Ok(m) if m >= 0 && !b.starts_with('-') => Ok(m),
+        _ => Err(format!(
+            "balance '{}' is not a non-negative amount up to {}",
+            b.chars().take(32).collect::<String>(),
+            crate::money::MAX_UNITS
+        )),
     }
 }
 
@@ -239,20 +291,13 @@ fn parse_csv(text: &str) -> Result<Vec<ParsedKey>, Vec<String>> {
             errs.push(format!("line {line}: {e}"));
             continue;
         }
-        // The CSV text is decimal already: parsed straight to micros, never through a double.
-        let balance_micros = match rec.get(1).filter(|b| !b.is_empty()) {
+        let balance_micros = match rec.get(1).filter(|b| !b.is_empty()).map(csv_balance) {
             None => None,
-            Some(b) => match crate::money::parse_units(b) {
-                Ok(m) if m >= 0 && !b.starts_with('-') => Some(m),
-                _ => {
-                    errs.push(format!(
-                        "line {line}: balance '{}' is not a non-negative amount up to {}",
-                        b.chars().take(32).collect::<String>(),
-                        crate::money::MAX_UNITS
-                    ));
-                    continue;
-                }
-            },
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
+                errs.push(format!("line {line}: {e}"));
+                continue;
+            }
         };
         out.push(ParsedKey {
             key: key.to_string(),
@@ -282,6 +327,67 @@ mod tests {
         assert_eq!(err.len(), 2);
         assert!(err[0].starts_with("line 2:"), "{err:?}");
         assert!(err[1].starts_with("line 4:"), "{err:?}");
+    }
+
+    #[test]
+    fn a_text_line_is_a_key_and_balance_or_several_keys() {
+        let ok = parse(
+            Format::Text,
+            b"sk-key1111,0.24\nsk-aaaa1111,sk-bbbb2222\nsk-cccc3333 sk-dddd4444\n\
+              sk-eeee5555;sk-ffff6666 ,sk-gggg7777\nsk-hhhh8888 12\n",
+        )
+        .unwrap();
+        let got: Vec<(&str, Option<i64>)> = ok
+            .iter()
+            .map(|k| (k.key.as_str(), k.balance_micros))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("sk-key1111", Some(240_000)),
+                ("sk-aaaa1111", None),
+                ("sk-bbbb2222", None),
+                ("sk-cccc3333", None),
+                ("sk-dddd4444", None),
+                ("sk-eeee5555", None),
+                ("sk-ffff6666", None),
+                ("sk-gggg7777", None),
+                ("sk-hhhh8888", Some(12_000_000)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_text_line_that_is_neither_form_is_named() {
+        let err = parse(
+            Format::Text,
+            b"sk-good1111\nsk-aaaa1111,abc,0.2\nsk-bbbb2222,-1\n0.5,sk-cccc3333\n\
+              sk-dddd4444,1.2.3\nsk-eeee5555,abc\n",
+        )
+        .unwrap_err();
+        let lines: Vec<&str> = err.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(
+            lines,
+            ["line 2", "line 3", "line 4", "line 5", "line 6"],
+            "{err:?}"
+        );
+        assert!(err[1].contains("balance '-1'"), "{err:?}");
+        assert!(
+            err[4].contains("4 to 1024"),
+            "'abc' is too short for a key: {err:?}"
+        );
+    }
+
+    #[test]
+    fn no_key_with_a_separator_in_it_gets_through_any_form() {
+        for (format, body) in [
+            (Format::Json, &br#"["sk-aaaa1111,sk-bbbb2222"]"#[..]),
+            (Format::Json, br#"[{"key": "sk-aaaa1111;sk-bbbb2222"}]"#),
+            (Format::Csv, b"\"sk-aaaa1111,sk-bbbb2222\",1\n"),
+        ] {
+            let err = parse(format, body).unwrap_err();
+            assert!(err[0].contains("comma or semicolon"), "{format:?}: {err:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::crypto::{mask, sha256_hex};
 use crate::db::{self, entity::upstream_key};
 use crate::domain::KeyStatus;
 use crate::egress;
-use crate::jobs::validate::{self, Candidate};
+use crate::jobs::{self, Candidate};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -36,6 +36,10 @@ pub struct KeyView {
     #[serde(with = "crate::money::units_opt")]
     #[schema(value_type = Option<f64>)]
     pub balance: Option<i64>,
+    /// When the balance was last synced from the upstream's billing API (the attempt's time).
+    pub balance_synced_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why that sync could not read the balance (null when it did; the balance is then kept).
+    pub sync_error: Option<String>,
     /// Requests per minute this key accepts (unset = unlimited).
     pub rpm: Option<i32>,
     /// Tokens per minute this key accepts (unset = unlimited).
@@ -96,6 +100,8 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
         status,
         cooling_until,
         balance: k.balance_micros,
+        balance_synced_at: k.balance_synced_at,
+        sync_error: k.sync_error,
         rpm: k.rpm,
         tpm: k.tpm,
         in_flight: live.inflight,
@@ -578,9 +584,9 @@ async fn batch_keys(
                     missing.join(", ")
                 )));
             }
-            Ok(validate::with_status(state, rows).await?)
+            Ok(jobs::with_status(state, rows).await?)
         }
-        (None, Some(status)) => Ok(validate::keys_in(state, svc_id, &[status]).await?),
+        (None, Some(status)) => Ok(jobs::keys_in(state, svc_id, &[status]).await?),
         _ => Err(ApiError::BadRequest(
             "ids, status: give exactly one of them".into(),
         )),

@@ -7,6 +7,7 @@ mod keys;
 pub mod login_guard;
 mod pricing;
 mod services;
+mod sync;
 mod users;
 mod validate;
 
@@ -64,6 +65,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::patch, keys::delete))
         .routes(routes!(validate::test_all))
         .routes(routes!(validate::test_one))
+        .routes(routes!(sync::sync_all))
+        .routes(routes!(sync::sync_one))
         .routes(routes!(access_keys::list, access_keys::create))
         .routes(routes!(
             access_keys::get,

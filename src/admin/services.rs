@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use super::auth::{AuthUser, Role};
 use super::error::{ApiError, ApiResult, Json, List, Page, Problem};
+use crate::billing::sync::BalanceSync;
 use crate::crypto::{Cipher, mask};
 use crate::db::{self, entity::service};
 use crate::domain::{Affinity, Kind, RetryOn, Strategy};
@@ -48,6 +49,8 @@ pub struct ServiceView {
     pub validate_interval_s: Option<i32>,
     /// Keys tested at once by a validation.
     pub validate_concurrency: i32,
+    /// Where the keys' balances are read from (null: no balance sync).
+    pub balance_sync: Option<BalanceSync>,
     /// Failures retried on another key, in the canonical form: retry classes, then any extra
     /// statuses (`["auth", "quota", "rate_limit", "server_error", "timeout", "connect"]`).
     #[schema(value_type = Vec<crate::domain::RetryRule>)]
@@ -98,6 +101,12 @@ impl ServiceView {
             affinity_header: s.affinity_header.clone(),
             affinity_ttl_s: s.affinity_ttl_s,
             retry_on: RetryOn::from_db(&s.retry_on).map_err(|e| bad("retry_on", e))?,
+            balance_sync: s
+                .balance_sync
+                .as_ref()
+                .map(BalanceSync::from_db)
+                .transpose()
+                .map_err(|e| bad("balance_sync", e))?,
             egress_proxy: s.egress_proxy.as_deref().map(|p| {
                 egress::open_proxy(cipher, p)
                     .map(|u| egress::mask_proxy(&u))
@@ -184,6 +193,10 @@ pub struct CreateService {
     pub validate_interval_s: Option<i32>,
     /// Keys a validation tests at once, 1 to 64 (default 4).
     pub validate_concurrency: Option<i32>,
+    /// Read the keys' balances from the upstream's billing API, on demand
+    /// (`POST .../sync`) and every `interval_s` seconds: `{"adapter": "deepseek",
+    /// "interval_s": 300, "min_balance": 1}`. Off by default.
+    pub balance_sync: Option<BalanceSync>,
     /// Deadline for a whole request across attempts, to the response head (default 300000).
     pub total_timeout_ms: Option<i32>,
     /// Failures retried on another key: retry classes and extra statuses, or the older status
@@ -317,6 +330,10 @@ pub struct PatchService {
     pub validate_interval_s: Option<i32>,
     /// Keys a validation tests at once, 1 to 64.
     pub validate_concurrency: Option<i32>,
+    /// Balance sync settings, replaced whole; `null` turns balance sync off.
+    #[serde(default, deserialize_with = "crate::billing::sync::patch")]
+    #[schema(value_type = Option<BalanceSync>)]
+    pub balance_sync: Option<Option<BalanceSync>>,
     /// Deadline for a whole request across attempts, to the response head (default 300000).
     pub total_timeout_ms: Option<i32>,
     /// Failures retried on another key: retry classes and extra statuses, or the older status
@@ -628,6 +645,25 @@ fn check_validation(
     Ok(())
 }
 
+/// The interval's floor comes from the configuration (`jobs.sync_min_interval_s`); a router has
+/// no keys to sync.
+fn check_balance_sync(
+    state: &AppState,
+    router: bool,
+    settings: Option<&Option<BalanceSync>>,
+) -> ApiResult<()> {
+    let Some(Some(s)) = settings else {
+        return Ok(());
+    };
+    if router {
+        return Err(ApiError::BadRequest(
+            "balance_sync: a router has no keys of its own; set it on its targets".into(),
+        ));
+    }
+    s.check(state.config.jobs.sync_min_interval_s)
+        .map_err(ApiError::BadRequest)
+}
+
 fn check_limits(timeout: Option<i32>, attempts: Option<i32>) -> ApiResult<()> {
     if timeout.is_some_and(|t| !(100..=3_600_000).contains(&t)) {
         return Err(ApiError::BadRequest(
@@ -714,6 +750,8 @@ pub async fn create(
     check_auth(req.auth_header.as_deref(), req.auth_format.as_deref())?;
     check_limits(req.request_timeout_ms, req.max_attempts)?;
     check_validation(&state, req.validate_interval_s, req.validate_concurrency)?;
+    let balance_sync = req.balance_sync.take().map(Some);
+    check_balance_sync(&state, req.kind == Kind::Router, balance_sync.as_ref())?;
     let pool = pool_of!(req);
     check_pool(&pool)?;
     let egress = egress_of!(req);
@@ -742,6 +780,7 @@ pub async fn create(
         max_attempts: Set(req.max_attempts.unwrap_or(3)),
         validate_interval_s: Set(req.validate_interval_s.filter(|s| *s > 0)),
         validate_concurrency: Set(req.validate_concurrency.unwrap_or(4)),
+        balance_sync: Set(balance_sync.flatten().map(|b| b.to_db())),
         key_concurrency: Set(None),
         total_timeout_ms: Set(300_000),
         queue_timeout_ms: Set(5_000),
@@ -872,6 +911,10 @@ pub async fn patch(
     }
     if let Some(c) = req.validate_concurrency {
         am.validate_concurrency = Set(c);
+    }
+    if let Some(b) = req.balance_sync.take() {
+        check_balance_sync(&state, is_router, Some(&b))?;
+        am.balance_sync = Set(b.map(|b| b.to_db()));
     }
     if let Some(e) = req.enabled {
         am.enabled = Set(e);

@@ -8,14 +8,17 @@ use super::error::{ApiError, ApiResult, List, Problem};
 use super::keys::StatusFilter;
 use super::services::find as find_service;
 use crate::db;
-use crate::jobs::validate::{self, KeyTest};
+use crate::jobs::{
+    self,
+    validate::{self, KeyTest},
+};
 use crate::state::AppState;
 
-impl From<validate::Error> for ApiError {
-    fn from(e: validate::Error) -> Self {
+impl From<jobs::Error> for ApiError {
+    fn from(e: jobs::Error) -> Self {
         match e {
-            validate::Error::Db(e) => e.into(),
-            validate::Error::Coord(e) => e.into(),
+            jobs::Error::Db(e) => e.into(),
+            jobs::Error::Coord(e) => e.into(),
             other => ApiError::Internal(other.into()),
         }
     }
@@ -38,7 +41,7 @@ pub async fn test_one(
     let k = db::keys::by_id(&state.db, svc.id, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("key {id} not found in '{slug}'")))?;
-    let keys = validate::with_status(&state, vec![k]).await?;
+    let keys = jobs::with_status(&state, vec![k]).await?;
     let mut tested = validate::test_keys(&state, &svc, keys, None).await?;
     Ok(axum::Json(tested.remove(0)))
 }
@@ -58,7 +61,7 @@ pub async fn test_all(
     user.require(Role::Operator)?;
     let only = filter.statuses()?;
     let svc = find_service(&state, &user, &slug).await?;
-    let keys = validate::keys_in(&state, svc.id, &only).await?;
+    let keys = jobs::keys_in(&state, svc.id, &only).await?;
     let items = validate::test_keys(&state, &svc, keys, None).await?;
     Ok(axum::Json(List {
         items,

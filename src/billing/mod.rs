@@ -4,3 +4,4 @@
 pub mod defaults;
 pub mod estimate;
 pub mod pricing;
+pub mod sync;

@@ -63,6 +63,22 @@ pub async fn set_validation(
     }
 }
 
+/// Stores a balance sync's time and error (None: it read the balance) with whatever else `am`
+/// carries (the balance, a status change); returns the time stored.
+pub async fn set_sync(
+    db: &DatabaseConnection,
+    mut am: upstream_key::ActiveModel,
+    error: Option<String>,
+) -> Result<chrono::DateTime<Utc>, DbErr> {
+    let now = Utc::now();
+    am.balance_synced_at = Set(Some(now));
+    am.sync_error = Set(error);
+    match am.update(db).await {
+        Ok(_) | Err(DbErr::RecordNotUpdated) => Ok(now),
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn by_id(
     db: &DatabaseConnection,
     service_id: i64,

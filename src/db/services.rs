@@ -22,6 +22,16 @@ pub async fn with_validation(db: &DatabaseConnection) -> Result<Vec<service::Mod
         .await
 }
 
+/// Enabled services with balance sync settings.
+pub async fn with_balance_sync(db: &DatabaseConnection) -> Result<Vec<service::Model>, DbErr> {
+    service::Entity::find()
+        .filter(service::Column::BalanceSync.is_not_null())
+        .filter(service::Column::Enabled.eq(true))
+        .order_by_asc(service::Column::Id)
+        .all(db)
+        .await
+}
+
 pub async fn list(
     db: &DatabaseConnection,
     tenant: Option<i64>,

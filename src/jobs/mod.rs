@@ -4,5 +4,217 @@
 //! - `validate`: tests upstream keys with a cheap request (on demand from the admin API, and on a
 //!   schedule per service) and brings back keys out of rotation that answer again.
 //! - `persist`: flushes live balances, spend and per-key statistics to the database.
+//! - `sync`: reads keys' balances from the upstream's billing API (`billing::sync`), on demand
+//!   and on a schedule per service; a key below the service's minimum goes out, one topped up
+//!   comes back.
+//!
+//! What they share lives here: the keys with the status an operator sees, the client a key's
+//! traffic goes through, putting a key back in rotation, and the per-service schedule.
 pub mod persist;
+pub mod sync;
 pub mod validate;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use sea_orm::DbErr;
+use tokio::task::JoinSet;
+
+use crate::coord::{Fault, Lock, now_ms};
+use crate::db::{
+    self,
+    entity::{service, upstream_key},
+};
+use crate::domain::KeyStatus;
+use crate::snapshot::ServiceRt;
+use crate::state::AppState;
+use crate::telemetry::metrics as m;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] sea_orm::DbErr),
+    #[error(transparent)]
+    Coord(#[from] crate::coord::CoordError),
+    #[error("service '{0}' is not in this replica's configuration yet")]
+    NotLoaded(String),
+    #[error("configuration reload failed: {0}")]
+    Reload(anyhow::Error),
+}
+
+/// A key with the status an operator sees for it now.
+pub struct Candidate {
+    pub key: upstream_key::Model,
+    pub status: KeyStatus,
+}
+
+/// Pairs keys with their current status (durable from the database, live from the store).
+pub async fn with_status(
+    state: &AppState,
+    rows: Vec<upstream_key::Model>,
+) -> Result<Vec<Candidate>, Error> {
+    let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
+    let live = state.coord.live_states(&ids).await?;
+    let now = now_ms();
+    Ok(rows
+        .into_iter()
+        .zip(live)
+        .map(|(key, l)| Candidate {
+            status: l.key_status(&key.status, now),
+            key,
+        })
+        .collect())
+}
+
+/// The service's keys whose status is one of `only` (every key when `only` is empty).
+pub async fn keys_in(
+    state: &AppState,
+    service_id: i64,
+    only: &[KeyStatus],
+) -> Result<Vec<Candidate>, Error> {
+    let rows = db::keys::of_service(&state.db, service_id).await?;
+    let mut keys = with_status(state, rows).await?;
+    if !only.is_empty() {
+        keys.retain(|c| only.contains(&c.status));
+    }
+    Ok(keys)
+}
+
+/// The data plane's view of the service: the URL, auth rule, egress and timeout traffic uses.
+pub fn runtime(state: &AppState, svc: &service::Model) -> Result<std::sync::Arc<ServiceRt>, Error> {
+    state
+        .snapshot
+        .load()
+        .services
+        .get(&svc.slug)
+        .cloned()
+        .ok_or_else(|| Error::NotLoaded(svc.slug.clone()))
+}
+
+/// The client the key's traffic goes through. A key out of rotation is not in the snapshot, so
+/// its own proxy is built here (without the service's private CA, which the snapshot keeps only
+/// inside the service's client).
+pub fn egress_client(
+    state: &AppState,
+    rt: &ServiceRt,
+    key: &upstream_key::Model,
+) -> Result<reqwest::Client, String> {
+    if let Some(i) = rt.keys.iter().position(|k| k.id == key.id) {
+        return Ok(rt.client_for(i, &state.http).clone());
+    }
+    match key.egress_proxy.as_deref() {
+        Some(stored) => {
+            let url = crate::egress::open_proxy(&state.cipher, stored)
+                .map_err(|_| "the key's egress proxy cannot be decrypted".to_string())?;
+            crate::egress::client(Some(&url), None)
+        }
+        None => Ok(rt.http.clone().unwrap_or_else(|| state.http.clone())),
+    }
+}
+
+/// Puts a key back in rotation, as an operator's re-enable does. The durable status goes into
+/// `am`, which the caller writes between `begin` and `finish`: `begin` drops any fault still
+/// queued for the key first, so the sink cannot undo the write; `finish` clears its live health.
+pub struct BackInRotation<'a> {
+    state: &'a AppState,
+    key_id: i64,
+}
+
+impl<'a> BackInRotation<'a> {
+    pub fn begin(state: &'a AppState, key_id: i64, am: &mut upstream_key::ActiveModel) -> Self {
+        db::keys::reactivate(am);
+        state.events.key_reset(key_id);
+        Self { state, key_id }
+    }
+
+    /// After the row is written. `why` ends the log line ("it answered a validation").
+    pub async fn finish(
+        self,
+        rt: &ServiceRt,
+        masked: &str,
+        from: KeyStatus,
+        why: &str,
+    ) -> Result<(), Error> {
+        self.state
+            .coord
+            .report(rt.id, self.key_id, None, Fault::Clear, 0)
+            .await?;
+        metrics::counter!(m::KEY_TRANSITIONS_TOTAL, "slug" => rt.slug.clone(), "to" => "active")
+            .increment(1);
+        tracing::info!(key = %masked, key_id = self.key_id, slug = %rt.slug, from = %from, "upstream key back in rotation: {why}");
+        Ok(())
+    }
+}
+
+/// Runs `run` for each service `due` names, every `tick`, until shutdown; then gives back the
+/// locks of runs in progress.
+///
+/// `due` lists the services with their lock time. A run first takes the lock `<job>:<service
+/// id>` in the coordination store for that long and keeps it when done, so the lock means both
+/// "one replica at a time" and "once per interval". A replica that shuts down mid-run gives its
+/// lock back, so another replica can redo the run at once. `run` gets the lock time and must
+/// end within it.
+pub async fn every_service<D, DF, R, RF>(
+    state: AppState,
+    job: &'static str,
+    tick: Duration,
+    due: D,
+    run: R,
+) where
+    D: Fn(AppState) -> DF,
+    DF: Future<Output = Result<Vec<(service::Model, Duration)>, DbErr>>,
+    R: Fn(AppState, service::Model, Duration) -> RF,
+    RF: Future<Output = ()> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(tick.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = state.events.on_shutdown();
+    let mut runs = JoinSet::new();
+    let mut held: HashMap<tokio::task::Id, Lock> = HashMap::new();
+    loop {
+        tokio::select! {
+            done = &mut shutdown => {
+                runs.shutdown().await;
+                for lock in held.values() {
+                    let _ = state.coord.unlock(lock).await;
+                }
+                if let Ok(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+            Some(ended) = runs.join_next_with_id(), if !runs.is_empty() => {
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                // The lock stays in the store until its interval ends.
+                held.remove(&id);
+            }
+            _ = tick.tick() => {
+                let services = match due(state.clone()).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, job, "scheduled job: cannot list services");
+                        continue;
+                    }
+                };
+                for (svc, window) in services {
+                    let name = format!("{job}:{}", svc.id);
+                    match state.coord.try_lock(&name, window.as_millis() as u64).await {
+                        Ok(Some(lock)) => {
+                            let handle = runs.spawn(run(state.clone(), svc, window));
+                            held.insert(handle.id(), lock);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, job, "scheduled job: coordination store unavailable");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -29,7 +29,6 @@
 //! done, so the lock means both "one replica at a time" and "once per interval". A run starts no
 //! test after 90% of the interval, so it never outlives its lock. A replica that shuts down
 //! mid-run gives its lock back, so another replica can redo the run at once.
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -37,10 +36,10 @@ use futures::StreamExt;
 use sea_orm::ActiveValue::Unchanged;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use tokio::task::JoinSet;
 use utoipa::ToSchema;
 
-use crate::coord::{Fault, Lock, now_ms};
+use super::{BackInRotation, Candidate, Error, egress_client};
+use crate::coord::{Fault, now_ms};
 use crate::crypto::mask;
 use crate::db::{
     self,
@@ -77,56 +76,6 @@ pub struct KeyTest {
     pub key_status_after: KeyStatus,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Db(#[from] sea_orm::DbErr),
-    #[error(transparent)]
-    Coord(#[from] crate::coord::CoordError),
-    #[error("service '{0}' is not in this replica's configuration yet")]
-    NotLoaded(String),
-    #[error("configuration reload failed: {0}")]
-    Reload(anyhow::Error),
-}
-
-/// A key with the status an operator sees for it now.
-pub struct Candidate {
-    pub key: upstream_key::Model,
-    pub status: KeyStatus,
-}
-
-/// Pairs keys with their current status (durable from the database, live from the store).
-pub async fn with_status(
-    state: &AppState,
-    rows: Vec<upstream_key::Model>,
-) -> Result<Vec<Candidate>, Error> {
-    let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
-    let live = state.coord.live_states(&ids).await?;
-    let now = now_ms();
-    Ok(rows
-        .into_iter()
-        .zip(live)
-        .map(|(key, l)| Candidate {
-            status: l.key_status(&key.status, now),
-            key,
-        })
-        .collect())
-}
-
-/// The service's keys whose status is one of `only` (every key when `only` is empty).
-pub async fn keys_in(
-    state: &AppState,
-    service_id: i64,
-    only: &[KeyStatus],
-) -> Result<Vec<Candidate>, Error> {
-    let rows = db::keys::of_service(&state.db, service_id).await?;
-    let mut keys = with_status(state, rows).await?;
-    if !only.is_empty() {
-        keys.retain(|c| only.contains(&c.status));
-    }
-    Ok(keys)
-}
-
 /// Tests `keys` of `svc`, at most `validate_concurrency` at once, results in the keys' order.
 /// With a `deadline` (scheduled runs) no test starts or lasts past it, and keys it leaves out are
 /// missing from the result.
@@ -137,13 +86,7 @@ pub async fn test_keys(
     deadline: Option<Instant>,
 ) -> Result<Vec<KeyTest>, Error> {
     // The data plane's view of the service: the same URL, auth rule and timeout traffic uses.
-    let rt = state
-        .snapshot
-        .load()
-        .services
-        .get(&svc.slug)
-        .cloned()
-        .ok_or_else(|| Error::NotLoaded(svc.slug.clone()))?;
+    let rt = super::runtime(state, svc)?;
     let at_once = svc.validate_concurrency.clamp(1, 64) as usize;
     let done: Vec<Result<Option<Tested>, Error>> = futures::stream::iter(keys)
         .map(|c| test_one(state, &rt, c, deadline))
@@ -246,11 +189,9 @@ async fn record(
         ..Default::default()
     };
     let mut stored_after = key.status.clone();
-    let back = probe.verdict == Verdict::Accepted && OUT_OF_ROTATION.contains(&before);
-    if back {
-        db::keys::reactivate(&mut am);
-        // Before the row is written: a fault still queued must not undo it.
-        state.events.key_reset(key.id);
+    let back = (probe.verdict == Verdict::Accepted && OUT_OF_ROTATION.contains(&before))
+        .then(|| BackInRotation::begin(state, key.id, &mut am));
+    if back.is_some() {
         stored_after = KeyStatus::Active.as_str().into();
     }
     if let Verdict::Refused(fault, to) = probe.verdict
@@ -262,16 +203,12 @@ async fn record(
         stored_after = to.as_str().into();
     }
     db::keys::set_validation(&state.db, am, probe.error.clone()).await?;
-    if back {
-        state
-            .coord
-            .report(rt.id, key.id, None, Fault::Clear, 0)
+    let came_back = back.is_some();
+    if let Some(back) = back {
+        back.finish(rt, masked, before, "it answered a validation")
             .await?;
-        metrics::counter!(m::KEY_TRANSITIONS_TOTAL, "slug" => rt.slug.clone(), "to" => "active")
-            .increment(1);
-        tracing::info!(key = %masked, key_id = key.id, slug = %rt.slug, from = %before, "upstream key back in rotation: it answered a validation");
     }
-    Ok((stored_after, back))
+    Ok((stored_after, came_back))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,27 +259,6 @@ fn probe_url(rt: &ServiceRt) -> String {
     }
 }
 
-/// The client the key's traffic goes through. A key out of rotation is not in the snapshot, so
-/// its own proxy is built here (without the service's private CA, which the snapshot keeps only
-/// inside the service's client).
-fn egress_client(
-    state: &AppState,
-    rt: &ServiceRt,
-    key: &crate::db::entity::upstream_key::Model,
-) -> Result<reqwest::Client, String> {
-    if let Some(i) = rt.keys.iter().position(|k| k.id == key.id) {
-        return Ok(rt.client_for(i, &state.http).clone());
-    }
-    match key.egress_proxy.as_deref() {
-        Some(stored) => {
-            let url = crate::egress::open_proxy(&state.cipher, stored)
-                .map_err(|_| "the key's egress proxy cannot be decrypted".to_string())?;
-            crate::egress::client(Some(&url), None)
-        }
-        None => Ok(rt.http.clone().unwrap_or_else(|| state.http.clone())),
-    }
-}
-
 async fn probe(client: &reqwest::Client, rt: &ServiceRt, secret: &str, timeout: Duration) -> Probe {
     let mut headers = HeaderMap::new();
     if !rt.set_auth(&mut headers, secret) {
@@ -390,80 +306,28 @@ async fn probe(client: &reqwest::Client, rt: &ServiceRt, secret: &str, timeout: 
     }
 }
 
-/// The scheduled validation: runs until shutdown, then gives back the locks of runs in progress.
+/// The scheduled validation: every `jobs.validate_tick_ms`, a run for each due service.
 pub async fn schedule(state: AppState) {
-    let every = Duration::from_millis(state.config.jobs.validate_tick_ms.max(10));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = state.events.on_shutdown();
-    let mut runs = JoinSet::new();
-    let mut held: HashMap<tokio::task::Id, Lock> = HashMap::new();
-    loop {
-        tokio::select! {
-            done = &mut shutdown => {
-                runs.shutdown().await;
-                for lock in held.values() {
-                    let _ = state.coord.unlock(lock).await;
-                }
-                if let Ok(done) = done {
-                    let _ = done.send(());
-                }
-                return;
-            }
-            Some(ended) = runs.join_next_with_id(), if !runs.is_empty() => {
-                let id = match ended {
-                    Ok((id, ())) => id,
-                    Err(e) => e.id(),
-                };
-                // The lock stays in the store until its interval ends.
-                held.remove(&id);
-            }
-            _ = tick.tick() => start_due(&state, &mut runs, &mut held).await,
-        }
-    }
+    let tick = Duration::from_millis(state.config.jobs.validate_tick_ms);
+    super::every_service(state, "validate", tick, due, run_once).await
 }
 
-/// Starts a run for every service whose interval lock this replica can take.
-async fn start_due(
-    state: &AppState,
-    runs: &mut JoinSet<()>,
-    held: &mut HashMap<tokio::task::Id, Lock>,
-) {
-    let services = match db::services::with_validation(&state.db).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "scheduled key validation: cannot list services");
-            return;
-        }
-    };
-    for svc in services {
-        let Some(secs) = svc.validate_interval_s.filter(|s| *s > 0) else {
-            continue;
-        };
-        let interval = Duration::from_secs(secs as u64);
-        let name = format!("validate:{}", svc.id);
-        match state
-            .coord
-            .try_lock(&name, interval.as_millis() as u64)
-            .await
-        {
-            Ok(Some(lock)) => {
-                let handle = runs.spawn(run_once(state.clone(), svc, interval));
-                held.insert(handle.id(), lock);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "scheduled key validation: coordination store unavailable");
-                return;
-            }
-        }
-    }
+/// Enabled services with a validation interval, locked for one interval.
+async fn due(state: AppState) -> Result<Vec<(service::Model, Duration)>, sea_orm::DbErr> {
+    Ok(db::services::with_validation(&state.db)
+        .await?
+        .into_iter()
+        .filter_map(|svc| {
+            let secs = svc.validate_interval_s.filter(|s| *s > 0)?;
+            Some((svc, Duration::from_secs(secs as u64)))
+        })
+        .collect())
 }
 
 async fn run_once(state: AppState, svc: service::Model, interval: Duration) {
     let deadline = Instant::now() + interval * 9 / 10;
     let run = async {
-        let keys = keys_in(&state, svc.id, &OUT_OF_ROTATION).await?;
+        let keys = super::keys_in(&state, svc.id, &OUT_OF_ROTATION).await?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }

@@ -16,6 +16,9 @@ pub const KEY_TRANSITIONS_TOTAL: &str = "keygate_key_transitions_total";
 /// Key validation requests (`jobs::validate`), by `slug` and `outcome` (ok, invalid, exhausted,
 /// inconclusive).
 pub const KEY_VALIDATIONS_TOTAL: &str = "keygate_key_validations_total";
+/// Balance syncs of keys (`jobs::sync`), by `slug` and `outcome` (ok, or the error's kind:
+/// setup, timeout, connect, refused, answer).
+pub const KEY_BALANCE_SYNCS_TOTAL: &str = "keygate_key_balance_syncs_total";
 /// Upstream-wide 429 backoffs of a service, by `slug`.
 pub const SERVICE_BACKOFFS_TOTAL: &str = "keygate_service_backoffs_total";
 /// Requests refused because the access key is over its RPM/RPD/TPM, by `slug`.
@@ -74,6 +77,7 @@ pub fn handle() -> PrometheusHandle {
             metrics::describe_counter!(UPSTREAM_ATTEMPTS_TOTAL, "Upstream attempts by outcome");
             metrics::describe_counter!(KEY_TRANSITIONS_TOTAL, "Upstream key health transitions");
             metrics::describe_counter!(KEY_VALIDATIONS_TOTAL, "Key validation requests by outcome");
+            metrics::describe_counter!(KEY_BALANCE_SYNCS_TOTAL, "Key balance syncs by outcome");
             metrics::describe_counter!(SERVICE_BACKOFFS_TOTAL, "Upstream-wide 429 backoffs");
             metrics::describe_counter!(
                 CLIENT_RATE_LIMITED_TOTAL,

@@ -5,6 +5,7 @@ mod mock;
 mod servers;
 
 mod admin;
+mod billing_sync;
 mod binary;
 mod cluster;
 mod contract;
