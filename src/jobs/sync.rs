@@ -256,14 +256,15 @@ async fn record(
         }
     };
     let at = db::keys::set_sync(&state.db, am, sync_error.clone()).await?;
+    // Back in rotation first: that clears the key's live state, balance included.
+    if let Some(back) = back {
+        back.finish(rt, &masked, before, "a balance sync found it topped up")
+            .await?;
+    }
     if sync_error.is_none()
         && let Some(b) = balance
     {
         state.coord.set_balance(key.id, Some(b)).await?;
-    }
-    if let Some(back) = back {
-        back.finish(rt, &masked, before, "a balance sync found it topped up")
-            .await?;
     }
     Ok(Synced {
         result: KeySync {
