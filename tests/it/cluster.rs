@@ -137,6 +137,7 @@ async fn weighted_rotation_and_rate_limits_are_exact_across_two_replicas() {
         })
         .await
     );
+    let first_spent = std::time::Instant::now();
     let before = up.mock.counts();
     for i in 0..600 {
         let app = if i % 2 == 0 { &a } else { &b };
@@ -159,5 +160,11 @@ async fn weighted_rotation_and_rate_limits_are_exact_across_two_replicas() {
             s => panic!("{s}"),
         }
     }
-    assert_eq!(ok, 9, "10 per minute across both replicas");
+    // GCRA gives one request back every 6 s: on a loaded machine the 600 requests above may take
+    // that long, and exactly that many more are then admitted.
+    let refilled = (first_spent.elapsed().as_secs() / 6) as usize;
+    assert!(
+        (9..=9 + refilled).contains(&ok),
+        "10 per minute across both replicas: {ok} admitted, {refilled} refilled"
+    );
 }
