@@ -218,3 +218,52 @@ pub async fn every_service<D, DF, R, RF>(
         }
     }
 }
+
+/// What one key's job (a test, a sync) produced: its result for the caller, the key's durable
+/// status after it, and whether the config snapshot must reload.
+pub struct Done<R> {
+    pub result: R,
+    pub key_id: i64,
+    pub stored_after: String,
+    pub reload: bool,
+}
+
+/// Runs `one` over `keys`, `at_once` at a time, results in the keys' order (a key `one` skips,
+/// `Ok(None)`, is left out). Reloads the snapshot once if any key changed, then hands each result
+/// the status an operator now sees (`finish`), live state included.
+pub async fn over_keys<R, F, Fut>(
+    state: &AppState,
+    keys: Vec<Candidate>,
+    at_once: usize,
+    one: F,
+    finish: impl Fn(R, KeyStatus) -> R,
+) -> Result<Vec<R>, Error>
+where
+    F: Fn(Candidate) -> Fut,
+    Fut: Future<Output = Result<Option<Done<R>>, Error>>,
+{
+    use futures::StreamExt;
+    let done: Vec<Result<Option<Done<R>>, Error>> = futures::stream::iter(keys)
+        .map(one)
+        .buffered(at_once.max(1))
+        .collect()
+        .await;
+    let done: Vec<Done<R>> = done
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    // A key whose durable status or balance changed is not in the snapshot as it is now.
+    if done.iter().any(|d| d.reload) {
+        state.config_changed().await.map_err(Error::Reload)?;
+    }
+    let ids: Vec<i64> = done.iter().map(|d| d.key_id).collect();
+    let live = state.coord.live_states(&ids).await?;
+    let now = now_ms();
+    Ok(done
+        .into_iter()
+        .zip(live)
+        .map(|(d, l)| finish(d.result, l.key_status(&d.stored_after, now)))
+        .collect())
+}

@@ -26,7 +26,6 @@
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
-use futures::StreamExt;
 use rand::Rng;
 use sea_orm::ActiveValue::{Set, Unchanged};
 use secrecy::{ExposeSecret, SecretString};
@@ -35,7 +34,7 @@ use utoipa::ToSchema;
 
 use super::{BackInRotation, Candidate, Error, egress_client};
 use crate::billing::sync::{self as billing, BalanceSync, Reading, SyncError};
-use crate::coord::{Fault, now_ms};
+use crate::coord::Fault;
 use crate::crypto::mask;
 use crate::db::{
     self,
@@ -100,40 +99,17 @@ pub async fn sync_keys(
     deadline: Option<Instant>,
 ) -> Result<Vec<KeySync>, Error> {
     let rt = super::runtime(state, svc)?;
-    let done: Vec<Result<Option<Synced>, Error>> = futures::stream::iter(keys)
-        .map(|c| sync_one(state, &rt, settings, c, deadline))
-        .buffered(AT_ONCE)
-        .collect()
-        .await;
-    let done: Vec<Synced> = done
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    // The snapshot carries balances and leaves out keys out of rotation.
-    if done.iter().any(|s| s.changed) {
-        state.config_changed().await.map_err(Error::Reload)?;
-    }
-    let ids: Vec<i64> = done.iter().map(|s| s.result.key_id).collect();
-    let live = state.coord.live_states(&ids).await?;
-    let now = now_ms();
-    Ok(done
-        .into_iter()
-        .zip(live)
-        .map(|(s, l)| KeySync {
-            key_status_after: l.key_status(&s.stored_after, now),
-            ..s.result
-        })
-        .collect())
-}
-
-struct Synced {
-    result: KeySync,
-    /// The key's durable status after the sync.
-    stored_after: String,
-    /// Its balance or durable status changed: the snapshot must reload.
-    changed: bool,
+    super::over_keys(
+        state,
+        keys,
+        AT_ONCE,
+        |c| sync_one(state, &rt, settings, c, deadline),
+        |s, after| KeySync {
+            key_status_after: after,
+            ..s
+        },
+    )
+    .await
 }
 
 async fn sync_one(
@@ -142,7 +118,7 @@ async fn sync_one(
     settings: &BalanceSync,
     c: Candidate,
     deadline: Option<Instant>,
-) -> Result<Option<Synced>, Error> {
+) -> Result<Option<super::Done<KeySync>>, Error> {
     let mut timeout = rt.request_timeout;
     if let Some(d) = deadline {
         let left = d.saturating_duration_since(Instant::now());
@@ -211,7 +187,7 @@ async fn record(
     before: KeyStatus,
     read: Result<Reading, SyncError>,
     masked: String,
-) -> Result<Synced, Error> {
+) -> Result<super::Done<KeySync>, Error> {
     let mut am = upstream_key::ActiveModel {
         id: Unchanged(key.id),
         ..Default::default()
@@ -266,7 +242,8 @@ async fn record(
     {
         state.coord.set_balance(key.id, Some(b)).await?;
     }
-    Ok(Synced {
+    Ok(super::Done {
+        key_id: key.id,
         result: KeySync {
             key_id: key.id,
             key: masked,
@@ -279,7 +256,8 @@ async fn record(
             key_status_after: before,
         },
         stored_after,
-        changed,
+        // The snapshot carries balances and leaves out keys out of rotation.
+        reload: changed,
     })
 }
 

@@ -32,14 +32,13 @@
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
-use futures::StreamExt;
 use sea_orm::ActiveValue::Unchanged;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{BackInRotation, Candidate, Error, egress_client};
-use crate::coord::{Fault, now_ms};
+use crate::coord::Fault;
 use crate::crypto::mask;
 use crate::db::{
     self,
@@ -88,40 +87,17 @@ pub async fn test_keys(
     // The data plane's view of the service: the same URL, auth rule and timeout traffic uses.
     let rt = super::runtime(state, svc)?;
     let at_once = svc.validate_concurrency.clamp(1, 64) as usize;
-    let done: Vec<Result<Option<Tested>, Error>> = futures::stream::iter(keys)
-        .map(|c| test_one(state, &rt, c, deadline))
-        .buffered(at_once)
-        .collect()
-        .await;
-    let done: Vec<Tested> = done
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    // A key whose durable status changed back is not in the snapshot yet.
-    if done.iter().any(|t| t.reload) {
-        state.config_changed().await.map_err(Error::Reload)?;
-    }
-    let ids: Vec<i64> = done.iter().map(|t| t.result.key_id).collect();
-    let live = state.coord.live_states(&ids).await?;
-    let now = now_ms();
-    Ok(done
-        .into_iter()
-        .zip(live)
-        .map(|(t, l)| KeyTest {
-            key_status_after: l.key_status(&t.stored_after, now),
-            ..t.result
-        })
-        .collect())
-}
-
-struct Tested {
-    result: KeyTest,
-    /// The key's durable status after the test.
-    stored_after: String,
-    /// The durable status went back to `active`: the snapshot must reload.
-    reload: bool,
+    super::over_keys(
+        state,
+        keys,
+        at_once,
+        |c| test_one(state, &rt, c, deadline),
+        |t, after| KeyTest {
+            key_status_after: after,
+            ..t
+        },
+    )
+    .await
 }
 
 async fn test_one(
@@ -129,7 +105,7 @@ async fn test_one(
     rt: &ServiceRt,
     c: Candidate,
     deadline: Option<Instant>,
-) -> Result<Option<Tested>, Error> {
+) -> Result<Option<super::Done<KeyTest>>, Error> {
     let mut timeout = rt.request_timeout;
     if let Some(d) = deadline {
         let left = d.saturating_duration_since(Instant::now());
@@ -158,7 +134,9 @@ async fn test_one(
     metrics::counter!(m::KEY_VALIDATIONS_TOTAL, "slug" => rt.slug.clone(), "outcome" => probe.verdict.label())
         .increment(1);
     let (stored_after, back) = record(state, rt, &key, before, &probe, &masked).await?;
-    Ok(Some(Tested {
+    Ok(Some(super::Done {
+        key_id: key.id,
+        // A key whose durable status went back to `active` is not in the snapshot yet.
         reload: back && key.status != KeyStatus::Active.as_str(),
         result: KeyTest {
             key_id: key.id,
