@@ -2,7 +2,10 @@
 //! before their rows arrive, and whole days past the retention are dropped instead of deleted.
 //!
 //! Partitions are named `request_logs_pYYYYMMDD` and hold one UTC day; `request_logs_default`
-//! takes rows no day partition covers (a gateway that did not run maintenance for a week).
+//! takes rows no day partition covers (a gateway that did not run maintenance for a week, a clock
+//! far off, rows loaded in bulk); the next run gives their days a partition and moves them there.
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
@@ -54,8 +57,9 @@ pub async fn partitioned(db: &DatabaseConnection) -> Result<bool, DbErr> {
         .unwrap_or(false))
 }
 
-/// Ensures partitions for `now`'s day and the days ahead, and drops the day partitions that end
-/// at or before `cutoff` (rows in DEFAULT older than it are deleted). One transaction, so a
+/// Ensures partitions for `now`'s day, the days ahead and the days of rows waiting in DEFAULT,
+/// and drops the day partitions that end at or before `cutoff` (rows in DEFAULT older than it are
+/// deleted). One transaction, so a
 /// failure changes nothing; it holds the parent's lock only for catalog changes, not for a scan.
 pub async fn maintain(
     db: &DatabaseConnection,
@@ -69,24 +73,31 @@ pub async fn maintain(
     txn.execute_unprepared("SET LOCAL lock_timeout = '5s'")
         .await?;
     let existing = partitions(&txn).await?;
+    let has_default = existing.iter().any(|p| p == DEFAULT);
+    let mut days: BTreeSet<NaiveDate> = (0..=AHEAD_DAYS)
+        .map(|d| now.date_naive() + Duration::days(d))
+        .collect();
+    if has_default {
+        days.extend(days_in_default(&txn).await?);
+    }
     let mut changes = Changes::default();
-    let today = now.date_naive();
-    for day in (0..=AHEAD_DAYS).map(|d| today + Duration::days(d)) {
+    let expired = |day: NaiveDate| cutoff.is_some_and(|c| start(day + Duration::days(1)) <= c);
+    for day in days.into_iter().filter(|d| !expired(*d)) {
         let name = name(day);
         if !existing.contains(&name) {
-            create(&txn, day, existing.iter().any(|p| p == DEFAULT)).await?;
+            create(&txn, day, has_default).await?;
             changes.created.push(name);
         }
     }
     if let Some(cutoff) = cutoff {
         for (name, day) in existing.iter().filter_map(|n| Some((n, day_of(n)?))) {
-            if start(day + Duration::days(1)) <= cutoff {
+            if expired(day) {
                 txn.execute_unprepared(&format!("DROP TABLE IF EXISTS {name}"))
                     .await?;
                 changes.dropped.push(name.clone());
             }
         }
-        if existing.iter().any(|p| p == DEFAULT) {
+        if has_default {
             changes.deleted = txn
                 .execute_raw(Statement::from_sql_and_values(
                     DbBackend::Postgres,
@@ -111,6 +122,19 @@ async fn partitions(txn: &DatabaseTransaction) -> Result<Vec<String>, DbErr> {
         .await?;
     rows.iter()
         .map(|r| r.try_get::<String>("", "name"))
+        .collect()
+}
+
+/// The UTC days of the rows in DEFAULT (normally none: the scan of an empty table is free).
+async fn days_in_default(txn: &DatabaseTransaction) -> Result<Vec<NaiveDate>, DbErr> {
+    let rows = txn
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!("SELECT DISTINCT (ts AT TIME ZONE 'UTC')::date AS day FROM {DEFAULT}"),
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<NaiveDate>("", "day"))
         .collect()
 }
 
