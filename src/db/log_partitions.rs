@@ -32,8 +32,14 @@ pub fn name(day: NaiveDate) -> String {
     format!("{PREFIX}{}", day.format("%Y%m%d"))
 }
 
+/// The day of a partition named by [`name`]; None for any other table (chrono alone would read
+/// seven digits as a date too).
 fn day_of(name: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(name.strip_prefix(PREFIX)?, "%Y%m%d").ok()
+    let digits = name.strip_prefix(PREFIX)?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    NaiveDate::parse_from_str(digits, "%Y%m%d").ok()
 }
 
 fn start(day: NaiveDate) -> DateTime<Utc> {
