@@ -15,6 +15,7 @@
 #   BENCH_BIN=/path/to/release scripts/bench.sh   # measure other binaries (e.g. an older build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 SECS="${BENCH_SECS:-10}"
 CONCURRENCY="${BENCH_CONCURRENCY:-1 32 256}"
 STREAM_CONCURRENCY="${BENCH_STREAM_CONCURRENCY:-16}"
@@ -24,21 +25,16 @@ chmod 755 "$WORK"   # the postgres user must reach its data dir inside
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  if [ -f "$WORK/pg/data/postmaster.pid" ]; then
-    run_pg "$PGBIN/pg_ctl" -D "$WORK/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
-  fi
+  stop_pg "$WORK/pg"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-need() { command -v "$1" >/dev/null 2>&1; }
 if ! need oha; then
   echo "bench: installing oha with cargo (a few minutes, once)" >&2
   cargo install oha --locked >&2
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
-PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
-[ -n "${KEYGATE_PG_BIN:-}" ] && PGBIN="$KEYGATE_PG_BIN"
 if [ -z "$PGBIN" ] || ! need redis-server; then
   echo "bench: needs the postgresql and redis-server packages (scripts/test.sh installs them as root)" >&2
   exit 1
@@ -52,9 +48,6 @@ else
   BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 300); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bench: $1 did not come up" >&2; exit 1; }
-run_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$(printf '%q ' "$@")"; else "$@"; fi; }
 
 MOCK_PORT=$(free_port)
 HOLD_SECS=600 "$BIN/keygate-mock-upstream" "$MOCK_PORT" >/dev/null & PIDS+=($!)
@@ -62,9 +55,7 @@ wait_http "http://127.0.0.1:$MOCK_PORT/healthz"
 
 # Postgres and Redis on free loopback ports, thrown away at the end.
 PG_PORT=$(free_port); REDIS_PORT=$(free_port)
-mkdir -p "$WORK/pg"; [ "$(id -u)" = 0 ] && chown -R postgres "$WORK/pg"
-run_pg "$PGBIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
-run_pg "$PGBIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/log" -w -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c max_connections=200" start >/dev/null
+start_pg "$WORK/pg" "$PG_PORT" -c max_connections=200
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null & PIDS+=($!)
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break; sleep 0.05; done
 

@@ -3,6 +3,7 @@
 pub mod access_keys;
 pub mod entity;
 pub mod keys;
+pub mod log_partitions;
 pub mod logs;
 pub mod pricing;
 pub mod services;

@@ -1,7 +1,8 @@
 //! The request-log sink: request events -> `request_logs` rows, in batches, off the hot path,
 //! without losing any while the database is away.
 //!
-//! Rows are inserted with `ON CONFLICT (id) DO NOTHING`, so writing a batch twice is harmless.
+//! Rows are inserted with `ON CONFLICT (id) DO NOTHING` (`(id, ts)` on Postgres, whose table is
+//! partitioned by `ts`), so writing a batch twice is harmless.
 //! A batch that still fails after a few quick retries goes to the spool, and so does every batch
 //! after it while the spool holds anything (order is kept); a replay loop with capped exponential
 //! backoff drains the spool into the database once it answers. The channel is always drained:
@@ -351,9 +352,16 @@ async fn insert(db: DatabaseConnection, events: &[RequestEvent]) -> Result<(), D
 
 async fn insert_rows(db: &DatabaseConnection, events: &[RequestEvent]) -> Result<(), DbErr> {
     let rows = events.iter().map(row);
+    // A partitioned table (Postgres) cannot hold a unique index on `id` alone, only on keys that
+    // include the partition key `ts`. An event's `ts` is fixed when it is created and travels with
+    // it through the spool, so a replay repeats the same (id, ts) and is still skipped.
+    let key: &[request_log::Column] = match db.get_database_backend() {
+        DbBackend::Postgres => &[request_log::Column::Id, request_log::Column::Ts],
+        _ => &[request_log::Column::Id],
+    };
     let insert = request_log::Entity::insert_many(rows)
         .on_conflict(
-            OnConflict::column(request_log::Column::Id)
+            OnConflict::columns(key.iter().copied())
                 .do_nothing()
                 .to_owned(),
         )

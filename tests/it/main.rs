@@ -16,6 +16,7 @@ mod key_list;
 mod migrations;
 mod money;
 mod ops;
+mod partitions;
 mod pipeline;
 mod polyglot;
 mod pool;

@@ -1,5 +1,6 @@
 //! Schema migrations on a real database of each backend: money columns move from doubles to
-//! integer micros and back without losing a value.
+//! integer micros and back without losing a value; request logs become daily partitions on
+//! Postgres and a plain table again on rollback.
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, Statement, Value};
 
@@ -264,5 +265,111 @@ both!(
             .await,
             vec![300_000]
         );
+    }
+);
+
+/// The names of `request_logs`' partitions (none when it is a plain table).
+async fn log_partitions(db: &DatabaseConnection) -> Vec<String> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT c.relname::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'request_logs'::regclass ORDER BY 1",
+        ))
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| r.try_get("", "name").unwrap())
+        .collect()
+}
+
+/// The primary key's columns and the secondary indexes of `request_logs`.
+async fn log_keys(db: &DatabaseConnection) -> (String, Vec<String>) {
+    let pk = one::<String>(
+        db,
+        "SELECT pg_get_constraintdef(oid) AS pk FROM pg_constraint \
+         WHERE conrelid = 'request_logs'::regclass AND contype = 'p'",
+        &["pk"],
+    )
+    .await
+    .remove(0);
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT c.relname::text AS name FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE i.indrelid = 'request_logs'::regclass AND NOT i.indisprimary ORDER BY 1",
+        ))
+        .await
+        .unwrap();
+    (
+        pk,
+        rows.iter()
+            .map(|r| r.try_get("", "name").unwrap())
+            .collect(),
+    )
+}
+
+both!(
+    request_logs_become_daily_partitions_with_their_rows_and_indexes_and_back_on_rollback,
+    |b: Backend| async move {
+        let (db, _dir) = empty_db(b).await;
+        let all = Migrator::migrations().len() as u32;
+        Migrator::up(&db, Some(all - 1)).await.unwrap();
+        let now = chrono::Utc::now();
+        let mut seeded = Vec::new();
+        for ago in [3, 0] {
+            let mut ev = crate::sinks::event("m", ago);
+            ev.ts = now - chrono::Duration::days(ago as i64);
+            keygate::db::entity::request_log::Entity::insert(keygate::events::log_writer::row(&ev))
+                .exec_without_returning(&db)
+                .await
+                .unwrap();
+            seeded.push(ev.id);
+        }
+        let ids = |db: DatabaseConnection| async move {
+            let mut ids: Vec<_> = keygate::db::entity::request_log::Entity::find()
+                .all(&db)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        seeded.sort();
+        let pg = b == Backend::Postgres;
+        let indexes_before = if pg {
+            Some(log_keys(&db).await.1)
+        } else {
+            None
+        };
+
+        Migrator::up(&db, None).await.unwrap();
+        assert_eq!(ids(db.clone()).await, seeded, "every row is copied");
+        if pg {
+            let day = |d: i64| {
+                keygate::db::log_partitions::name((now + chrono::Duration::days(d)).date_naive())
+            };
+            let mut want: Vec<String> = [-3, 0, 1, 2, 3, 4, 5, 6, 7].map(day).to_vec();
+            want.push("request_logs_default".into());
+            want.sort();
+            assert_eq!(log_partitions(&db).await, want);
+            let (pk, indexes) = log_keys(&db).await;
+            assert_eq!(pk, "PRIMARY KEY (id, ts)");
+            assert_eq!(Some(indexes), indexes_before, "the indexes carry over");
+        }
+
+        Migrator::down(&db, Some(1)).await.unwrap();
+        assert_eq!(ids(db.clone()).await, seeded, "every row comes back");
+        if pg {
+            assert_eq!(log_partitions(&db).await, Vec::<String>::new());
+            let (pk, indexes) = log_keys(&db).await;
+            assert_eq!(pk, "PRIMARY KEY (id)");
+            assert_eq!(Some(indexes), indexes_before);
+        }
+        // And up again: the migration is repeatable after a rollback.
+        Migrator::up(&db, None).await.unwrap();
+        assert_eq!(ids(db.clone()).await, seeded);
     }
 );

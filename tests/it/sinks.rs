@@ -12,7 +12,7 @@ use crate::harness::{Backend, Shared, TestApp, eventually};
 use crate::mock;
 use crate::servers::OwnPostgres;
 
-fn event(service: &str, n: u64) -> keygate::events::RequestEvent {
+pub(crate) fn event(service: &str, n: u64) -> keygate::events::RequestEvent {
     keygate::events::RequestEvent {
         id: uuid::Uuid::now_v7(),
         ts: chrono::Utc::now(),
