@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -120,6 +121,12 @@ pub struct LogPaging {
 pub struct ExportQuery {
     /// `csv` (default) or `ndjson`.
     pub format: Option<String>,
+}
+
+/// A query string serde refuses (a parameter given twice) as problem+json, like every other 400.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
 fn bad(param: &str, why: &str) -> ApiError {
@@ -310,10 +317,11 @@ fn view(r: request_log::Model, keys: &HashMap<i64, String>) -> LogView {
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    Query(q): Query<LogQuery>,
-    Query(paging): Query<LogPaging>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+    paging: Result<Query<LogPaging>, QueryRejection>,
 ) -> ApiResult<axum::Json<LogPage>> {
-    let filter = q.filter(&user)?;
+    let filter = query(q)?.filter(&user)?;
+    let paging = query(paging)?;
     let limit = paging.limit()?;
     let rows = crate::db::logs::page(&state.db, &filter, paging.cursor()?, limit).await?;
     let next_cursor = (rows.len() as u64 == limit)
@@ -511,11 +519,11 @@ impl ExportState {
 pub async fn export(
     State(state): State<AppState>,
     user: AuthUser,
-    Query(q): Query<LogQuery>,
-    Query(x): Query<ExportQuery>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+    x: Result<Query<ExportQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let format = ExportFormat::parse(x.format.as_deref())?;
-    let filter = q.filter(&user)?;
+    let format = ExportFormat::parse(query(x)?.format.as_deref())?;
+    let filter = query(q)?.filter(&user)?;
     let filename = format!(
         "attachment; filename=\"keygate-logs-{}.{}\"",
         Utc::now().format("%Y%m%dT%H%M%SZ"),

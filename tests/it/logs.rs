@@ -348,6 +348,10 @@ both!(
             ("limit=0", "limit"),
             ("limit=501", "limit"),
             ("cursor=garbage", "cursor"),
+            (
+                "status=429&status=500",
+                "Failed to deserialize query string: duplicate field `status`",
+            ),
         ] {
             let (s, v) = app.admin("GET", &format!("/admin/logs?{q}"), None).await;
             assert_eq!(s, 400, "?{q}: {v}");
