@@ -5,6 +5,7 @@ pub mod error;
 mod import;
 mod keys;
 pub mod login_guard;
+mod logs;
 mod pricing;
 mod services;
 mod sync;
@@ -29,6 +30,7 @@ use crate::state::AppState;
         (name = "keys", description = "Upstream keys of a service (always masked)"),
         (name = "access-keys", description = "Keys clients use to call the data plane"),
         (name = "pricing", description = "Prices per model, global or per slug, over the built-in defaults"),
+        (name = "logs", description = "The request log: filtered pages, one row, export"),
         (name = "ops", description = "Health, readiness and metrics"),
     )
 )]
@@ -76,5 +78,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pricing::list, pricing::create))
         .routes(routes!(pricing::check))
         .routes(routes!(pricing::replace, pricing::delete))
+        .routes(routes!(logs::list))
+        .routes(routes!(logs::export))
+        .routes(routes!(logs::get))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
 }

@@ -233,6 +233,28 @@ pub async fn by_ids(
     Ok(out)
 }
 
+/// The stored (encrypted) secrets of the keys among `ids`, of any service: for showing the keys
+/// a log row names, masked.
+pub async fn secrets_by_ids(
+    db: &DatabaseConnection,
+    ids: &[i64],
+) -> Result<Vec<(i64, String)>, DbErr> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        out.extend(
+            upstream_key::Entity::find()
+                .select_only()
+                .column(upstream_key::Column::Id)
+                .column(upstream_key::Column::Secret)
+                .filter(upstream_key::Column::Id.is_in(chunk.to_vec()))
+                .into_tuple::<(i64, String)>()
+                .all(db)
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
 /// Writes the columns `am` sets (e.g. a `reactivate`) on the service's keys `ids`, all or none.
 pub async fn update_many(
     db: &DatabaseConnection,

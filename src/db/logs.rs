@@ -1,9 +1,13 @@
 //! Request logs: retention (partition upkeep on Postgres) and reads. Rows are written by `events::log_writer`.
 use std::time::Duration;
 
-use super::entity::request_log;
+use super::entity::{request_log, service};
 use super::log_partitions;
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use chrono::{DateTime, Utc};
+use sea_orm::prelude::{Expr, Uuid};
+use sea_orm::sea_query::{ExprTrait, Query};
+use sea_orm::{ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{QueryOrder, QuerySelect};
 
 /// Keeps `request_logs` within the retention once an hour, starting at once (0 days keeps rows
 /// forever). On Postgres it also creates the daily partitions ahead of time, so the first run of
@@ -84,5 +88,137 @@ pub async fn count_for_service(db: &DatabaseConnection, slug: &str) -> Result<u6
     request_log::Entity::find()
         .filter(request_log::Column::Service.eq(slug))
         .count(db)
+        .await
+}
+
+/// Which rows a log read may see and which it asks for; every field narrows the set.
+#[derive(Debug, Default, Clone)]
+pub struct LogFilter {
+    /// The caller's tenant: only rows of its services (None: a global user sees every row).
+    pub tenant: Option<i64>,
+    pub service: Option<String>,
+    pub access_key_id: Option<i64>,
+    pub upstream_key_id: Option<i64>,
+    /// The client's or the upstream's model name.
+    pub model: Option<String>,
+    pub upstream_model: Option<String>,
+    pub status: Option<StatusMatch>,
+    pub error_kind: Option<String>,
+    pub streamed: Option<bool>,
+    pub estimated: Option<bool>,
+    pub target: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    Exact(i32),
+    /// `4xx`: 400 to 499.
+    Class(i32),
+}
+
+/// The position after a row in (ts desc, id desc) order. Uuid v7 ids are time-ordered but two
+/// replicas' clocks are not, so the id only breaks ties between equal timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogCursor {
+    pub ts: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl LogFilter {
+    fn condition(&self) -> Condition {
+        use request_log::Column as C;
+        let mut c = Condition::all();
+        if let Some(t) = self.tenant {
+            c = c.add(
+                Expr::col((request_log::Entity, C::Service)).in_subquery(
+                    Query::select()
+                        .column(service::Column::Slug)
+                        .from(service::Entity)
+                        .and_where(service::Column::TenantId.eq(t))
+                        .to_owned(),
+                ),
+            );
+        }
+        let eq = |c: Condition, col: C, v: &Option<String>| match v {
+            Some(v) => c.add(col.eq(v.clone())),
+            None => c,
+        };
+        c = eq(c, C::Service, &self.service);
+        c = eq(c, C::UpstreamModel, &self.upstream_model);
+        c = eq(c, C::ErrorKind, &self.error_kind);
+        c = eq(c, C::Target, &self.target);
+        if let Some(m) = &self.model {
+            c = c.add(
+                Condition::any()
+                    .add(C::Model.eq(m.clone()))
+                    .add(C::UpstreamModel.eq(m.clone())),
+            );
+        }
+        if let Some(id) = self.access_key_id {
+            c = c.add(C::AccessKeyId.eq(id));
+        }
+        if let Some(id) = self.upstream_key_id {
+            c = c.add(C::UpstreamKeyId.eq(id));
+        }
+        c = match self.status {
+            Some(StatusMatch::Exact(s)) => c.add(C::Status.eq(s)),
+            Some(StatusMatch::Class(k)) => c.add(C::Status.between(k * 100, k * 100 + 99)),
+            None => c,
+        };
+        if let Some(s) = self.streamed {
+            c = c.add(C::Streamed.eq(s));
+        }
+        if let Some(e) = self.estimated {
+            c = c.add(C::Estimated.eq(e));
+        }
+        if let Some(f) = self.from {
+            c = c.add(C::Ts.gte(f));
+        }
+        if let Some(t) = self.to {
+            c = c.add(C::Ts.lt(t));
+        }
+        c
+    }
+}
+
+/// One page of rows matching `f`, newest first, strictly after `after`. Rows inserted while a
+/// client pages are either newer than its cursor (not in later pages) or fall in order.
+pub async fn page(
+    db: &DatabaseConnection,
+    f: &LogFilter,
+    after: Option<LogCursor>,
+    limit: u64,
+) -> Result<Vec<request_log::Model>, DbErr> {
+    use request_log::Column as C;
+    let mut q = request_log::Entity::find().filter(f.condition());
+    if let Some(a) = after {
+        q = q.filter(
+            Condition::any()
+                .add(C::Ts.lt(a.ts))
+                .add(Condition::all().add(C::Ts.eq(a.ts)).add(C::Id.lt(a.id))),
+        );
+    }
+    q.order_by_desc(C::Ts)
+        .order_by_desc(C::Id)
+        .limit(limit)
+        .all(db)
+        .await
+}
+
+/// One row, if it exists and the tenant may see it.
+pub async fn by_id(
+    db: &DatabaseConnection,
+    tenant: Option<i64>,
+    id: Uuid,
+) -> Result<Option<request_log::Model>, DbErr> {
+    let f = LogFilter {
+        tenant,
+        ..Default::default()
+    };
+    request_log::Entity::find_by_id(id)
+        .filter(f.condition())
+        .one(db)
         .await
 }

@@ -13,6 +13,7 @@ mod edge;
 mod egress;
 mod formats;
 mod key_list;
+mod logs;
 mod migrations;
 mod money;
 mod ops;
