@@ -7,6 +7,7 @@ mod m20261122_000003_money_micros;
 mod m20261122_000004_service_responses;
 mod m20261122_000005_routing;
 mod m20261122_000006_money;
+mod m20261122_000008_rollups;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_service_responses::Migration),
             Box::new(m20261122_000005_routing::Migration),
             Box::new(m20261122_000006_money::Migration),
+            Box::new(m20261122_000008_rollups::Migration),
         ]
     }
 }

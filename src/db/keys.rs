@@ -233,6 +233,23 @@ pub async fn by_ids(
     Ok(out)
 }
 
+/// Keys among `ids` of any service (for labels in statistics; gone keys are simply absent).
+pub async fn any_by_ids(
+    db: &DatabaseConnection,
+    ids: &[i64],
+) -> Result<Vec<upstream_key::Model>, DbErr> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        out.extend(
+            upstream_key::Entity::find()
+                .filter(upstream_key::Column::Id.is_in(chunk.to_vec()))
+                .all(db)
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
 /// Writes the columns `am` sets (e.g. a `reactivate`) on the service's keys `ids`, all or none.
 pub async fn update_many(
     db: &DatabaseConnection,

@@ -5,6 +5,7 @@ pub mod entity;
 pub mod keys;
 pub mod logs;
 pub mod pricing;
+pub mod rollups;
 pub mod services;
 pub mod users;
 
