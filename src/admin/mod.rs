@@ -7,6 +7,7 @@ mod keys;
 pub mod login_guard;
 mod pricing;
 mod services;
+mod stats;
 mod sync;
 mod users;
 mod validate;
@@ -29,6 +30,7 @@ use crate::state::AppState;
         (name = "keys", description = "Upstream keys of a service (always masked)"),
         (name = "access-keys", description = "Keys clients use to call the data plane"),
         (name = "pricing", description = "Prices per model, global or per slug, over the built-in defaults"),
+        (name = "stats", description = "Request statistics: history from per-minute rollups, live figures across replicas"),
         (name = "ops", description = "Health, readiness and metrics"),
     )
 )]
@@ -76,5 +78,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pricing::list, pricing::create))
         .routes(routes!(pricing::check))
         .routes(routes!(pricing::replace, pricing::delete))
+        .routes(routes!(stats::get))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
 }
