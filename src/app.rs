@@ -127,6 +127,7 @@ impl App {
                 events.clone(),
                 receivers.requests,
                 spool,
+                state.coord.clone(),
             )),
             tokio::spawn(crate::events::key_status::run(
                 db.clone(),

@@ -8,6 +8,7 @@ mod m20261122_000004_service_responses;
 mod m20261122_000005_routing;
 mod m20261122_000006_money;
 mod m20261122_000007_log_indexes;
+mod m20261122_000008_rollups;
 mod m20261122_000009_log_partitions;
 
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_routing::Migration),
             Box::new(m20261122_000006_money::Migration),
             Box::new(m20261122_000007_log_indexes::Migration),
+            Box::new(m20261122_000008_rollups::Migration),
             Box::new(m20261122_000009_log_partitions::Migration),
         ]
     }

@@ -60,6 +60,8 @@ pub struct KeyView {
     pub requests: i64,
     /// Of those, the ones the upstream answered with success.
     pub successes: i64,
+    /// `successes / requests` (null before the first request).
+    pub success_rate: Option<f64>,
     /// Failed attempts by class.
     pub failures: KeyFailures,
     /// Prompt plus completion tokens of this key's requests.
@@ -118,6 +120,8 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
         created_at: k.created_at,
         requests: k.requests_total,
         successes: k.successes_total,
+        success_rate: (k.requests_total > 0)
+            .then(|| k.successes_total as f64 / k.requests_total as f64),
         failures: KeyFailures {
             client: k.failures_4xx,
             server: k.failures_5xx,

@@ -8,6 +8,7 @@ pub mod login_guard;
 mod logs;
 mod pricing;
 mod services;
+mod stats;
 mod sync;
 mod users;
 mod validate;
@@ -31,6 +32,7 @@ use crate::state::AppState;
         (name = "access-keys", description = "Keys clients use to call the data plane"),
         (name = "pricing", description = "Prices per model, global or per slug, over the built-in defaults"),
         (name = "logs", description = "The request log: filtered pages, one row, export"),
+        (name = "stats", description = "Request statistics: history from per-minute rollups, live figures across replicas"),
         (name = "ops", description = "Health, readiness and metrics"),
     )
 )]
@@ -81,5 +83,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(logs::list))
         .routes(routes!(logs::export))
         .routes(routes!(logs::get))
+        .routes(routes!(stats::get))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
 }

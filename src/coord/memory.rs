@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::{
-    Acquire, AcquireReq, ClientLimits, DAY_MS, Fault, KeyStats, Lease, LiveState, MINUTE_MS,
-    Observed, Policy, Released, Remaining, Report, StatClass, Strategy, Usage, gcra, new_lease_id,
-    now_ms,
+    Acquire, AcquireReq, ClientLimits, DAY_MS, DAY_SECS, Fault, KeyStats, Lease, LiveCounts,
+    LiveDelta, LiveState, MINUTE_MS, Observed, Policy, Released, Remaining, Report, StatClass,
+    Strategy, Usage, gcra, new_lease_id, now_ms,
 };
 
 #[derive(Clone, Default)]
@@ -33,6 +33,15 @@ struct State {
     sessions: HashMap<(i64, String), (i64, i64)>,
     /// Lock name -> (token, expiry ms).
     locks: HashMap<String, (String, i64)>,
+    /// Service -> live request counts.
+    live: HashMap<String, LiveSvc>,
+}
+
+/// Per second (kept two minutes) and per UTC day (kept two days): (requests, tokens).
+#[derive(Default)]
+struct LiveSvc {
+    secs: std::collections::BTreeMap<i64, (i64, i64)>,
+    days: std::collections::BTreeMap<i64, (i64, i64)>,
 }
 
 #[derive(Default)]
@@ -649,6 +658,38 @@ impl MemoryStore {
                     .unwrap_or_default()
             })
             .collect()
+    }
+
+    pub fn add_live(&self, deltas: &[LiveDelta]) {
+        let mut st = self.inner.state.lock();
+        for d in deltas {
+            let svc = st.live.entry(d.service.clone()).or_default();
+            let s = svc.secs.entry(d.sec).or_default();
+            s.0 += d.requests;
+            s.1 += d.tokens;
+            let day = svc.days.entry(d.sec.div_euclid(DAY_SECS)).or_default();
+            day.0 += d.requests;
+            day.1 += d.tokens;
+            // The same lifetimes as the Redis keys' EXPIRE.
+            svc.secs = svc.secs.split_off(&(d.sec - 120));
+            svc.days = svc.days.split_off(&(d.sec.div_euclid(DAY_SECS) - 1));
+        }
+    }
+
+    pub fn live(&self, services: &[String], now: i64) -> LiveCounts {
+        let st = self.inner.state.lock();
+        let mut out = LiveCounts::default();
+        for svc in services.iter().filter_map(|s| st.live.get(s)) {
+            for (_, (r, t)) in svc.secs.range(now - 59..=now) {
+                out.rpm += r;
+                out.tpm += t;
+            }
+            if let Some((r, t)) = svc.days.get(&now.div_euclid(DAY_SECS)) {
+                out.rpd += r;
+                out.tpd += t;
+            }
+        }
+        out
     }
 
     pub fn set_balance(&self, key_id: i64, balance: Option<i64>) {

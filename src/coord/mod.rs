@@ -387,6 +387,39 @@ impl LiveState {
     }
 }
 
+/// Requests that ended in one second for one service, and their tokens (prompt + completion):
+/// what the live figures of `/admin/stats` count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveDelta {
+    pub service: String,
+    /// Unix seconds the requests ended in.
+    pub sec: i64,
+    pub requests: i64,
+    pub tokens: i64,
+}
+
+/// Live figures of a set of services, summed over every replica's traffic. The minute figures
+/// count the 60 whole seconds up to and including the current one; the day figures count since
+/// 00:00 UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LiveCounts {
+    pub rpm: i64,
+    pub rpd: i64,
+    pub tpm: i64,
+    pub tpd: i64,
+}
+
+impl std::ops::AddAssign for LiveCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.rpm += o.rpm;
+        self.rpd += o.rpd;
+        self.tpm += o.tpm;
+        self.tpd += o.tpd;
+    }
+}
+
+pub(crate) const DAY_SECS: i64 = 86_400;
+
 /// A named lock held in the store, for work one replica at a time should do (background jobs).
 /// It ends with `unlock` or when its TTL passes. The token, fresh per acquisition, makes the
 /// release exact: a holder whose lock expired and was taken by someone else cannot release the
@@ -517,6 +550,25 @@ impl Coord {
                 r.report(service_id, key_id, lease, fault, n_keys, took_ms, class)
                     .await
             }
+        }
+    }
+
+    /// Adds request counts to the services' live figures (called per log batch, off the hot path).
+    pub async fn add_live(&self, deltas: &[LiveDelta]) -> Result<(), CoordError> {
+        match self {
+            Self::Memory(m) => {
+                m.add_live(deltas);
+                Ok(())
+            }
+            Self::Redis(r) => r.add_live(deltas).await,
+        }
+    }
+
+    /// The live figures of `services` summed, as of unix second `now`.
+    pub async fn live(&self, services: &[String], now: i64) -> Result<LiveCounts, CoordError> {
+        match self {
+            Self::Memory(m) => Ok(m.live(services, now)),
+            Self::Redis(r) => r.live(services, now).await,
         }
     }
 

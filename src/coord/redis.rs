@@ -7,16 +7,25 @@
 //! Layout under the configured prefix: `s:<service>` (cursor, backoff), `s:<service>:leases`,
 //! `s:<service>:429`, `s:<service>:aff:<session hash>` (session affinity), `k:<key>` (health,
 //! leases in flight, limits, live balance), `a:<access key>` (client limits), `cfgver`,
-//! `lock:<name>` (background job locks). Keys are computed inside scripts, so Redis Cluster is
+//! `lock:<name>` (background job locks), `live:<slug>:m:<minute>` (requests and tokens per
+//! second, fields `r:<sec>` / `t:<sec>`) and `live:<slug>:d:<day>` (fields `r`, `t`). Keys are computed inside scripts, so Redis Cluster is
 //! not supported; use a single primary (with replicas or Sentinel).
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
 
 use super::{
-    Acquire, AcquireReq, ClientLimits, CoordError, Fault, KeyStats, Lease, LiveState, Policy,
-    Released, Remaining, Report, StatClass, Usage, new_lease_id,
+    Acquire, AcquireReq, ClientLimits, CoordError, DAY_SECS, Fault, KeyStats, Lease, LiveCounts,
+    LiveDelta, LiveState, Policy, Released, Remaining, Report, StatClass, Usage, new_lease_id,
 };
+
+/// One service's live hashes: the previous and current minute (`r:<sec>`/`t:<sec>` fields), and
+/// the day's `r`, `t`.
+type LiveRow = (
+    std::collections::HashMap<String, i64>,
+    std::collections::HashMap<String, i64>,
+    (Option<i64>, Option<i64>),
+);
 
 #[derive(Clone)]
 pub struct RedisStore {
@@ -360,6 +369,79 @@ impl RedisStore {
                 inflight: i.unwrap_or(0).max(0) as u32,
             })
             .collect())
+    }
+
+    fn live_minute(&self, service: &str, minute: i64) -> String {
+        format!("{}live:{service}:m:{minute}", self.prefix)
+    }
+    fn live_day(&self, service: &str, day: i64) -> String {
+        format!("{}live:{service}:d:{day}", self.prefix)
+    }
+
+    /// Increments only, in one MULTI: exact under any number of writers, no read-modify-write.
+    pub async fn add_live(&self, deltas: &[LiveDelta]) -> Result<(), CoordError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for d in deltas {
+            let m = self.live_minute(&d.service, d.sec.div_euclid(60));
+            let day = self.live_day(&d.service, d.sec.div_euclid(DAY_SECS));
+            pipe.hincr(&m, format!("r:{}", d.sec), d.requests).ignore();
+            pipe.hincr(&m, format!("t:{}", d.sec), d.tokens).ignore();
+            pipe.expire(&m, 180).ignore();
+            pipe.hincr(&day, "r", d.requests).ignore();
+            pipe.hincr(&day, "t", d.tokens).ignore();
+            pipe.expire(&day, 2 * DAY_SECS).ignore();
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn live(&self, services: &[String], now: i64) -> Result<LiveCounts, CoordError> {
+        let mut out = LiveCounts::default();
+        let mut conn = self.conn.clone();
+        for chunk in services.chunks(256) {
+            let mut pipe = redis::pipe();
+            for svc in chunk {
+                let minute = now.div_euclid(60);
+                pipe.hgetall(self.live_minute(svc, minute - 1))
+                    .hgetall(self.live_minute(svc, minute))
+                    .hmget(self.live_day(svc, now.div_euclid(DAY_SECS)), &["r", "t"]);
+            }
+            let rows: Vec<LiveRow> = {
+                let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                flat.chunks(3)
+                    .map(|c| {
+                        Ok((
+                            redis::from_redis_value(c[0].clone())?,
+                            redis::from_redis_value(c[1].clone())?,
+                            redis::from_redis_value(c[2].clone())?,
+                        ))
+                    })
+                    .collect::<Result<_, redis::RedisError>>()?
+            };
+            for (prev, cur, (rpd, tpd)) in rows {
+                for (field, n) in prev.iter().chain(cur.iter()) {
+                    let Some((kind, sec)) = field.split_once(':') else {
+                        continue;
+                    };
+                    if !sec.parse::<i64>().is_ok_and(|s| s > now - 60 && s <= now) {
+                        continue;
+                    }
+                    match kind {
+                        "r" => out.rpm += n,
+                        "t" => out.tpm += n,
+                        _ => {}
+                    }
+                }
+                out.rpd += rpd.unwrap_or(0);
+                out.tpd += tpd.unwrap_or(0);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn set_balance(&self, key_id: i64, balance: Option<i64>) -> Result<(), CoordError> {

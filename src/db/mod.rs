@@ -6,6 +6,7 @@ pub mod keys;
 pub mod log_partitions;
 pub mod logs;
 pub mod pricing;
+pub mod rollups;
 pub mod services;
 pub mod users;
 

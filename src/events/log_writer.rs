@@ -2,7 +2,9 @@
 //! without losing any while the database is away.
 //!
 //! Rows are inserted with `ON CONFLICT (id) DO NOTHING` (`(id, ts)` on Postgres, whose table is
-//! partitioned by `ts`), so writing a batch twice is harmless.
+//! partitioned by `ts`), so writing a batch twice is harmless; the per-minute rollups are added in
+//! the same transaction from the rows that insert reported new (`events::rollup`), so they are
+//! never counted twice either.
 //! A batch that still fails after a few quick retries goes to the spool, and so does every batch
 //! after it while the spool holds anything (order is kept); a replay loop with capped exponential
 //! backoff drains the spool into the database once it answers. The channel is always drained:
@@ -11,14 +13,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{DatabaseConnection, DbBackend, DbErr, EntityTrait, RuntimeErr};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryTrait, RuntimeErr,
+    TransactionTrait,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::rollup;
 use super::spool::{Mark, Spool};
 use super::{Events, RequestEvent};
 use crate::config::LogConfig;
+use crate::coord::Coord;
 use crate::db::entity::request_log;
 use crate::telemetry::metrics as m;
 
@@ -96,6 +103,7 @@ pub async fn run(
     events: Events,
     mut rx: mpsc::Receiver<RequestEvent>,
     spool: Option<Spool>,
+    coord: Coord,
 ) {
     let mut shutdown = events.on_shutdown();
     // The writer only needs the shutdown hook; holding a sender would keep its own channel open.
@@ -133,6 +141,7 @@ pub async fn run(
                     }
                 }
                 metrics::gauge!(m::LOG_QUEUE_DEPTH).decrement(buf.len() as f64);
+                rollup::count_live(&coord, &buf);
                 w.accept(std::mem::take(&mut buf)).await;
             }
             res = async { (&mut w.replaying.as_mut().expect("guarded").0).await }, if w.replaying.is_some() => {
@@ -325,9 +334,9 @@ impl Writer {
     }
 }
 
-/// Inserts rows idempotently. Rows the database refuses for their content (not for being
+/// Inserts rows idempotently (and rolls them up once). Rows the database refuses for their content (not for being
 /// unreachable) are dropped one by one, so that one bad row cannot wedge the spool.
-async fn insert(db: DatabaseConnection, events: &[RequestEvent]) -> Result<(), DbErr> {
+pub async fn insert(db: DatabaseConnection, events: &[RequestEvent]) -> Result<(), DbErr> {
     if events.is_empty() {
         return Ok(());
     }
@@ -351,22 +360,7 @@ async fn insert(db: DatabaseConnection, events: &[RequestEvent]) -> Result<(), D
 }
 
 async fn insert_rows(db: &DatabaseConnection, events: &[RequestEvent]) -> Result<(), DbErr> {
-    let rows = events.iter().map(row);
-    // A partitioned table (Postgres) cannot hold a unique index on `id` alone, only on keys that
-    // include the partition key `ts`. An event's `ts` is fixed when it is created and travels with
-    // it through the spool, so a replay repeats the same (id, ts) and is still skipped.
-    let key: &[request_log::Column] = match db.get_database_backend() {
-        DbBackend::Postgres => &[request_log::Column::Id, request_log::Column::Ts],
-        _ => &[request_log::Column::Id],
-    };
-    let insert = request_log::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::columns(key.iter().copied())
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(db);
-    let res = match tokio::time::timeout(INSERT_TIMEOUT, insert).await {
+    let res = match tokio::time::timeout(INSERT_TIMEOUT, insert_and_roll_up(db, events)).await {
         Ok(r) => r,
         Err(_) => Err(DbErr::Custom("request log insert timed out".into())),
     };
@@ -375,13 +369,45 @@ async fn insert_rows(db: &DatabaseConnection, events: &[RequestEvent]) -> Result
             metrics::counter!(m::LOG_ROWS_WRITTEN_TOTAL).increment(n);
             Ok(())
         }
-        // Every row was there already (a replay): that is success.
-        Err(DbErr::RecordNotInserted) => Ok(()),
         Err(e) => {
             metrics::counter!(m::LOG_BATCHES_FAILED_TOTAL).increment(1);
             Err(e)
         }
     }
+}
+
+/// One transaction: the rows, then the rollups of the rows that were new. A timeout drops the
+/// transaction, which rolls it back: rows and rollups land together or not at all.
+async fn insert_and_roll_up(
+    db: &DatabaseConnection,
+    events: &[RequestEvent],
+) -> Result<u64, DbErr> {
+    let txn = db.begin().await?;
+    // A partitioned table (Postgres) cannot hold a unique index on `id` alone, only on keys that
+    // include the partition key `ts`. An event's `ts` is fixed when it is created and travels with
+    // it through the spool, so a replay repeats the same (id, ts) and is still skipped.
+    let key: &[request_log::Column] = match db.get_database_backend() {
+        DbBackend::Postgres => &[request_log::Column::Id, request_log::Column::Ts],
+        _ => &[request_log::Column::Id],
+    };
+    let mut q = request_log::Entity::insert_many(events.iter().map(row))
+        .on_conflict(
+            OnConflict::columns(key.iter().copied())
+                .do_nothing()
+                .to_owned(),
+        )
+        .into_query();
+    // Under DO NOTHING, RETURNING names exactly the rows this statement inserted (both backends).
+    q.returning_col(request_log::Column::Id);
+    let new = txn
+        .query_all(&q)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<uuid::Uuid>("", "id"))
+        .collect::<Result<std::collections::HashSet<_>, _>>()?;
+    rollup::record(&txn, events.iter().filter(|e| new.contains(&e.id))).await?;
+    txn.commit().await?;
+    Ok(new.len() as u64)
 }
 
 /// The database answered and refused the data itself (a constraint or a value out of range),

@@ -8,6 +8,7 @@
 //! - `key_status`: durable key status changes, coalesced to at most one write per key per second.
 pub mod key_status;
 pub mod log_writer;
+pub mod rollup;
 pub mod spool;
 
 use std::sync::Arc;

@@ -1034,3 +1034,46 @@ contract!(
         assert!(p.b.try_lock("job", 60_000).await.unwrap().is_none());
     }
 );
+
+contract!(
+    live_request_counts_add_up_across_replicas_over_a_sliding_minute_and_the_day,
+    |p: Pair| async move {
+        use keygate::coord::{LiveCounts, LiveDelta};
+        let delta = |service: &str, sec: i64, requests: i64, tokens: i64| LiveDelta {
+            service: service.into(),
+            sec,
+            requests,
+            tokens,
+        };
+        // Noon UTC of some day, so the minute window never leaves the day.
+        let now = 1_800_000_000 / 86_400 * 86_400 + 43_200;
+        p.a.add_live(&[delta("s1", now, 3, 30), delta("s2", now, 1, 1)])
+            .await
+            .unwrap();
+        p.b.add_live(&[delta("s1", now - 59, 2, 20)]).await.unwrap();
+        // A minute ago: outside the sliding minute, inside the day.
+        p.a.add_live(&[delta("s1", now - 60, 4, 40)]).await.unwrap();
+        // Yesterday: in neither.
+        p.b.add_live(&[delta("s1", now - 86_400, 8, 80)])
+            .await
+            .unwrap();
+        let s1 = vec!["s1".to_string()];
+        for c in [&p.a, &p.b] {
+            assert_eq!(
+                c.live(&s1, now).await.unwrap(),
+                LiveCounts {
+                    rpm: 5,
+                    tpm: 50,
+                    rpd: 9,
+                    tpd: 90
+                }
+            );
+        }
+        let both = vec!["s1".to_string(), "s2".to_string(), "gone".to_string()];
+        let all = p.b.live(&both, now).await.unwrap();
+        assert_eq!((all.rpm, all.tpm, all.rpd, all.tpd), (6, 51, 10, 91));
+        // A minute later only the day remains.
+        let later = p.a.live(&s1, now + 60).await.unwrap();
+        assert_eq!((later.rpm, later.rpd), (0, 9));
+    }
+);

@@ -26,4 +26,5 @@ mod proxy;
 mod router;
 mod routing;
 mod sinks;
+mod stats;
 mod validation;

@@ -1,0 +1,315 @@
+//! Per-minute rollups of request events (`request_rollups`), the only source of `/admin/stats`
+//! history.
+//!
+//! The log writer calls `record` inside the transaction that inserts a batch, with only the
+//! events whose rows that insert reported new (`RETURNING id` under `ON CONFLICT DO NOTHING`).
+//! The rows and their rollup either commit together or not at all, so a spool replay, a retry
+//! after a lost commit reply or another replica writing the same event never counts it twice;
+//! and because every write is an additive upsert, any number of replicas add up exactly.
+use std::collections::BTreeMap;
+
+use sea_orm::{ConnectionTrait, DbErr};
+
+use super::RequestEvent;
+use crate::coord::{Coord, LiveDelta};
+
+/// Histogram buckets per latency kind. Bucket 0 holds 0 ms; bucket i (1..=22) holds
+/// [2^(i-1), 2^i) ms; the last holds everything from 2^22 ms (about 70 minutes).
+pub const HIST_BUCKETS: usize = 24;
+
+/// Longest model name kept in a rollup key (longer names are cut, not refused).
+const MODEL_MAX: usize = 200;
+
+/// One rollup row's identity: the minute (unix seconds) and the group columns, with 0 and ''
+/// standing for "none".
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RollupKey {
+    pub bucket_start: i64,
+    pub service: String,
+    pub upstream_key_id: i64,
+    pub access_key_id: i64,
+    pub model: String,
+}
+
+/// Additive counters of a set of requests. Written per minute, summed again when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: i64,
+    pub successes: i64,
+    pub status_2xx: i64,
+    pub status_4xx: i64,
+    pub status_5xx: i64,
+    pub status_other: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub cost_micros: i64,
+    pub latency_sum_ms: i64,
+    pub ttft_sum_ms: i64,
+    pub ttft_count: i64,
+    pub lat: [i64; HIST_BUCKETS],
+    pub ttft: [i64; HIST_BUCKETS],
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Self::from_values(&[0; COLUMN_COUNT])
+    }
+}
+
+/// Scalar counter columns, in the order `values` yields them.
+pub const SCALARS: [&str; 14] = [
+    "requests",
+    "successes",
+    "status_2xx",
+    "status_4xx",
+    "status_5xx",
+    "status_other",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_micros",
+    "latency_sum_ms",
+    "ttft_sum_ms",
+    "ttft_count",
+];
+
+pub const COLUMN_COUNT: usize = SCALARS.len() + 2 * HIST_BUCKETS;
+
+/// Every counter column: the scalars, then `lat_b00..lat_b23`, then `ttft_b00..ttft_b23`.
+pub fn columns() -> Vec<String> {
+    let mut c: Vec<String> = SCALARS.iter().map(|s| s.to_string()).collect();
+    for kind in ["lat", "ttft"] {
+        c.extend((0..HIST_BUCKETS).map(|i| format!("{kind}_b{i:02}")));
+    }
+    c
+}
+
+impl Counts {
+    /// The counters in `columns()` order.
+    pub fn values(&self) -> Vec<i64> {
+        let mut v = vec![
+            self.requests,
+            self.successes,
+            self.status_2xx,
+            self.status_4xx,
+            self.status_5xx,
+            self.status_other,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.cost_micros,
+            self.latency_sum_ms,
+            self.ttft_sum_ms,
+            self.ttft_count,
+        ];
+        v.extend_from_slice(&self.lat);
+        v.extend_from_slice(&self.ttft);
+        v
+    }
+
+    /// The inverse of `values` (missing trailing values read as 0).
+    pub fn from_values(v: &[i64]) -> Self {
+        let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        let hist = |from: usize| std::array::from_fn(|i| at(from + i));
+        Self {
+            requests: at(0),
+            successes: at(1),
+            status_2xx: at(2),
+            status_4xx: at(3),
+            status_5xx: at(4),
+            status_other: at(5),
+            prompt_tokens: at(6),
+            completion_tokens: at(7),
+            cache_read_tokens: at(8),
+            cache_write_tokens: at(9),
+            cost_micros: at(10),
+            latency_sum_ms: at(11),
+            ttft_sum_ms: at(12),
+            ttft_count: at(13),
+            lat: hist(SCALARS.len()),
+            ttft: hist(SCALARS.len() + HIST_BUCKETS),
+        }
+    }
+
+    pub fn add(&mut self, other: &Counts) {
+        let sum: Vec<i64> = self
+            .values()
+            .iter()
+            .zip(other.values())
+            .map(|(a, b)| a.saturating_add(b))
+            .collect();
+        *self = Self::from_values(&sum);
+    }
+
+    fn count(&mut self, ev: &RequestEvent) {
+        let n = |v: u64| v.min(i64::MAX as u64) as i64;
+        self.requests += 1;
+        if (200..400).contains(&ev.status) {
+            self.successes += 1;
+        }
+        match ev.status {
+            200..=299 => self.status_2xx += 1,
+            400..=499 => self.status_4xx += 1,
+            500..=599 => self.status_5xx += 1,
+            _ => self.status_other += 1,
+        }
+        self.prompt_tokens = self.prompt_tokens.saturating_add(n(ev.tokens.prompt));
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(n(ev.tokens.completion));
+        self.cache_read_tokens = self
+            .cache_read_tokens
+            .saturating_add(n(ev.tokens.cache_read));
+        self.cache_write_tokens = self
+            .cache_write_tokens
+            .saturating_add(n(ev.tokens.cache_write));
+        self.cost_micros = self.cost_micros.saturating_add(ev.cost_micros.unwrap_or(0));
+        self.latency_sum_ms = self.latency_sum_ms.saturating_add(n(ev.latency_ms));
+        self.lat[bucket_of(ev.latency_ms)] += 1;
+        if let Some(t) = ev.ttft_ms {
+            self.ttft_sum_ms = self.ttft_sum_ms.saturating_add(n(t));
+            self.ttft_count += 1;
+            self.ttft[bucket_of(t)] += 1;
+        }
+    }
+
+    /// Successful requests over all requests (None when there were none).
+    pub fn success_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.successes as f64 / self.requests as f64)
+    }
+}
+
+pub fn bucket_of(ms: u64) -> usize {
+    ((u64::BITS - ms.leading_zeros()) as usize).min(HIST_BUCKETS - 1)
+}
+
+/// The `q` quantile (0..=1) of a histogram in ms, interpolated linearly inside its bucket: exact
+/// to within the bucket's width (a factor of two).
+pub fn quantile(hist: &[i64; HIST_BUCKETS], q: f64) -> Option<f64> {
+    let total: i64 = hist.iter().sum();
+    if total <= 0 {
+        return None;
+    }
+    let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+    let mut below = 0.0;
+    for (i, &c) in hist.iter().enumerate() {
+        let c = c as f64;
+        if c > 0.0 && below + c >= rank {
+            let (lo, hi) = match i {
+                0 => (0.0, 1.0),
+                _ => ((1u64 << (i - 1)) as f64, (1u64 << i) as f64),
+            };
+            return Some(lo + (hi - lo) * ((rank - below) / c));
+        }
+        below += c;
+    }
+    None
+}
+
+/// Sums a batch of events by minute and group; a BTreeMap so every writer upserts rows in the
+/// same order (two replicas' transactions then cannot deadlock on each other's rows).
+pub fn aggregate<'a>(
+    events: impl IntoIterator<Item = &'a RequestEvent>,
+) -> BTreeMap<RollupKey, Counts> {
+    let mut out: BTreeMap<RollupKey, Counts> = BTreeMap::new();
+    for ev in events {
+        let key = RollupKey {
+            bucket_start: ev.ts.timestamp().div_euclid(60) * 60,
+            service: ev.service.clone(),
+            upstream_key_id: ev.upstream_key_id.unwrap_or(0),
+            access_key_id: ev.access_key_id.unwrap_or(0),
+            model: ev
+                .model
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(MODEL_MAX)
+                .collect(),
+        };
+        out.entry(key).or_default().count(ev);
+    }
+    out
+}
+
+/// Adds the events to the rollups, on the connection (the batch's transaction) given.
+pub async fn record<'a, C: ConnectionTrait>(
+    db: &C,
+    events: impl IntoIterator<Item = &'a RequestEvent>,
+) -> Result<(), DbErr> {
+    crate::db::rollups::add(db, &aggregate(events)).await
+}
+
+/// Adds a batch to the services' live figures in the coordination store, in the background: a
+/// slow or absent store must not hold up the log writer. Counted as events arrive (not as rows
+/// land), so a database outage does not stop the live figures.
+pub fn count_live(coord: &Coord, events: &[RequestEvent]) {
+    let mut by: BTreeMap<(&str, i64), (i64, i64)> = BTreeMap::new();
+    for ev in events {
+        let e = by.entry((&ev.service, ev.ts.timestamp())).or_default();
+        e.0 += 1;
+        e.1 =
+            e.1.saturating_add(ev.tokens.total().min(i64::MAX as u64) as i64);
+    }
+    let deltas: Vec<LiveDelta> = by
+        .into_iter()
+        .map(|((service, sec), (requests, tokens))| LiveDelta {
+            service: service.to_string(),
+            sec,
+            requests,
+            tokens,
+        })
+        .collect();
+    let coord = coord.clone();
+    tokio::spawn(async move {
+        if let Err(e) = coord.add_live(&deltas).await {
+            metrics::counter!(crate::telemetry::metrics::COORD_ERRORS_TOTAL, "kind" => e.kind())
+                .increment(1);
+            tracing::warn!(error = %e, "could not add to the live request counts");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_double_in_width() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(1), 1);
+        assert_eq!(bucket_of(2), 2);
+        assert_eq!(bucket_of(3), 2);
+        assert_eq!(bucket_of(4), 3);
+        assert_eq!(bucket_of(1000), 10);
+        assert_eq!(bucket_of(u64::MAX), HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn quantiles_fall_inside_the_bucket_holding_their_rank() {
+        let mut h = [0i64; HIST_BUCKETS];
+        h[bucket_of(10)] = 90; // [8, 16)
+        h[bucket_of(1000)] = 10; // [512, 1024)
+        let p50 = quantile(&h, 0.5).unwrap();
+        assert!((8.0..16.0).contains(&p50), "{p50}");
+        let p95 = quantile(&h, 0.95).unwrap();
+        assert!((512.0..1024.0).contains(&p95), "{p95}");
+        assert_eq!(quantile(&[0; HIST_BUCKETS], 0.5), None);
+    }
+
+    #[test]
+    fn counts_survive_the_column_round_trip() {
+        let mut c = Counts {
+            requests: 3,
+            cost_micros: 7,
+            ..Counts::default()
+        };
+        c.lat[5] = 2;
+        c.ttft[23] = 1;
+        assert_eq!(Counts::from_values(&c.values()), c);
+        assert_eq!(columns().len(), c.values().len());
+    }
+}
