@@ -140,10 +140,6 @@ impl App {
             tokio::spawn(crate::jobs::validate::schedule(state.clone())),
             tokio::spawn(crate::jobs::sync::schedule(state.clone())),
             tokio::spawn(crate::jobs::persist::run(state.clone())),
-            // The tokenizer's tables take a moment to build: not on a request's path.
-            tokio::task::spawn_blocking(|| {
-                crate::billing::estimate::count("warm up");
-            }),
         ];
 
         let (control, api) = control_routes().split_for_parts();

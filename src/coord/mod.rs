@@ -38,8 +38,8 @@ pub struct KeySet {
     pub specs: Vec<KeySpec>,
     /// `id,id,...` in list order.
     ids_csv: String,
-    /// `index:weight:rpm:tpm:balance:cost;...` for keys with anything but the defaults (1-based
-    /// index).
+    /// `;index:weight:rpm:tpm:balance:cost...` for keys with anything but the defaults (1-based
+    /// index; each entry starts with `;`, so the script can find one key's alone).
     overrides: String,
 }
 
@@ -62,7 +62,7 @@ impl KeySet {
             })
             .map(|(i, k)| {
                 format!(
-                    "{}:{}:{}:{}:{}:{}",
+                    ";{}:{}:{}:{}:{}:{}",
                     i + 1,
                     k.weight.max(1),
                     k.rpm.unwrap_or(0),
@@ -71,8 +71,7 @@ impl KeySet {
                     k.cost_ppm
                 )
             })
-            .collect::<Vec<_>>()
-            .join(";");
+            .collect::<String>();
         Self {
             specs,
             ids_csv,

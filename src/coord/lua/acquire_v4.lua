@@ -26,7 +26,7 @@
 -- ARGV[12] key prefix
 -- ARGV[13] key ids of the service, comma-separated, in list order (built once per config load)
 -- ARGV[14] keys with settings other than the defaults (weight 1, no rpm/tpm, no balance, cost
---          factor 1): "index:weight:rpm:tpm:balance:cost;..." (1-based index, 0 = no limit,
+--          factor 1): ";index:weight:rpm:tpm:balance:cost;..." (1-based index, 0 = no limit,
 --          balance in micros or '' = none, cost factor in millionths or '' = 1000000)
 -- ARGV[15] key ids this request already tried, comma-separated
 -- ARGV[16] session: 1 = bind by KEYS[4], 0 = no session
@@ -52,13 +52,31 @@ local ids = {}
 for id in string.gmatch(ARGV[13], '[^,]+') do ids[#ids + 1] = id end
 local n = #ids
 if n == 0 then return {0, 0, 0, 0, 0, -1, -1, -1} end
-local spec = {}
-for idx, w, rpm, tpm, bal, cf in
-    string.gmatch(ARGV[14], '(%d+):(%d+):(%d+):(%d+):(%-?%d*):(%d*)') do
-  spec[tonumber(idx)] = {w = tonumber(w), rpm = tonumber(rpm), tpm = tonumber(tpm), bal = tonumber(bal),
+local DEFAULT = {w = 1, rpm = 0, tpm = 0, cf = 1000000}
+local OV = ARGV[14]
+local function to_spec(w, rpm, tpm, bal, cf)
+  return {w = tonumber(w), rpm = tonumber(rpm), tpm = tonumber(tpm), bal = tonumber(bal),
     cf = tonumber(cf) or 1000000}
 end
-local DEFAULT = {w = 1, rpm = 0, tpm = 0, cf = 1000000}
+-- Round robin and sessions usually read one key: its settings are looked up alone (a find in
+-- C over the string), not parsed for all n keys on every call. Strategies that read every key
+-- parse them all once.
+local spec = {}
+local lazy = ARGV[1] == 'rr' or ARGV[16] == '1'
+if not lazy then
+  for idx, w, rpm, tpm, bal, cf in string.gmatch(OV, ';(%d+):(%d+):(%d+):(%d+):(%-?%d*):(%d*)') do
+    spec[tonumber(idx)] = to_spec(w, rpm, tpm, bal, cf)
+  end
+end
+local function spec_of(i)
+  local sp = spec[i]
+  if sp == nil and lazy then
+    local w, rpm, tpm, bal, cf = string.match(OV, ';' .. i .. ':(%d+):(%d+):(%d+):(%-?%d*):(%d*)')
+    sp = w and to_spec(w, rpm, tpm, bal, cf) or DEFAULT
+    spec[i] = sp
+  end
+  return sp or DEFAULT
+end
 local excluded = {}
 for id in string.gmatch(ARGV[15], '[^,]+') do excluded[id] = true end
 local function key_hash(i) return ARGV[12] .. 'k:' .. ids[i] end
@@ -146,7 +164,7 @@ local at_cap = false
 -- Evaluates key i: a candidate table when it is usable now, else nil.
 local function eval(i)
   if excluded[ids[i]] then return nil end
-  local sp = spec[i] or DEFAULT
+  local sp = spec_of(i)
   local f = redis.call('HMGET', key_hash(i), 'until', 'fails', 'inflight', 'last', 'cw', 'probe',
     'halfopen', 'bal_micros', 'tat_rpm', 'tat_tpm', 'lat', 'lat_t', 'sr_ok', 'sr_n')
   local u = tonumber(f[1]) or 0
