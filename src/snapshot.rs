@@ -265,6 +265,7 @@ impl Snapshot {
             let models =
                 crate::proxy::models::ModelRules::load(&s.slug, &s.model_aliases, &s.model_allow);
             let routes = crate::proxy::router::Routes::load(&s.slug, s.routes.as_ref());
+            let strategy = Strategy::parse(&s.strategy).unwrap_or(Strategy::RoundRobin);
             out.services.insert(
                 s.slug.clone(),
                 Arc::new(ServiceRt {
@@ -284,7 +285,7 @@ impl Snapshot {
                     azure,
                     max_attempts: s.max_attempts.max(1) as u32,
                     retry_on,
-                    strategy: Strategy::parse(&s.strategy).unwrap_or(Strategy::RoundRobin),
+                    strategy,
                     responses: crate::domain::ResponsesMode::parse(&s.responses)
                         .unwrap_or_default(),
                     models,
@@ -302,7 +303,7 @@ impl Snapshot {
                     cap: limit(s.key_concurrency),
                     enabled: s.enabled,
                     keys,
-                    specs: KeySet::new(specs),
+                    specs: KeySet::for_strategy(specs, strategy),
                 }),
             );
         }

@@ -45,6 +45,17 @@ pub struct KeySet {
 
 impl KeySet {
     pub fn new(specs: Vec<KeySpec>) -> Self {
+        Self::build(specs, true)
+    }
+
+    /// The set a service with `strategy` needs: only the `balance` strategy reads balances in
+    /// the acquire script (the release seeds a live balance from the key's own spec), so the
+    /// others leave them out of the per-call argument and keep it empty in the common case.
+    pub fn for_strategy(specs: Vec<KeySpec>, strategy: Strategy) -> Self {
+        Self::build(specs, strategy == Strategy::Balance)
+    }
+
+    fn build(specs: Vec<KeySpec>, balances: bool) -> Self {
         let ids_csv = specs
             .iter()
             .map(|k| k.id.to_string())
@@ -57,7 +68,7 @@ impl KeySet {
                 k.weight > 1
                     || k.rpm.is_some()
                     || k.tpm.is_some()
-                    || k.balance.is_some()
+                    || (balances && k.balance.is_some())
                     || k.cost_ppm != LIST_PRICE_PPM
             })
             .map(|(i, k)| {
@@ -67,7 +78,10 @@ impl KeySet {
                     k.weight.max(1),
                     k.rpm.unwrap_or(0),
                     k.tpm.unwrap_or(0),
-                    k.balance.map(|b| b.to_string()).unwrap_or_default(),
+                    k.balance
+                        .filter(|_| balances)
+                        .map(|b| b.to_string())
+                        .unwrap_or_default(),
                     k.cost_ppm
                 )
             })
