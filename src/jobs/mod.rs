@@ -267,3 +267,18 @@ where
         .map(|(d, l)| finish(d.result, l.key_status(&d.stored_after, now)))
         .collect())
 }
+
+/// How long one key's call may take: the service's request timeout, cut to what is left before a
+/// scheduled run's `deadline`; None once nothing is left (the key is not started).
+pub fn time_left(
+    request_timeout: Duration,
+    deadline: Option<std::time::Instant>,
+) -> Option<Duration> {
+    match deadline {
+        None => Some(request_timeout),
+        Some(d) => {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            (!left.is_zero()).then(|| request_timeout.min(left))
+        }
+    }
+}

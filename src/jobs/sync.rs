@@ -119,14 +119,9 @@ async fn sync_one(
     c: Candidate,
     deadline: Option<Instant>,
 ) -> Result<Option<super::Done<KeySync>>, Error> {
-    let mut timeout = rt.request_timeout;
-    if let Some(d) = deadline {
-        let left = d.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        timeout = timeout.min(left);
-    }
+    let Some(timeout) = super::time_left(rt.request_timeout, deadline) else {
+        return Ok(None);
+    };
     let Candidate {
         key,
         status: before,

@@ -106,14 +106,9 @@ async fn test_one(
     c: Candidate,
     deadline: Option<Instant>,
 ) -> Result<Option<super::Done<KeyTest>>, Error> {
-    let mut timeout = rt.request_timeout;
-    if let Some(d) = deadline {
-        let left = d.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        timeout = timeout.min(left);
-    }
+    let Some(timeout) = super::time_left(rt.request_timeout, deadline) else {
+        return Ok(None);
+    };
     let Candidate {
         key,
         status: before,
