@@ -18,6 +18,38 @@ pub struct Config {
     pub crypto: CryptoConfig,
     pub log: LogConfig,
     pub jobs: JobsConfig,
+    #[serde(default)]
+    pub otel: OtelConfig,
+}
+
+/// Trace export (OpenTelemetry, OTLP over HTTP/protobuf). The standard `OTEL_*` variables set
+/// these too: `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+/// `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER_ARG`, `OTEL_SDK_DISABLED`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtelConfig {
+    /// Collector base URL (`http://collector:4318`); spans go to `<endpoint>/v1/traces`. Unset:
+    /// no traces are exported.
+    pub endpoint: Option<String>,
+    /// The full URL for spans, when it is not `<endpoint>/v1/traces`.
+    pub traces_endpoint: Option<String>,
+    pub service_name: String,
+    /// Share of new traces recorded, 0 to 1; a client's `traceparent` decision is followed.
+    pub sample_ratio: f64,
+    /// Turns export off whatever else is set.
+    pub disabled: bool,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            traces_endpoint: None,
+            service_name: "keygate".into(),
+            sample_ratio: 1.0,
+            disabled: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +255,11 @@ impl Config {
             ("GLOBAL_PROXY_KEYS", "proxy.global_proxy_keys"),
             ("KEYGATE_ENCRYPTION_KEY", "crypto.encryption_key"),
             ("KEYGATE_DEFAULT_SLUG", "proxy.default_slug"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "otel.endpoint"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otel.traces_endpoint"),
+            ("OTEL_SERVICE_NAME", "otel.service_name"),
+            ("OTEL_TRACES_SAMPLER_ARG", "otel.sample_ratio"),
+            ("OTEL_SDK_DISABLED", "otel.disabled"),
         ];
         for (var, key) in short {
             if let Some(v) = env(var).filter(|v| !v.is_empty()) {

@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load()?;
-    keygate::telemetry::init_tracing(&config.log.format);
+    let telemetry = keygate::telemetry::init(&config.log.format, &config.otel);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
             keygate::db::connect(&config.database).await?;
@@ -49,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Openapi => unreachable!("handled above"),
     }
+    // The spans of the last requests are still queued for the collector.
+    telemetry.shutdown().await;
     Ok(())
 }
 

@@ -14,6 +14,8 @@ pub(crate) use observed::Observed;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tracing::Instrument;
+
 use crate::domain::KeyStatus;
 pub use crate::domain::Strategy;
 
@@ -498,14 +500,22 @@ impl Coord {
     pub async fn acquire(&self, req: &AcquireReq<'_>) -> Result<Acquire, CoordError> {
         match self {
             Self::Memory(m) => Ok(m.acquire(req)),
-            Self::Redis(r) => r.acquire(req).await,
+            Self::Redis(r) => {
+                r.acquire(req)
+                    .instrument(tracing::info_span!("coord.acquire"))
+                    .await
+            }
         }
     }
 
     pub async fn release(&self, lease: &Lease, usage: &Usage) -> Result<Released, CoordError> {
         match self {
             Self::Memory(m) => Ok(m.release(lease, usage)),
-            Self::Redis(r) => r.release(lease, usage).await,
+            Self::Redis(r) => {
+                r.release(lease, usage)
+                    .instrument(tracing::info_span!("coord.release", key_id = lease.key_id))
+                    .await
+            }
         }
     }
 
@@ -517,7 +527,11 @@ impl Coord {
                 m.settle(client, delta);
                 Ok(())
             }
-            Self::Redis(r) => r.settle(client, delta).await,
+            Self::Redis(r) => {
+                r.settle(client, delta)
+                    .instrument(tracing::info_span!("coord.settle"))
+                    .await
+            }
         }
     }
 
@@ -580,6 +594,11 @@ impl Coord {
             }
             Self::Redis(r) => {
                 r.report(service_id, key_id, lease, fault, n_keys, took_ms, class)
+                    .instrument(tracing::info_span!(
+                        "coord.report",
+                        key_id,
+                        fault = fault.script_name()
+                    ))
                     .await
             }
         }

@@ -4,6 +4,7 @@
 //! returned stays in the finaliser.
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use axum::http::{HeaderMap, Method, StatusCode};
 use futures::TryStreamExt;
@@ -241,12 +242,22 @@ pub async fn run(
             last_failure = Some(Failure::Connect);
             continue;
         }
+        // One span per attempt, to its answer's head; the upstream's `traceparent` names it.
+        let attempt = tracing::info_span!(
+            "upstream.attempt",
+            otel.kind = "client",
+            key_id = key.id,
+            attempt = fin.attempts,
+            status = tracing::field::Empty,
+        );
+        crate::telemetry::trace::inject(&attempt, &mut headers);
         let send = svc
             .client_for(index, &state.http)
             .request(method.clone(), &adm.url)
             .headers(headers)
             .body(reqwest_body)
-            .send();
+            .send()
+            .instrument(attempt.clone());
         let timeout = per_attempt.min(deadline.saturating_duration_since(Instant::now()));
         // The key had all the time an attempt gets: a timeout is then the key's.
         let full = timeout >= per_attempt;
@@ -321,6 +332,7 @@ pub async fn run(
                 continue;
             }
             Ok(Ok(resp)) => {
+                attempt.record("status", resp.status().as_u16());
                 fin.head_arrived(resp.status().as_u16());
                 resp
             }

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use super::error::{ErrorKind, ProxyError};
 use crate::billing::pricing::Price;
+
 use crate::coord::{ClientLimits, Coord, Fault, Lease, Released, Report, StatClass, Usage};
 use crate::events::{KeyStatusChange, RequestEvent, Tokens};
 use crate::formats::Format;
@@ -69,6 +71,9 @@ pub struct Finish {
     cost: Option<i64>,
     /// The request body, to estimate its prompt tokens from when the upstream reports none.
     pub prompt: Option<bytes::Bytes>,
+    /// The request's span (`llm.request`): its fields are filled in as the request ends, and
+    /// work done off the request's task (releases, reports) runs inside it.
+    pub span: tracing::Span,
     /// The answer as the client received it, up to the service's capture size (None: the
     /// service captures no bodies, or no answer came through the meter).
     pub response_capture: Option<Vec<u8>>,
@@ -104,6 +109,7 @@ impl Finish {
             cost: None,
             prompt: None,
             response_capture: None,
+            span: tracing::Span::current(),
             done: false,
         }
     }
@@ -176,24 +182,27 @@ impl Finish {
             (Fault::Failure, Some(s)) => StatClass::Server(s),
             (_, s) => StatClass::Client(s.unwrap_or(0)),
         };
-        let task = tokio::spawn(async move {
-            let r = report(
-                &st,
-                &svc,
-                h.lease.key_id,
-                Some(&h.lease),
-                fault,
-                &reason,
-                took,
-                Some(class),
-            )
-            .await;
-            if r.is_none() {
-                let _ = st.coord.release(&h.lease, &Usage::default()).await;
+        let task = tokio::spawn(
+            async move {
+                let r = report(
+                    &st,
+                    &svc,
+                    h.lease.key_id,
+                    Some(&h.lease),
+                    fault,
+                    &reason,
+                    took,
+                    Some(class),
+                )
+                .await;
+                if r.is_none() {
+                    let _ = st.coord.release(&h.lease, &Usage::default()).await;
+                }
+                st.lease_released.notify_waiters();
+                r
             }
-            st.lease_released.notify_waiters();
-            r
-        });
+            .instrument(self.span.clone()),
+        );
         task.await.ok().flatten()
     }
 
@@ -233,7 +242,7 @@ impl Finish {
                         }
                     }
                     st.lease_released.notify_waiters();
-                });
+                }.instrument(self.span.clone()));
             }
         }
     }
@@ -273,20 +282,23 @@ impl Finish {
     pub fn end_broken(mut self, reason: &'static str) {
         if let (Some(h), Some(svc)) = (self.take_held(), self.svc.clone()) {
             let st = self.state.clone();
-            tokio::spawn(async move {
-                report(
-                    &st,
-                    &svc,
-                    h.lease.key_id,
-                    Some(&h.lease),
-                    Fault::Failure,
-                    reason,
-                    None,
-                    Some(StatClass::Server(h.head_status.unwrap_or(0))),
-                )
-                .await;
-                st.lease_released.notify_waiters();
-            });
+            tokio::spawn(
+                async move {
+                    report(
+                        &st,
+                        &svc,
+                        h.lease.key_id,
+                        Some(&h.lease),
+                        Fault::Failure,
+                        reason,
+                        None,
+                        Some(StatClass::Server(h.head_status.unwrap_or(0))),
+                    )
+                    .await;
+                    st.lease_released.notify_waiters();
+                }
+                .instrument(self.span.clone()),
+            );
         }
         self.emit(Some("stream_broken"), false);
     }
@@ -325,15 +337,19 @@ impl Finish {
             && let Some(c) = self.client
         {
             let st = self.state.clone();
-            tokio::spawn(async move {
-                if let Err(e) = st.coord.settle(&c, -reserved).await {
-                    metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
+            tokio::spawn(
+                async move {
+                    if let Err(e) = st.coord.settle(&c, -reserved).await {
+                        metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
+                    }
                 }
-            });
+                .instrument(self.span.clone()),
+            );
         }
         let status = self.status;
         metrics::counter!(m::REQUESTS_TOTAL, "slug" => self.label.clone(), "status" => status.to_string())
             .increment(1);
+        self.record_span(status, error_kind);
         let bodies = self.captured();
         self.state.events.request(RequestEvent {
             id: uuid::Uuid::now_v7(),
@@ -364,6 +380,28 @@ impl Finish {
 }
 
 impl Finish {
+    /// Fills in the request span's outcome (its attributes in the exported trace).
+    fn record_span(&self, status: u16, error_kind: Option<&str>) {
+        let s = &self.span;
+        s.record("status", status);
+        s.record("attempts", self.attempts);
+        s.record("upstream_format", self.upstream_fmt.name());
+        if let Some(m) = &self.model {
+            s.record("model", m.as_str());
+        }
+        if let Some(m) = &self.upstream_model {
+            s.record("upstream_model", m.as_str());
+        }
+        s.record("prompt_tokens", self.tokens.prompt);
+        s.record("completion_tokens", self.tokens.completion);
+        if let Some(c) = self.cost {
+            s.record("cost", crate::money::format_units(c).as_str());
+        }
+        if let Some(k) = error_kind {
+            s.record("error_kind", k);
+        }
+    }
+
     /// The bodies to store with the log row, cut and redacted, when the service captures them.
     fn captured(&mut self) -> Option<Box<crate::events::capture::Bodies>> {
         let capture = self.svc.as_ref()?.capture.clone()?;

@@ -31,6 +31,7 @@ use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::response::Response;
 use axum::routing::any;
+use tracing::Instrument;
 
 use error::{ErrorKind, ProxyError};
 use failover::Outcome;
@@ -98,9 +99,43 @@ async fn default_slug(State(state): State<AppState>, req: Request) -> Response {
     handle(state, slug, path, Mode::Llm, req).await
 }
 
-/// The pipeline: each stage either hands on or ends the request through the finaliser.
+/// One request in its span (`llm.request`), the parent of its attempts and coordination calls
+/// and, with a client's `traceparent`, the child of the client's span.
 async fn handle(state: AppState, slug: String, path: String, mode: Mode, req: Request) -> Response {
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        "llm.request",
+        otel.kind = "server",
+        slug = %slug,
+        method = %req.method(),
+        client_format = Empty,
+        upstream_format = Empty,
+        model = Empty,
+        upstream_model = Empty,
+        status = Empty,
+        attempts = Empty,
+        prompt_tokens = Empty,
+        completion_tokens = Empty,
+        cost = Empty,
+        error_kind = Empty,
+        trace_id = Empty,
+    );
+    crate::telemetry::trace::adopt_client_parent(&span, req.headers());
+    pipeline(state, slug, path, mode, req)
+        .instrument(span)
+        .await
+}
+
+/// The pipeline: each stage either hands on or ends the request through the finaliser.
+async fn pipeline(
+    state: AppState,
+    slug: String,
+    path: String,
+    mode: Mode,
+    req: Request,
+) -> Response {
     let (fmt, endpoint) = ingress::client_format(req.headers(), &path, mode);
+    tracing::Span::current().record("client_format", fmt.name());
     let mut fin = Finish::start(&state, &slug, &path, fmt);
     if path.is_empty() && mode == Mode::Llm {
         let e = ProxyError::new(

@@ -3,6 +3,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// Span batches the OTLP exporter could not deliver (the collector is down or refused them).
+pub const OTEL_EXPORT_FAILURES_TOTAL: &str = "keygate_otel_export_failures_total";
 /// Data-plane requests, by `slug` and `status` (HTTP status returned to the client).
 pub const REQUESTS_TOTAL: &str = "keygate_requests_total";
 /// Time from request to response head, by `slug`.
@@ -69,6 +71,10 @@ pub fn handle() -> PrometheusHandle {
             // Another recorder may already be installed (embedding); ours still renders.
             let _ = metrics::set_global_recorder(recorder);
             metrics::describe_counter!(REQUESTS_TOTAL, "Data-plane requests by slug and status");
+            metrics::describe_counter!(
+                OTEL_EXPORT_FAILURES_TOTAL,
+                "Trace span batches the OTLP exporter could not deliver"
+            );
             metrics::describe_histogram!(
                 REQUEST_DURATION,
                 metrics::Unit::Seconds,

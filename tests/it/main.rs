@@ -28,4 +28,5 @@ mod router;
 mod routing;
 mod sinks;
 mod stats;
+mod traces;
 mod validation;

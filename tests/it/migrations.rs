@@ -1,7 +1,7 @@
 //! Schema migrations on a real database of each backend: money columns move from doubles to
 //! integer micros and back without losing a value; request logs become daily partitions on
 //! Postgres and a plain table again on rollback.
-use migration::{MigrationName, Migrator, MigratorTrait};
+use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, Statement, Value};
 
 use crate::both;
