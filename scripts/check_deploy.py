@@ -435,3 +435,190 @@ def docker_context_catches_a_missing_stub() -> str:
             raise CheckFailed(f"failed, but not about the bench target:\n{e}")
         return "a Dockerfile without the benches/ stub is rejected"
     raise CheckFailed("the check passed a Dockerfile that lacks the benches/ stub")
+
+
+# ---------------------------------------------------------------------------------------------
+# Compose files and the configs they mount (no Docker needed).
+# ---------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CheckFailed(f"{path.relative_to(ROOT)}: {e}")
+
+
+def compose_references(name: str) -> str:
+    """depends_on, volumes, networks, bind mounts and the build context all resolve."""
+    path = ROOT / name
+    doc = load_yaml(path)
+    services = doc.get("services") or {}
+    volumes = set((doc.get("volumes") or {}).keys())
+    networks = set((doc.get("networks") or {}).keys()) | {"default"}
+    errors = []
+    for sname, svc in services.items():
+        if not isinstance(svc, dict):
+            errors.append(f"{sname}: not a mapping")
+            continue
+        if "image" not in svc and "build" not in svc:
+            errors.append(f"{sname}: neither image nor build")
+        deps = svc.get("depends_on") or []
+        for dep in deps if isinstance(deps, list) else deps.keys():
+            if dep not in services:
+                errors.append(f"{sname}: depends_on unknown service {dep}")
+        nets = svc.get("networks") or []
+        for net in nets if isinstance(nets, list) else nets.keys():
+            if net not in networks:
+                errors.append(f"{sname}: network {net} is not declared under networks:")
+        for vol in svc.get("volumes") or []:
+            src = vol.get("source", "") if isinstance(vol, dict) else vol.split(":")[0]
+            if src.startswith((".", "/")):
+                if src.startswith(".") and not (path.parent / src).exists():
+                    errors.append(f"{sname}: bind mount source {src} does not exist")
+            elif src and src not in volumes:
+                errors.append(f"{sname}: volume {src} is not declared under volumes:")
+        build = svc.get("build")
+        if build:
+            ctx = path.parent / (build if isinstance(build, str) else build.get("context", "."))
+            dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+            if not (ctx / dockerfile).exists():
+                errors.append(f"{sname}: build context {ctx} has no {dockerfile}")
+        env = svc.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+        for key, value in env.items():
+            if key == "OTEL_EXPORTER_OTLP_ENDPOINT":
+                host = urlparse(str(value)).hostname
+                if host not in services:
+                    errors.append(f"{sname}: {key} points at {host}, which is no service here")
+    used = {(v.get("source") if isinstance(v, dict) else v.split(":")[0])
+            for s in services.values() for v in (s.get("volumes") or [])}
+    for v in volumes - used:
+        errors.append(f"volume {v} is declared but no service mounts it")
+    if errors:
+        raise CheckFailed("\n".join(f"{name}: {e}" for e in errors))
+    return f"{len(services)} services"
+
+
+def keygate_services(doc) -> dict:
+    return {n: s for n, s in (doc.get("services") or {}).items()
+            if s.get("image") == "keygate:local" and s.get("command", ["serve"]) == ["serve"]}
+
+
+def compose_embedded_shape() -> str:
+    doc = load_yaml(ROOT / "docker-compose.yml")
+    kg = keygate_services(doc)
+    if len(kg) != 1:
+        raise CheckFailed(f"the embedded setup runs exactly one keygate, found {sorted(kg)}")
+    (name, svc), = kg.items()
+    mounts = [v for v in svc.get("volumes") or [] if isinstance(v, str) and v.split(":")[1] == "/var/lib/keygate"]
+    if not mounts or mounts[0].split(":")[0] not in (doc.get("volumes") or {}):
+        raise CheckFailed(f"{name} keeps its SQLite database on a named volume at /var/lib/keygate")
+    env = svc.get("environment") or {}
+    if any(k in env for k in ("DATABASE_URL", "REDIS_URL")):
+        raise CheckFailed("the embedded setup must not set DATABASE_URL or REDIS_URL")
+    return f"{name} with volume {mounts[0].split(':')[0]}"
+
+
+def compose_enterprise_shape() -> str:
+    doc = load_yaml(ROOT / "docker-compose.enterprise.yml")
+    services = doc["services"]
+    kg = keygate_services(doc)
+    errors = []
+    if len(kg) < 2:
+        errors.append(f"at least two keygate replicas, found {sorted(kg)}")
+    otel = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG")
+    for n, s in kg.items():
+        missing = [k for k in otel if k not in (s.get("environment") or {})]
+        if missing:
+            errors.append(f"{n} lacks {', '.join(missing)}")
+    nginx = (ROOT / "deploy/nginx/keygate.conf").read_text()
+    upstream = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", nginx, re.M)
+    if sorted(h for h, _ in upstream) != sorted(kg):
+        errors.append(f"nginx upstream {sorted(h for h, _ in upstream)} != keygate services {sorted(kg)}")
+    prom = load_yaml(ROOT / "deploy/prometheus/prometheus.yml")
+    for job in prom.get("scrape_configs", []):
+        for sc in job.get("static_configs", []):
+            for t in sc.get("targets", []):
+                host = urlparse(t if "//" in t else "//" + t).hostname
+                if host not in services and host != "localhost":
+                    errors.append(f"prometheus job {job['job_name']} scrapes {t}: no such service")
+        if job["job_name"] == "keygate":
+            scraped = sorted(urlparse("//" + t).hostname for sc in job["static_configs"] for t in sc["targets"])
+            if scraped != sorted(kg):
+                errors.append(f"prometheus job keygate scrapes {scraped}, replicas are {sorted(kg)}")
+    for needed in ("otel-collector", "jaeger", "lb"):
+        if needed not in services:
+            errors.append(f"service {needed} is missing")
+    if errors:
+        raise CheckFailed("\n".join(errors))
+    return f"{len(kg)} replicas behind nginx, traces to {services['otel-collector']['image']}"
+
+
+def otel_collector_config() -> str:
+    """Every component a pipeline names is defined, and the exporters reach a compose service."""
+    cfg = load_yaml(ROOT / "deploy/otel/collector.yaml")
+    services = load_yaml(ROOT / "docker-compose.enterprise.yml")["services"]
+    errors = []
+    svc = cfg.get("service") or {}
+    for ext in svc.get("extensions", []):
+        if ext not in (cfg.get("extensions") or {}):
+            errors.append(f"extension {ext} is not defined")
+    pipelines = svc.get("pipelines") or {}
+    if "traces" not in pipelines:
+        errors.append("no traces pipeline")
+    for pname, p in pipelines.items():
+        for kind in ("receivers", "processors", "exporters"):
+            for comp in p.get(kind, []):
+                if comp not in (cfg.get(kind) or {}):
+                    errors.append(f"pipeline {pname}: {kind[:-1]} {comp} is not defined")
+    for ename, e in (cfg.get("exporters") or {}).items():
+        endpoint = str((e or {}).get("endpoint", ""))
+        host = urlparse(endpoint if "//" in endpoint else "//" + endpoint).hostname
+        if host and host not in services:
+            errors.append(f"exporter {ename} sends to {host}, which is no compose service")
+    receivers = (cfg.get("receivers") or {}).get("otlp", {}).get("protocols", {})
+    if "http" not in receivers:
+        errors.append("the otlp receiver must accept HTTP: keygate exports OTLP/HTTP")
+    if errors:
+        raise CheckFailed("\n".join(errors))
+    return ", ".join(f"{k}: {v.get('receivers')} -> {v.get('exporters')}" for k, v in pipelines.items())
+
+
+def docker_compose_config(name: str) -> str:
+    """`docker compose config` when the compose plugin exists (it is not needed otherwise)."""
+    if not shutil.which("docker") or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode:
+        raise Skipped("docker compose not installed")
+    env = {**os.environ}
+    for var in re.findall(r"\$\{(\w+):\?", (ROOT / name).read_text()):
+        env.setdefault(var, "check-deploy-placeholder")
+    proc = subprocess.run(["docker", "compose", "-f", name, "config", "--quiet"], cwd=ROOT,
+                          capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise CheckFailed(proc.stderr)
+    return ""
+
+
+YAMLLINT_CONFIG = (
+    "{extends: default, rules: {line-length: {max: 120}, document-start: disable, "
+    "truthy: {check-keys: false}, comments: {min-spaces-from-content: 1}}}"
+)
+
+
+def yaml_files() -> list[str]:
+    files = ["docker-compose.yml", "docker-compose.enterprise.yml"]
+    files += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy").rglob("*.y*ml"))
+    files += sorted(str(p.relative_to(ROOT)) for p in CHART.rglob("*.yaml") if "templates" not in p.parts)
+    return files
+
+
+def yamllint() -> str:
+    files = yaml_files()
+    run([tool("YAMLLINT"), "--strict", "-d", YAMLLINT_CONFIG, *files], cwd=ROOT)
+    return f"{len(files)} files"
+
+
+def hadolint() -> str:
+    run([tool("HADOLINT"), "--failure-threshold", "info", "Dockerfile"], cwd=ROOT)
+    return ""
