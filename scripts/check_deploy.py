@@ -48,9 +48,9 @@ class Report:
         self.failed: list[str] = []
         self.skipped: list[str] = []
 
-    def run(self, name: str, fn, *args) -> None:
+    def run(self, name: str, fn, *args, **kwargs) -> None:
         try:
-            detail = fn(*args)
+            detail = fn(*args, **kwargs)
         except Skipped as e:
             self.skipped.append(f"{name} ({e})")
             print(f"check {name} ... skipped: {e}", flush=True)
@@ -622,3 +622,261 @@ def yamllint() -> str:
 def hadolint() -> str:
     run([tool("HADOLINT"), "--failure-threshold", "info", "Dockerfile"], cwd=ROOT)
     return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus rules and config.
+# ---------------------------------------------------------------------------------------------
+
+
+def promtool_check_rules() -> str:
+    out = run([tool("PROMTOOL"), "check", "rules", str(ALERTS.relative_to(ROOT))], cwd=ROOT).stdout
+    return " ".join(out.split()[-3:])
+
+
+def promtool_test_rules() -> str:
+    run([tool("PROMTOOL"), "test", "rules", "alerts_test.yml"], cwd=ALERTS.parent)
+    return ""
+
+
+def promtool_check_config() -> str:
+    """prometheus.yml names its rule file by the container path; point it at the repo's copy."""
+    promtool = tool("PROMTOOL")
+    text = (ALERTS.parent / "prometheus.yml").read_text()
+    if "/etc/prometheus/alerts.yml" not in text:
+        raise CheckFailed("prometheus.yml no longer loads /etc/prometheus/alerts.yml")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "prometheus.yml"
+        cfg.write_text(text.replace("/etc/prometheus/alerts.yml", str(ALERTS)))
+        run([promtool, "check", "config", str(cfg)])
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Helm chart: lint, render with several value sets, validate what comes out.
+# ---------------------------------------------------------------------------------------------
+
+VALUE_SETS = {
+    # name: kinds the rendering must contain, kinds it must not
+    "default": ({"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "Job"},
+                {"Secret", "PersistentVolumeClaim", "Ingress", "NetworkPolicy", "PrometheusRule"}),
+    "enterprise": ({"Deployment", "Service", "ServiceAccount", "Secret", "Job", "Ingress", "HTTPRoute",
+                    "NetworkPolicy", "PrometheusRule", "ServiceMonitor", "HorizontalPodAutoscaler",
+                    "PodDisruptionBudget"}, {"PersistentVolumeClaim"}),
+    "embedded": ({"Deployment", "Service", "PersistentVolumeClaim", "Secret", "Ingress"},
+                 {"Job", "PodDisruptionBudget", "HorizontalPodAutoscaler"}),
+}
+# kubernetes-validate schemas: the chart's kubeVersion floor and the newest it ships.
+VALIDATE_VERSIONS = ("1.25.0", "1.37.0")
+
+
+def helm(*args: str, ok_codes=(0,)) -> subprocess.CompletedProcess:
+    return run([tool("HELM"), *args], cwd=ROOT, ok_codes=ok_codes)
+
+
+def chart_alerts_in_sync() -> str:
+    if CHART_ALERTS.read_bytes() != ALERTS.read_bytes():
+        raise CheckFailed(
+            f"{CHART_ALERTS.relative_to(ROOT)} differs from {ALERTS.relative_to(ROOT)}; the chart's "
+            f"PrometheusRule is built from the copy. Run:\n  cp {ALERTS.relative_to(ROOT)} "
+            f"{CHART_ALERTS.relative_to(ROOT)}"
+        )
+    return "files/alerts.yml == deploy/prometheus/alerts.yml"
+
+
+def helm_lint(value_set: str) -> str:
+    helm("lint", "--strict", str(CHART.relative_to(ROOT)), "-f", f"{CHART.relative_to(ROOT)}/ci/{value_set}-values.yaml",
+         "--kube-version", VALIDATE_VERSIONS[0])
+    return ""
+
+
+def render(value_set: str, *extra: str) -> str:
+    return helm("template", "kg", str(CHART.relative_to(ROOT)), "--namespace", "llm",
+                "-f", f"{CHART.relative_to(ROOT)}/ci/{value_set}-values.yaml",
+                "--kube-version", VALIDATE_VERSIONS[0], *extra).stdout
+
+
+def docs_of(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def helm_template_validate(value_set: str) -> str:
+    kv = tool("KUBERNETES_VALIDATE")
+    text = render(value_set)
+    docs = docs_of(text)
+    kinds = {d["kind"] for d in docs}
+    want, unwanted = VALUE_SETS[value_set]
+    errors = []
+    if want - kinds:
+        errors.append(f"missing kinds: {sorted(want - kinds)}")
+    if kinds & unwanted:
+        errors.append(f"unexpected kinds: {sorted(kinds & unwanted)}")
+    errors += cross_references(docs)
+    core = [d for d in docs if d["kind"] not in CRD_KINDS]
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / f"{value_set}.yaml"
+        f.write_text(yaml.safe_dump_all(core))
+        for version in VALIDATE_VERSIONS:
+            proc = subprocess.run([*kv.split(), "--strict", "--quiet", "-k", version, str(f)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                errors.append(f"kubernetes-validate {version}:\n{proc.stdout}{proc.stderr}")
+        for d in docs:
+            if d["kind"] == "PrometheusRule":
+                errors += prometheus_rule_errors(d, Path(tmp))
+    if errors:
+        raise CheckFailed("\n".join(errors))
+    return f"{len(docs)} objects ({', '.join(sorted(kinds))}) valid for Kubernetes {' and '.join(VALIDATE_VERSIONS)}"
+
+
+def cross_references(docs: list[dict]) -> list[str]:
+    """What kubernetes-validate cannot see: names that must point at each other."""
+    errors = []
+    by_kind: dict[str, list[dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    svc = by_kind["Service"][0]
+    dep = by_kind["Deployment"][0]
+    pod = dep["spec"]["template"]
+    svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+
+    def selects(selector: dict, labels: dict) -> bool:
+        return all(labels.get(k) == v for k, v in selector.items())
+
+    if not selects(svc["spec"]["selector"], pod["metadata"]["labels"]):
+        errors.append("the Service does not select the Deployment's pods")
+    if not selects(dep["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"]):
+        errors.append("the Deployment's selector does not match its pod labels")
+    for job in by_kind.get("Job", []):
+        if selects(svc["spec"]["selector"], job["spec"]["template"]["metadata"]["labels"]):
+            errors.append("the Service would route traffic to the migration Job's pod")
+        hooks = job["metadata"].get("annotations", {}).get("helm.sh/hook", "")
+        if set(hooks.split(",")) != {"pre-install", "pre-upgrade"}:
+            errors.append(f"the migration Job is not a pre-install,pre-upgrade hook: {hooks!r}")
+        if job["spec"]["template"]["spec"]["containers"][0].get("args") != ["migrate"]:
+            errors.append("the migration Job does not run `keygate migrate`")
+        errors += pod_refs(job["spec"]["template"]["spec"], names, "Job", hook=True, docs=docs)
+    errors += pod_refs(pod["spec"], names, "Deployment", hook=False, docs=docs)
+    container_ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    for name, p in svc_ports.items():
+        if p["targetPort"] not in container_ports:
+            errors.append(f"Service port {name} targets {p['targetPort']}, which no container names")
+    for np in by_kind.get("NetworkPolicy", []):
+        if not selects(np["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"]):
+            errors.append("the NetworkPolicy does not select keygate's pods")
+        for rule in np["spec"].get("ingress", []):
+            for p in rule.get("ports", []):
+                if isinstance(p["port"], str) and p["port"] not in container_ports:
+                    errors.append(f"NetworkPolicy allows port {p['port']}, which no container names")
+    for ing in by_kind.get("Ingress", []):
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                b = path["backend"]["service"]
+                if b["name"] != svc["metadata"]["name"] or b["port"].get("name", "http") not in svc_ports:
+                    errors.append(f"Ingress backend {b} is not the keygate Service")
+    for route in by_kind.get("HTTPRoute", []):
+        if not route["spec"].get("parentRefs"):
+            errors.append("HTTPRoute without parentRefs attaches to no Gateway")
+        for rule in route["spec"]["rules"]:
+            for b in rule["backendRefs"]:
+                if b["name"] != svc["metadata"]["name"] or b["port"] not in {p["port"] for p in svc_ports.values()}:
+                    errors.append(f"HTTPRoute backend {b} is not the keygate Service")
+    for sm in by_kind.get("ServiceMonitor", []):
+        if not selects(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]):
+            errors.append("the ServiceMonitor does not select the Service")
+        for ep in sm["spec"]["endpoints"]:
+            if ep["port"] not in svc_ports:
+                errors.append(f"the ServiceMonitor scrapes port {ep['port']}, which the Service lacks")
+    spread = pod["spec"].get("topologySpreadConstraints", [])
+    if not spread:
+        errors.append("no topologySpreadConstraints (the default spread is missing)")
+    for c in spread:
+        if not selects(c["labelSelector"]["matchLabels"], pod["metadata"]["labels"]):
+            errors.append(f"topology spread on {c['topologyKey']} does not select keygate's pods")
+    return errors
+
+
+def pod_refs(spec: dict, names: set, what: str, hook: bool, docs: list[dict]) -> list[str]:
+    errors = []
+    volumes = {v["name"] for v in spec.get("volumes", [])}
+    for c in spec["containers"]:
+        for m in c.get("volumeMounts", []):
+            if m["name"] not in volumes:
+                errors.append(f"{what}: volumeMount {m['name']} has no volume")
+        for ef in c.get("envFrom", []):
+            ref = ef.get("secretRef", {}).get("name")
+            if not ref:
+                continue
+            rendered = next((d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref), None)
+            if rendered is None:
+                continue  # an existing Secret, made outside the chart
+            is_hook = "helm.sh/hook" in rendered["metadata"].get("annotations", {})
+            if hook and not is_hook:
+                errors.append(f"{what} (a hook) reads Secret {ref}, which does not exist yet at pre-install")
+    sa = spec.get("serviceAccountName")
+    if sa and sa != "default":
+        made = ("ServiceAccount", sa) in names
+        if hook and made:
+            errors.append(f"{what} (a hook) runs as ServiceAccount {sa}, created only after the hooks")
+        if not hook and not made:
+            errors.append(f"{what} runs as ServiceAccount {sa}, which the chart does not create")
+    return errors
+
+
+def prometheus_rule_errors(doc: dict, tmp: Path) -> list[str]:
+    """The PrometheusRule carries alerts.yml's rules (bar the disabled ones) and promtool accepts it."""
+    errors = []
+    groups = doc["spec"]["groups"]
+    rules_file = tmp / "prometheusrule.yml"
+    rules_file.write_text(yaml.safe_dump({"groups": groups}))
+    proc = subprocess.run([tool("PROMTOOL"), "check", "rules", str(rules_file)], capture_output=True, text=True)
+    if proc.returncode:
+        errors.append(f"promtool rejects the PrometheusRule:\n{proc.stdout}{proc.stderr}")
+    source = {r["alert"]: r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
+    rendered = {r["alert"]: r for g in groups for r in g["rules"]}
+    for name, r in rendered.items():
+        s = source.get(name)
+        if s is None:
+            errors.append(f"PrometheusRule has {name}, which alerts.yml lacks")
+            continue
+        # Only the job selectors may differ; compare with those normalised.
+        norm = lambda e: re.sub(r'job="[^"]*"', 'job="J"', e)
+        if norm(s["expr"]) != norm(r["expr"]) or s.get("for") != r.get("for") or s.get("annotations") != r.get("annotations"):
+            errors.append(f"PrometheusRule {name} differs from alerts.yml")
+        if not set(s.get("labels", {}).items()) <= set(r.get("labels", {}).items()):
+            errors.append(f"PrometheusRule {name} lost labels of alerts.yml")
+    if not rendered:
+        errors.append("the PrometheusRule has no rules")
+    return errors
+
+
+def helm_rejects(label: str, *args: str, expect: str) -> str:
+    proc = helm("template", "kg", str(CHART.relative_to(ROOT)), "--kube-version", VALIDATE_VERSIONS[0], *args,
+                ok_codes=range(0, 256))
+    if proc.returncode == 0:
+        raise CheckFailed(f"helm template accepted {label}")
+    if expect not in proc.stderr:
+        raise CheckFailed(f"helm template refused {label}, but not with {expect!r}:\n{proc.stderr}")
+    return f"refused: {expect}"
+
+
+def prometheus_rule_follows_values() -> str:
+    """Disabled alerts disappear, the job selector follows the Service name, labels are added."""
+    docs = docs_of(render("enterprise"))
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    svc = next(d for d in docs if d["kind"] == "Service")
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    names = {r["alert"] for r in rules}
+    source = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
+    errors = []
+    if names != source - {"KeygateNotReady"}:
+        errors.append(f"alerts {sorted(names)} != alerts.yml minus KeygateNotReady")
+    jobs = {j for r in rules for j in re.findall(r'job="([^"]*)"', r["expr"])}
+    if jobs - {svc["metadata"]["name"]}:
+        errors.append(f"job selectors {sorted(jobs)} should all be the Service name {svc['metadata']['name']}")
+    if any(r["labels"].get("team") != "platform" for r in rules):
+        errors.append("additionalLabels are not on every rule")
+    if errors:
+        raise CheckFailed("\n".join(errors))
+    return f"{len(names)} of {len(source)} alerts, job={svc['metadata']['name']}"
