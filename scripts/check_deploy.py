@@ -59,6 +59,10 @@ class Report:
             self.failed.append(name)
             print(f"check {name} ... FAILED\n{indent(str(e))}", flush=True)
             return
+        except Exception as e:  # a bug or an environment problem: still one failed check
+            self.failed.append(name)
+            print(f"check {name} ... FAILED ({type(e).__name__})\n{indent(str(e))}", flush=True)
+            return
         self.passed += 1
         print(f"check {name} ... ok{': ' + detail if detail else ''}", flush=True)
 
@@ -323,7 +327,7 @@ def run_cargo(stage: Stage, words: list[str], lineno: int, log: list[str]) -> No
     if len(words) < 2 or words[1] not in ("build", "fetch"):
         raise CheckFailed(f"line {lineno}: unexpected cargo command: {shlex.join(words)}")
     meta = subprocess.run(
-        ["cargo", "metadata", "--locked", "--offline", "--format-version", "1"],
+        [tool("CARGO"), "metadata", "--locked", "--offline", "--format-version", "1"],
         cwd=stage.path("."), capture_output=True, text=True,
     )
     if meta.returncode != 0:
@@ -335,7 +339,7 @@ def run_cargo(stage: Stage, words: list[str], lineno: int, log: list[str]) -> No
     # and reads every manifest before it selects targets. Asking it for a binary that cannot exist
     # parses the manifests as a build would and stops before compiling anything.
     probe = subprocess.run(
-        ["cargo", "build", "--locked", "--offline", "--bin", "check-deploy-probe"],
+        [tool("CARGO"), "build", "--locked", "--offline", "--bin", "check-deploy-probe"],
         cwd=stage.path("."), capture_output=True, text=True,
         env={**os.environ, "CARGO_TARGET_DIR": str(stage.root / ".probe-target")},
     )
@@ -880,3 +884,46 @@ def prometheus_rule_follows_values() -> str:
     if errors:
         raise CheckFailed("\n".join(errors))
     return f"{len(names)} of {len(source)} alerts, job={svc['metadata']['name']}"
+
+
+def main() -> int:
+    r = Report()
+    print("running deploy checks (scripts/check-deploy.sh)", flush=True)
+    # Image
+    r.run("dockerfile_build_context_loads_in_cargo", docker_context_current)
+    r.run("dockerfile_check_rejects_a_missing_bench_stub", docker_context_catches_a_missing_stub)
+    r.run("hadolint_dockerfile", hadolint)
+    # Compose
+    for name in ("docker-compose.yml", "docker-compose.enterprise.yml"):
+        r.run(f"compose_references_resolve[{name}]", compose_references, name)
+    r.run("compose_embedded_is_one_keygate_on_a_volume", compose_embedded_shape)
+    r.run("compose_enterprise_has_replicas_lb_and_tracing", compose_enterprise_shape)
+    r.run("otel_collector_pipeline_is_complete", otel_collector_config)
+    for name in ("docker-compose.yml", "docker-compose.enterprise.yml"):
+        r.run(f"docker_compose_config[{name}]", docker_compose_config, name)
+    r.run("yamllint_deploy_files", yamllint)
+    # Prometheus
+    r.run("promtool_check_rules", promtool_check_rules)
+    r.run("promtool_test_rules", promtool_test_rules)
+    r.run("promtool_check_config", promtool_check_config)
+    # Helm
+    r.run("chart_alert_rules_match_deploy_prometheus", chart_alerts_in_sync)
+    for v in VALUE_SETS:
+        r.run(f"helm_lint[{v}]", helm_lint, v)
+        r.run(f"helm_template_validates[{v}]", helm_template_validate, v)
+    r.run("prometheus_rule_follows_values", prometheus_rule_follows_values)
+    ci = f"{CHART.relative_to(ROOT)}/ci"
+    r.run("chart_schema_rejects_a_string_replica_count", helm_rejects, "replicaCount=two",
+          "-f", f"{ci}/default-values.yaml", "--set", "replicaCount=two", expect="replicaCount: Invalid type")
+    r.run("chart_schema_rejects_unknown_keys", helm_rejects, "a misspelt key",
+          "-f", f"{ci}/default-values.yaml", "--set", "ingres.enabled=true", expect="Additional property ingres")
+    r.run("chart_refuses_two_embedded_replicas", helm_rejects, "embedded mode with 2 replicas",
+          "-f", f"{ci}/embedded-values.yaml", "--set", "replicaCount=2", expect="runs exactly one replica")
+    r.run("chart_requires_a_database_url", helm_rejects, "no values", expect="secrets.databaseUrl is required")
+    r.run("chart_requires_httproute_parents", helm_rejects, "an HTTPRoute without parentRefs",
+          "-f", f"{ci}/default-values.yaml", "--set", "httpRoute.enabled=true", expect="httpRoute.parentRefs")
+    return r.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
