@@ -656,6 +656,43 @@ def promtool_check_config() -> str:
     return ""
 
 
+def grafana_dashboard_queries() -> str:
+    """Every panel query is valid PromQL (promtool parses it as a recording rule) and every
+    dashboard variable it uses is defined."""
+    promtool = tool("PROMTOOL")
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/keygate.json").read_text())
+    variables = {v["name"] for v in dash.get("templating", {}).get("list", [])}
+    exprs, errors = [], []
+
+    def panels(ps):
+        for p in ps:
+            yield p
+            yield from panels(p.get("panels", []))
+
+    for p in panels(dash.get("panels", [])):
+        for t in p.get("targets", []):
+            if t.get("expr"):
+                exprs.append((p.get("title", "?"), t["expr"]))
+    for title, e in exprs:
+        for var in re.findall(r"\$\{?(\w+)", e):
+            if not var.startswith("__") and var not in variables:
+                errors.append(f"panel {title!r} uses ${var}, which the dashboard does not define")
+    # Grafana's interval macros become a range, other variables a plain label value.
+    concrete = [re.sub(r"\$\{?\w+\}?", "x", re.sub(r"\$\{?__(rate_)?interval\}?|\$\{?__range\}?", "5m", e))
+                for _, e in exprs]
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(concrete)]}]}
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "dashboard-queries.yml"
+        f.write_text(yaml.safe_dump(rules))
+        proc = subprocess.run([promtool, "check", "rules", str(f)], capture_output=True, text=True)
+        if proc.returncode:
+            errors.append(f"promtool rejects a dashboard query:\n{proc.stdout}{proc.stderr}")
+    if errors:
+        raise CheckFailed("\n".join(errors))
+    return f"{len(exprs)} queries"
+
+
 # ---------------------------------------------------------------------------------------------
 # Helm chart: lint, render with several value sets, validate what comes out.
 # ---------------------------------------------------------------------------------------------
@@ -906,6 +943,7 @@ def main() -> int:
     r.run("promtool_check_rules", promtool_check_rules)
     r.run("promtool_test_rules", promtool_test_rules)
     r.run("promtool_check_config", promtool_check_config)
+    r.run("grafana_dashboard_queries_parse", grafana_dashboard_queries)
     # Helm
     r.run("chart_alert_rules_match_deploy_prometheus", chart_alerts_in_sync)
     for v in VALUE_SETS:
