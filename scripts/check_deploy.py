@@ -225,6 +225,7 @@ class Stage:
         self.name, self.base, self.root = name, base, tmp
         self.workdir = "/"
         self.artifacts: set[str] = set()  # absolute paths cargo would have built
+        self.last_build: tuple[dict, list[str]] | None = None  # metadata and --bin list
 
     def path(self, p: str) -> Path:
         absolute = p if p.startswith("/") else os.path.join(self.workdir, p)
@@ -315,7 +316,10 @@ def replay_run(stage: Stage, args: str, lineno: int, log: list[str]) -> None:
     queued: list[str] = []
     for cmd, words in steps + [("", ["cargo-end"])]:
         if words[0] in ("cargo", "cargo-end") and queued:
-            subprocess.run(["bash", "-euo", "pipefail", "-c", " && ".join(queued)], cwd=cwd, check=True)
+            proc = subprocess.run(["bash", "-euo", "pipefail", "-c", " && ".join(queued)], cwd=cwd,
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise CheckFailed(f"line {lineno}: RUN would fail in the image:\n{proc.stderr.strip()}")
             queued = []
         if words[0] == "cargo":
             run_cargo(stage, words, lineno, log)
@@ -357,9 +361,41 @@ def run_cargo(stage: Stage, words: list[str], lineno: int, log: list[str]) -> No
     for b in wanted:
         if b not in bins:
             raise CheckFailed(f"line {lineno}: cargo build --bin {b}: no such binary (have {sorted(bins)})")
-    for b in (wanted or sorted(bins)) if words[1] == "build" else []:
-        stage.artifacts.add(os.path.normpath(os.path.join(stage.workdir, "target", profile, b)))
+    if words[1] == "build":
+        stage.last_build = (data, wanted or sorted(bins))
+        for b in wanted or sorted(bins):
+            stage.artifacts.add(os.path.normpath(os.path.join(stage.workdir, "target", profile, b)))
     log.append(f"line {lineno} cargo metadata ok")
+
+
+def check_real_sources(stage: Stage) -> None:
+    """The stage's last cargo build compiles the real entry points (lib.rs, main.rs, build.rs of
+    every workspace crate, and of the binaries it builds), not a stub left over from the
+    dependency layer, and no build script of the repository is missing from the context."""
+    data, built_bins = stage.last_build
+    repo = json.loads(run([tool("CARGO"), "metadata", "--no-deps", "--offline", "--format-version", "1"],
+                          cwd=ROOT).stdout)
+    ctx_root = stage.path(".")
+    ctx_pkgs = {p["name"]: p for p in data["packages"] if p["id"] in set(data["workspace_members"])}
+    errors = []
+    for pkg in repo["packages"]:
+        for t in pkg["targets"]:
+            kinds = set(t["kind"])
+            if not (kinds & {"lib", "rlib", "proc-macro", "custom-build"} or ("bin" in kinds and t["name"] in built_bins)):
+                continue
+            rel = os.path.relpath(t["src_path"], ROOT)
+            twin = next((c for c in ctx_pkgs.get(pkg["name"], {}).get("targets", [])
+                         if c["name"] == t["name"] and set(c["kind"]) == kinds), None)
+            if twin is None:
+                errors.append(f"{pkg['name']}: target {t['name']} ({', '.join(sorted(kinds))}, {rel}) "
+                              f"is not in the image build: copy it")
+                continue
+            built = Path(twin["src_path"])
+            if not built.exists() or built.read_bytes() != Path(t["src_path"]).read_bytes():
+                errors.append(f"{pkg['name']}: the image compiles {os.path.relpath(built, ctx_root)} as a "
+                              f"stub or stale copy, not the repository's {rel}")
+    if errors:
+        raise CheckFailed("the final cargo build would not compile the real sources:\n" + "\n".join(errors))
 
 
 def check_includes(stage: Stage) -> None:
@@ -412,7 +448,8 @@ def docker_context(dockerfile_text: str) -> str:
             elif ins == "RUN" and len(stages) - 1 in cargo_stages:
                 replay_run(stage, args, lineno, log)
         for s in stages.values():
-            if s.artifacts:
+            if s.last_build:
+                check_real_sources(s)
                 check_includes(s)
     if not any(s.artifacts for s in stages.values()):
         raise CheckFailed("no stage runs cargo build: is this the right Dockerfile?")
