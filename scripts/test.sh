@@ -33,6 +33,14 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The deploy files (Dockerfile build context, compose, Helm chart, Prometheus rules): no Docker or
+# cluster needed; its own "test result:" line joins the total below.
+deploy_status=0
+if [ "${KEYGATE_DEPLOY_CHECKS:-1}" != 0 ]; then
+  scripts/check-deploy.sh 2>&1 | tee -a "$log"
+  deploy_status=${PIPESTATUS[0]}
+fi
+[ "$status" -ne 0 ] || status=$deploy_status
 set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -65,3 +65,57 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The ServiceAccount the pods run as. */}}
+{{- define "keygate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "keygate.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The migration Job runs only against Postgres: embedded mode migrates SQLite on start. */}}
+{{- define "keygate.migrationJob" -}}
+{{- if and .Values.migrationJob.enabled (not .Values.persistence.enabled) }}true{{ end }}
+{{- end }}
+
+{{/*
+Labels of the migration Job's pod. Deliberately not the selector labels: the Service and the
+NetworkPolicy must not pick up the Job's pod.
+*/}}
+{{- define "keygate.migrationLabels" -}}
+app.kubernetes.io/name: {{ include "keygate.name" . }}-migrate
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: migrate
+{{- end }}
+
+{{/* Environment shared by the server and the migration Job. */}}
+{{- define "keygate.commonEnv" -}}
+- name: KEYGATE__LOG__FORMAT
+  value: {{ .Values.config.logFormat | quote }}
+- name: RUST_LOG
+  value: {{ .Values.config.logLevel | quote }}
+{{- end }}
+
+{{/* OpenTelemetry trace export (standard OTEL_* variables), only with an endpoint. */}}
+{{- define "keygate.otelEnv" -}}
+{{- with .Values.otel }}
+{{- if .endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .endpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .serviceName | default "keygate" | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .samplerArg | toString | quote }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "service.instance.id=$(POD_NAME),k8s.pod.name=$(POD_NAME),k8s.namespace.name={{ $.Release.Namespace }}"
+{{- end }}
+{{- end }}
+{{- end }}
