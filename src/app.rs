@@ -62,11 +62,16 @@ impl App {
 
         let coord = match config.redis.url.as_ref().map(|u| u.expose_secret()) {
             Some(url) if !url.is_empty() => Coord::Redis(
-                RedisStore::connect(url, &config.redis.prefix, config.policy())
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("cannot connect to Redis {}: {e}", db::redacted_url(url))
-                    })?,
+                RedisStore::connect(
+                    url,
+                    &config.redis.prefix,
+                    config.policy(),
+                    config.redis.on_outage,
+                )
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot connect to Redis {}: {e}", db::redacted_url(url))
+                })?,
             ),
             _ => {
                 if config.is_enterprise() {
@@ -286,8 +291,20 @@ async fn refresh_loop(state: AppState) {
     let every = Duration::from_millis(state.config.proxy.refresh_interval_ms.max(50));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let replica = crate::coord::new_lease_id();
+    let mut next_heartbeat = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        // While Redis is down the outage probe watches it; asking here would log every tick.
+        if state.coord.degraded() {
+            continue;
+        }
+        if tokio::time::Instant::now() >= next_heartbeat {
+            next_heartbeat = tokio::time::Instant::now() + Duration::from_secs(2);
+            if let Err(e) = state.coord.heartbeat(&replica).await {
+                tracing::debug!(error = %e, "replica heartbeat failed");
+            }
+        }
         match state.coord.config_version().await {
             Ok(v) if v != state.snapshot.load().version => {
                 if let Err(e) = state.reload_to(v, "remote").await {

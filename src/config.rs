@@ -88,6 +88,9 @@ pub struct RedisConfig {
     pub url: Option<SecretString>,
     /// Every Redis key keygate writes starts with this prefix.
     pub prefix: String,
+    /// While Redis is unreachable: `degrade` (serve, coordinating in process with this replica's
+    /// share of the limits) or `fail` (refuse with 503).
+    pub on_outage: crate::coord::outage::OnOutage,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +224,7 @@ impl Config {
             .set_default("proxy.backoff_max_ms", 300_000)?
             .set_default("proxy.upstream_wide_percent", 60)?
             .set_default("proxy.upstream_wide_window_ms", 10_000)?
+            .set_default("redis.on_outage", "degrade")?
             .set_default("log.format", "text")?
             .set_default("log.retention_days", 30)?
             .set_default("log.requests", true)?

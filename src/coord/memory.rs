@@ -416,6 +416,7 @@ impl MemoryStore {
                 service_id: req.service_id,
                 key_id: spec.id,
                 member,
+                local: false,
             },
             fails: c.fails,
             probe: c.probe,

@@ -8,6 +8,7 @@
 //! `report` (the key failed; health transition and lease release) before trying another key.
 pub mod memory;
 mod observed;
+pub mod outage;
 pub mod redis;
 
 pub(crate) use observed::Observed;
@@ -181,6 +182,22 @@ pub struct KeyStats {
 }
 
 impl KeyStats {
+    /// Adds `other`'s counts (the balance and last use: the newer or present one).
+    pub fn merge(&mut self, other: KeyStats) {
+        self.requests += other.requests;
+        self.successes += other.successes;
+        self.failures_4xx += other.failures_4xx;
+        self.failures_5xx += other.failures_5xx;
+        self.failures_network += other.failures_network;
+        self.tokens += other.tokens;
+        self.cost += other.cost;
+        self.balance = self.balance.or(other.balance);
+        self.last_used = self.last_used.max(other.last_used);
+        for (code, n) in other.failures_by_status {
+            *self.failures_by_status.entry(code).or_insert(0) += n;
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.requests == 0
             && self.tokens == 0
@@ -292,6 +309,8 @@ pub struct Lease {
     pub key_id: i64,
     /// `<key id>:<lease id>`
     pub member: String,
+    /// Granted by the in-process store while Redis was down: released there too.
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -470,6 +489,9 @@ pub enum CoordError {
     Redis(#[from] ::redis::RedisError),
     #[error("unexpected script reply: {0}")]
     Reply(String),
+    /// Redis is down and `redis.on_outage = fail`: refused without trying it.
+    #[error("the coordination store is unreachable")]
+    Unavailable,
 }
 
 impl CoordError {
@@ -478,6 +500,7 @@ impl CoordError {
         match self {
             Self::Redis(_) => "redis",
             Self::Reply(_) => "reply",
+            Self::Unavailable => "unavailable",
         }
     }
 }
@@ -501,9 +524,20 @@ impl Coord {
         match self {
             Self::Memory(m) => Ok(m.acquire(req)),
             Self::Redis(r) => {
-                r.acquire(req)
+                if r.outage.is_down() {
+                    return r.acquire_degraded(req);
+                }
+                match r
+                    .acquire(req)
                     .instrument(tracing::info_span!("coord.acquire"))
                     .await
+                {
+                    Err(e) if outage::is_outage(&e) => {
+                        r.went_down(&e);
+                        r.acquire_degraded(req)
+                    }
+                    other => other,
+                }
             }
         }
     }
@@ -512,9 +546,22 @@ impl Coord {
         match self {
             Self::Memory(m) => Ok(m.release(lease, usage)),
             Self::Redis(r) => {
-                r.release(lease, usage)
+                // A lease of the outage (or any lease while Redis is down) is settled in process,
+                // so its statistics still reach the database.
+                if lease.local || r.outage.is_down() {
+                    return Ok(r.fallback.release(lease, usage));
+                }
+                match r
+                    .release(lease, usage)
                     .instrument(tracing::info_span!("coord.release", key_id = lease.key_id))
                     .await
+                {
+                    Err(e) if outage::is_outage(&e) => {
+                        r.went_down(&e);
+                        Ok(r.fallback.release(lease, usage))
+                    }
+                    other => other,
+                }
             }
         }
     }
@@ -525,6 +572,10 @@ impl Coord {
         match self {
             Self::Memory(m) => {
                 m.settle(client, delta);
+                Ok(())
+            }
+            Self::Redis(r) if r.outage.is_down() => {
+                r.fallback.settle(client, delta);
                 Ok(())
             }
             Self::Redis(r) => {
@@ -540,7 +591,18 @@ impl Coord {
     pub async fn take_stats(&self, key_ids: &[i64]) -> Result<Vec<KeyStats>, CoordError> {
         match self {
             Self::Memory(m) => Ok(m.take_stats(key_ids)),
-            Self::Redis(r) => r.take_stats(key_ids).await,
+            Self::Redis(r) => {
+                // What the outage's requests counted in process joins what Redis counted.
+                let local = r.fallback.take_stats(key_ids);
+                if r.outage.is_down() {
+                    return Ok(local);
+                }
+                let mut shared = r.take_stats(key_ids).await?;
+                for (s, l) in shared.iter_mut().zip(local) {
+                    s.merge(l);
+                }
+                Ok(shared)
+            }
         }
     }
 
@@ -556,6 +618,10 @@ impl Coord {
         match self {
             Self::Memory(m) => {
                 m.renew(lease, ttl_ms);
+                Ok(())
+            }
+            Self::Redis(r) if lease.local || r.outage.is_down() => {
+                r.fallback.renew(lease, ttl_ms);
                 Ok(())
             }
             Self::Redis(r) => r.renew(lease, ttl_ms).await,
@@ -593,13 +659,28 @@ impl Coord {
                 Ok(m.report(service_id, key_id, lease, fault, n_keys, took_ms, class))
             }
             Self::Redis(r) => {
-                r.report(service_id, key_id, lease, fault, n_keys, took_ms, class)
+                let local = || {
+                    Ok(r.fallback
+                        .report(service_id, key_id, lease, fault, n_keys, took_ms, class))
+                };
+                if lease.is_some_and(|l| l.local) || r.outage.is_down() {
+                    return local();
+                }
+                match r
+                    .report(service_id, key_id, lease, fault, n_keys, took_ms, class)
                     .instrument(tracing::info_span!(
                         "coord.report",
                         key_id,
                         fault = fault.script_name()
                     ))
                     .await
+                {
+                    Err(e) if outage::is_outage(&e) => {
+                        r.went_down(&e);
+                        local()
+                    }
+                    other => other,
+                }
             }
         }
     }
@@ -611,6 +692,8 @@ impl Coord {
                 m.add_live(deltas);
                 Ok(())
             }
+            // Live figures are shared or not at all: the outage's requests are not counted.
+            Self::Redis(r) if r.outage.is_down() => Ok(()),
             Self::Redis(r) => r.add_live(deltas).await,
         }
     }
@@ -626,6 +709,7 @@ impl Coord {
     pub async fn live_states(&self, key_ids: &[i64]) -> Result<Vec<LiveState>, CoordError> {
         match self {
             Self::Memory(m) => Ok(m.live_states(key_ids)),
+            Self::Redis(r) if r.outage.is_down() => Ok(r.fallback.live_states(key_ids)),
             Self::Redis(r) => r.live_states(key_ids).await,
         }
     }
@@ -674,6 +758,32 @@ impl Coord {
         match self {
             Self::Memory(m) => Ok(m.unlock(&lock.name, &lock.token)),
             Self::Redis(r) => r.unlock(&lock.name, &lock.token).await,
+        }
+    }
+
+    /// Redis is down and this replica coordinates in process (or refuses, fail-closed).
+    pub fn degraded(&self) -> bool {
+        matches!(self, Self::Redis(r) if r.outage.is_down())
+    }
+
+    /// Replicas seen alive at the last heartbeat (1 in process).
+    pub fn replicas(&self) -> u32 {
+        match self {
+            Self::Memory(_) => 1,
+            Self::Redis(r) => r.outage.replicas(),
+        }
+    }
+
+    /// Says this replica is alive and learns how many are (the share of limits in an outage).
+    pub async fn heartbeat(&self, replica: &str) -> Result<u32, CoordError> {
+        match self {
+            Self::Memory(_) => Ok(1),
+            Self::Redis(r) if r.outage.is_down() => Ok(r.outage.replicas()),
+            Self::Redis(r) => {
+                let n = r.heartbeat(replica).await?;
+                r.outage.set_replicas(n);
+                Ok(n)
+            }
         }
     }
 

@@ -10,10 +10,12 @@
 //! `lock:<name>` (background job locks), `live:<slug>:m:<minute>` (requests and tokens per
 //! second, fields `r:<sec>` / `t:<sec>`) and `live:<slug>:d:<day>` (fields `r`, `t`). Keys are computed inside scripts, so Redis Cluster is
 //! not supported; use a single primary (with replicas or Sentinel).
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
 
+use super::outage::{self, OnOutage, Outage, Prober};
 use super::{
     Acquire, AcquireReq, ClientLimits, CoordError, DAY_SECS, Fault, KeyStats, Lease, LiveCounts,
     LiveDelta, LiveState, Policy, Released, Remaining, Report, StatClass, Usage, new_lease_id,
@@ -40,6 +42,9 @@ pub struct RedisStore {
     renew: Script,
     unlock: Script,
     take_stats_script: Script,
+    /// Coordinates this replica's requests while Redis is down (degraded mode).
+    pub(super) fallback: super::memory::MemoryStore,
+    pub(super) outage: Arc<Outage>,
 }
 
 /// `"429=3,0=1"` (take_stats_v1's failures by status) into a map; malformed parts are skipped.
@@ -64,7 +69,12 @@ fn remaining(v: i64) -> Option<u64> {
 }
 
 impl RedisStore {
-    pub async fn connect(url: &str, prefix: &str, policy: Policy) -> anyhow::Result<Self> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        policy: Policy,
+        on_outage: OnOutage,
+    ) -> anyhow::Result<Self> {
         // A Redis that stops answering fails requests fast (503) instead of hanging them; the
         // manager reconnects in the background with a capped backoff.
         let cfg = redis::aio::ConnectionManagerConfig::new()
@@ -85,6 +95,8 @@ impl RedisStore {
             renew: Script::new(include_str!("lua/renew_v2.lua")),
             unlock: Script::new(include_str!("lua/unlock_v1.lua")),
             take_stats_script: Script::new(include_str!("lua/take_stats_v1.lua")),
+            fallback: super::memory::MemoryStore::new(policy.clone()),
+            outage: Outage::new(on_outage),
         };
         let mut conn = store.conn.clone();
         for s in [
@@ -183,6 +195,7 @@ impl RedisStore {
                         service_id: req.service_id,
                         key_id,
                         member: format!("{key_id}:{lease_id}"),
+                        local: false,
                     },
                     fails: fails.max(0) as u32,
                     probe: probe == 1,
@@ -518,8 +531,83 @@ impl RedisStore {
         Ok(n == 1)
     }
 
+    /// Turns this replica degraded (once per outage) with a probe that turns it back.
+    pub(super) fn went_down(&self, e: &CoordError) {
+        if self.outage.went_down(e, Ping(self.conn.clone())) {
+            metrics::counter!(crate::telemetry::metrics::COORD_ERRORS_TOTAL, "kind" => e.kind())
+                .increment(1);
+        }
+    }
+
+    /// An acquire while Redis is down: in process with this replica's share of the limits, or
+    /// refused when the operator chose fail-closed.
+    pub(super) fn acquire_degraded(&self, req: &AcquireReq<'_>) -> Result<Acquire, CoordError> {
+        if self.outage.mode == OnOutage::Fail {
+            return Err(CoordError::Unavailable);
+        }
+        let n = self.outage.replicas();
+        let keys = outage::keys_share(req.keys, n);
+        let shared = AcquireReq {
+            keys: &keys,
+            client: req.client.map(|c| outage::client_share(c, n)),
+            cap: req.cap.map(|c| c.div_ceil(n).max(1)),
+            ..req.clone()
+        };
+        Ok(match self.fallback.acquire(&shared) {
+            Acquire::Granted {
+                index,
+                mut lease,
+                fails,
+                probe,
+                remaining,
+            } => {
+                lease.local = true;
+                Acquire::Granted {
+                    index,
+                    lease,
+                    fails,
+                    probe,
+                    remaining,
+                }
+            }
+            other => other,
+        })
+    }
+
+    /// Records this replica as alive and counts the replicas seen in the last 15 s.
+    pub async fn heartbeat(&self, replica: &str) -> Result<u32, CoordError> {
+        let key = format!("{}replicas", self.prefix);
+        let now = super::now_ms();
+        let mut c = self.conn.clone();
+        let (n,): (u32,) = redis::pipe()
+            .atomic()
+            .zadd(&key, replica, now)
+            .ignore()
+            .zrembyscore(&key, "-inf", now - 15_000)
+            .ignore()
+            .pexpire(&key, 60_000)
+            .ignore()
+            .zcard(&key)
+            .query_async(&mut c)
+            .await?;
+        Ok(n)
+    }
+
     pub async fn ping(&self) -> bool {
         let mut c = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_ok()
+    }
+}
+
+/// The outage probe's call: a PING on the shared connection (which reconnects by itself).
+struct Ping(redis::aio::ConnectionManager);
+
+impl Prober for Ping {
+    async fn ping(&self) -> bool {
+        let mut c = self.0.clone();
         redis::cmd("PING")
             .query_async::<String>(&mut c)
             .await

@@ -514,6 +514,10 @@ async fn acquire_waiting(
 fn coord_failed(e: &CoordError, slug: &str) {
     static LAST_LOGGED_MS: AtomicI64 = AtomicI64::new(0);
     metrics::counter!(m::COORD_ERRORS_TOTAL, "kind" => e.kind()).increment(1);
+    if matches!(e, CoordError::Unavailable) {
+        // Fail-closed during an outage: the outage itself was said once, when it began.
+        return;
+    }
     let now = crate::coord::now_ms();
     let last = LAST_LOGGED_MS.load(Ordering::Relaxed);
     if now - last >= 10_000

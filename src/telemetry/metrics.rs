@@ -3,6 +3,10 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// 1 while Redis is unreachable and this replica coordinates in process (or refuses, fail-closed).
+pub const COORD_DEGRADED: &str = "keygate_coord_degraded";
+/// Times this replica lost Redis (each outage once).
+pub const COORD_OUTAGES_TOTAL: &str = "keygate_coord_outages_total";
 /// Span batches the OTLP exporter could not deliver (the collector is down or refused them).
 pub const OTEL_EXPORT_FAILURES_TOTAL: &str = "keygate_otel_export_failures_total";
 /// Data-plane requests, by `slug` and `status` (HTTP status returned to the client).
@@ -71,6 +75,14 @@ pub fn handle() -> PrometheusHandle {
             // Another recorder may already be installed (embedding); ours still renders.
             let _ = metrics::set_global_recorder(recorder);
             metrics::describe_counter!(REQUESTS_TOTAL, "Data-plane requests by slug and status");
+            metrics::describe_gauge!(
+                COORD_DEGRADED,
+                "1 while Redis is unreachable and this replica coordinates alone"
+            );
+            metrics::describe_counter!(
+                COORD_OUTAGES_TOTAL,
+                "Redis outages this replica went through"
+            );
             metrics::describe_counter!(
                 OTEL_EXPORT_FAILURES_TOTAL,
                 "Trace span batches the OTLP exporter could not deliver"

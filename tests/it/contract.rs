@@ -49,8 +49,22 @@ pub async fn memory() -> Pair {
 pub async fn redis() -> Pair {
     let url = &servers().redis_url;
     let prefix = format!("c{}:", uuid::Uuid::new_v4().simple());
-    let a = RedisStore::connect(url, &prefix, policy()).await.unwrap();
-    let b = RedisStore::connect(url, &prefix, policy()).await.unwrap();
+    let a = RedisStore::connect(
+        url,
+        &prefix,
+        policy(),
+        keygate::coord::outage::OnOutage::Degrade,
+    )
+    .await
+    .unwrap();
+    let b = RedisStore::connect(
+        url,
+        &prefix,
+        policy(),
+        keygate::coord::outage::OnOutage::Degrade,
+    )
+    .await
+    .unwrap();
     Pair {
         a: Coord::Redis(a),
         b: Coord::Redis(b),

@@ -18,6 +18,7 @@ mod logs;
 mod migrations;
 mod money;
 mod ops;
+mod outage;
 mod partitions;
 mod pipeline;
 mod polyglot;

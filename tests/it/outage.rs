@@ -1,0 +1,227 @@
+//! A Redis outage under load: the data plane keeps serving (degraded: each replica coordinates
+//! in process with its share of the limits), says so once, and goes back to Redis by itself; or,
+//! fail-closed, refuses at once in the client's format.
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use keygate::coord::outage::OnOutage;
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::harness::{Backend, Shared, TestApp, eventually};
+use crate::mock;
+use crate::servers::{free_port, wait_for_port};
+
+/// A Redis of this test's own, which it may kill and start again on the same port.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let mut r = Self {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.up();
+        r
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn keys(&self) -> usize {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("DBSIZE")
+            .query_async::<usize>(&mut c)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+async fn shared_on(redis: &OwnRedis, on_outage: OnOutage) -> Shared {
+    let mut s = Shared::new(Backend::Postgres).await;
+    s.config.redis.url = Some(SecretString::from(redis.url()));
+    s.config.redis.on_outage = on_outage;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_keep_serving_through_a_redis_outage_with_their_share_of_limits_and_return() {
+    let up = mock::start().await;
+    let mut redis = OwnRedis::start();
+    let shared = shared_on(&redis, OnOutage::Degrade).await;
+    let a = Arc::new(TestApp::spawn_with(&shared.config).await);
+    let b = Arc::new(TestApp::spawn_with(&shared.config).await);
+    let ak = a
+        .with_service(
+            "steady",
+            &up.base,
+            &["sk-outage-key-0001", "sk-outage-key-0002"],
+        )
+        .await;
+    let (s, limited) = a
+        .admin(
+            "POST",
+            "/admin/access-keys",
+            Some(json!({"name": "ten", "rpm": 10})),
+        )
+        .await;
+    assert_eq!(s, 201, "{limited}");
+    let limited = limited["key"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            a.state.coord.replicas() == 2 && b.state.coord.replicas() == 2
+        })
+        .await,
+        "each replica learns there are two"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            b.chat("steady", &ak).await.status() == 200
+        })
+        .await,
+        "the second replica has the slug"
+    );
+
+    // Load on both replicas for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for app in [a.clone(), b.clone()] {
+        let (stop, ok, failed, ak) = (stop.clone(), ok.clone(), failed.clone(), ak.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let status = app.chat("steady", &ak).await.status();
+                if status == 200 { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let served = |n: u64| {
+        let ok = ok.clone();
+        async move {
+            let target = ok.load(Ordering::Relaxed) + n;
+            eventually(Duration::from_secs(10), || async {
+                ok.load(Ordering::Relaxed) >= target
+            })
+            .await
+        }
+    };
+    assert!(served(20).await);
+
+    redis.down();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            a.state.coord.degraded() && b.state.coord.degraded()
+        })
+        .await,
+        "both replicas notice the outage"
+    );
+    assert!(
+        served(50).await,
+        "requests keep being answered during the outage"
+    );
+    // The access key's 10 a minute, split over two replicas: five on this one.
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(a.chat("steady", &limited).await.status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 200, 200, 429, 429]);
+
+    redis.up();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !a.state.coord.degraded() && !b.state.coord.degraded()
+        })
+        .await,
+        "both replicas go back to Redis by themselves"
+    );
+    assert!(served(20).await);
+    assert!(redis.keys().await > 0, "requests coordinate in Redis again");
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed before, during or after"
+    );
+    // Requests served in process still reach the keys' statistics.
+    keygate::jobs::persist::flush(&a.state).await;
+    keygate::jobs::persist::flush(&b.state).await;
+    let (_, keys) = a.admin("GET", "/admin/services/steady/keys", None).await;
+    let total: i64 = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["successes"].as_i64().unwrap())
+        .sum();
+    assert!(total >= 90, "{keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_in_the_clients_format_during_an_outage_and_serves_after() {
+    let up = mock::start().await;
+    let mut redis = OwnRedis::start();
+    let shared = shared_on(&redis, OnOutage::Fail).await;
+    let app = TestApp::spawn_with(&shared.config).await;
+    let ak = app
+        .with_service("strict", &up.base, &["sk-outage-key-0003"])
+        .await;
+    assert_eq!(app.chat("strict", &ak).await.status(), 200);
+    redis.down();
+    let r = app.chat("strict", &ak).await;
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"].is_string(),
+        "OpenAI error shape: {body}"
+    );
+    assert!(app.state.coord.degraded());
+    for _ in 0..5 {
+        assert_eq!(app.chat("strict", &ak).await.status(), 503);
+    }
+    redis.up();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.chat("strict", &ak).await.status() == 200
+        })
+        .await,
+        "served again once Redis answers"
+    );
+}
