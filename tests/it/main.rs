@@ -8,6 +8,7 @@ mod admin;
 mod billing_sync;
 mod binary;
 mod cluster;
+mod console;
 mod contract;
 mod edge;
 mod egress;
