@@ -39,7 +39,7 @@ else
 fi
 
 # The binaries the tests start; after `cargo test` this finds them built and does nothing.
-cargo build --quiet --bins
+cargo build --quiet --locked --bins
 bin_dir="${CARGO_TARGET_DIR:-target}/debug"
 # Node resolves playwright-core from the script's own directory, so the script runs from the cache.
 cp tests/e2e/console.mjs "$cache/console.mjs"

@@ -71,6 +71,8 @@ const base = `http://127.0.0.1:${port}`;
 start(join(BIN, 'keygate'), [], {
   PORT: String(port), ADMIN_PASSWORD: PASSWORD, RUST_LOG: 'error',
   KEYGATE__DATABASE__DATA_DIR: join(dataDir, 'data'), KEYGATE__PROXY__REFRESH_INTERVAL_MS: '100',
+  // Key totals reach the key list when persisted; often, so the screenshots show them.
+  KEYGATE__JOBS__PERSIST_INTERVAL_MS: '200',
 }, () => null).catch((e) => { console.error(String(e)); process.exit(1); });
 await until('keygate /healthz', async () => (await fetch(`${base}/healthz`)).ok);
 
@@ -310,7 +312,7 @@ await test('an_admin_creates_a_viewer_user', async () => {
   await shot('users');
 });
 
-await test('the_connect_panel_gives_the_base_url_and_snippets', async () => {
+await test('the_connect_panel_gives_the_base_url_and_snippets_and_the_service_form_edits', async () => {
   await goto('/services/mock/connect');
   if ((await text('[data-testid=base-url]')) !== '/llm/mock/v1') throw new Error('wrong base path');
   const snippet = await page.locator('[data-snippet=openai-py] pre').innerText();
@@ -320,6 +322,15 @@ await test('the_connect_panel_gives_the_base_url_and_snippets', async () => {
   await goto('/services/mock');
   await page.locator('[data-testid=service-form]').waitFor();
   await shot('service-edit');
+  // An edit sends only what changed: the masked values the form shows are never written back.
+  await page.selectOption('select[name=strategy]', 'weighted');
+  await page.fill('textarea[name=model_allow]', 'gpt-*\nclaude-*');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page.waitForURL(/#\/services$/);
+  const svc = await admin('GET', '/admin/services/mock', null, adminToken);
+  if (svc.strategy !== 'weighted' || svc.model_allow.join() !== 'gpt-*,claude-*' || svc.model_aliases.gpt4 !== 'gpt-4o') {
+    throw new Error(`edit not saved as asked: ${JSON.stringify(svc)}`);
+  }
 });
 
 await test('a_viewer_sees_no_write_buttons', async () => {
