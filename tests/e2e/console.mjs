@@ -201,6 +201,13 @@ await test('fixing_the_line_imports_the_keys_and_the_list_shows_them_masked', as
   for (const k of GOOD) if (shown.some((s) => s.includes(k)) || (await page.content()).includes(k)) throw new Error('a full key is on the page');
   const keys = await admin('GET', '/admin/services/mock/keys', null, adminToken);
   state.keyIds = keys.items.map((k) => k.id);
+  await page.getByRole('button', { name: 'Edit' }).first().click();
+  await page.fill('dialog input[name=label]', 'primary');
+  await page.fill('dialog input[name=weight]', '3');
+  await page.locator('dialog').getByRole('button', { name: 'Save' }).click();
+  await page.locator('table').getByText('primary').waitFor();
+  const edited = (await admin('GET', '/admin/services/mock/keys', null, adminToken)).items[0];
+  if (edited.label !== 'primary' || edited.weight !== 3) throw new Error(`key edit not saved: ${JSON.stringify(edited)}`);
 });
 
 await test('an_access_key_is_created_shown_once_and_copied', async () => {

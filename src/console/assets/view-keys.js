@@ -1,11 +1,11 @@
 // @ts-check
 /** A service's upstream keys: import with a per-line report, status and balance, test and sync,
  * batch actions by selection or by status, per-key stats. Keys are only ever shown masked. */
-import { h, replace } from './dom.js';
+import { h, replace, field } from './dom.js';
 import { t } from './i18n.js';
 import { api, can, qs } from './api.js';
 import { lineChart } from './charts.js';
-import { page, table, badge, run, toast, confirm, errorBox, pager, dialog, num, money, pct, ago, when, download } from './ui.js';
+import { page, table, badge, run, toast, confirm, errorBox, pager, dialog, fieldRow, num, money, pct, ago, when, download, intOrNull, numOrNull } from './ui.js';
 
 const STATUSES = ['active', 'cooling', 'exhausted', 'invalid', 'disabled'];
 
@@ -140,6 +140,40 @@ async function statsDrawer(slug, k) {
     h('a', { class: 'button ghost', href: `#/logs?${new URLSearchParams({ service: slug, key: String(k.id) })}`, onclick: () => d.close() }, t('keys.see_logs')));
 }
 
+/**
+ * A key's own settings: label, weight, balance, limits, price factor.
+ * @param {string} base the keys path of the service
+ * @param {any} k
+ * @param {() => void} done
+ */
+function editKey(base, k, done) {
+  const err = h('div');
+  const num = (/** @type {string} */ name, /** @type {string} */ label, /** @type {any} */ v, /** @type {string} */ help = '') =>
+    fieldRow(label, h('input', { name, type: 'number', step: 'any', min: 0, value: v ?? '' }), help || undefined);
+  const form = h('form', { class: 'settings compact', onsubmit: async (/** @type {Event} */ e) => {
+    e.preventDefault();
+    try {
+      const v = (/** @type {string} */ n) => field(form, n);
+      /** @type {Record<string, any>} */
+      const body = { label: v('label'), weight: intOrNull(v('weight')), rpm: intOrNull(v('rpm')) ?? 0, tpm: intOrNull(v('tpm')) ?? 0, cost_factor: numOrNull(v('cost_factor')) };
+      if (v('balance') !== '') body.balance = v('balance');
+      await api('PATCH', `${base}/${k.id}`, body);
+      d.close();
+      toast(t('common.saved'));
+      done();
+    } catch (ex) {
+      err.replaceChildren(errorBox(ex));
+    }
+  } },
+  fieldRow(t('keys.label'), h('input', { name: 'label', value: k.label || '' })),
+  h('div', { class: 'grid3' },
+    num('weight', t('keys.weight'), k.weight), num('balance', t('keys.balance'), k.balance),
+    num('cost_factor', t('keys.cost_factor'), k.cost_factor, t('keys.cost_factor_help')),
+    num('rpm', t('ak.rpm'), k.rpm, t('ak.blank_unlimited')), num('tpm', t('ak.tpm'), k.tpm, t('ak.blank_unlimited'))),
+  err, h('div', { class: 'row end' }, h('button', { type: 'submit' }, t('common.save'))));
+  const d = dialog(`${t('common.edit')} ${k.key}`, form);
+}
+
 /** @type {import('./main.js').View} */
 export async function keysView({ slug }) {
   const svc = await api('GET', `/admin/services/${encodeURIComponent(slug)}`);
@@ -195,6 +229,7 @@ export async function keysView({ slug }) {
       await api('PATCH', `${base}/${k.id}`, { status: k.status === 'disabled' ? 'active' : 'disabled' });
       list.reload();
     }) }, k.status === 'disabled' ? t('keys.enable') : t('keys.disable')) : null,
+    write ? h('button', { type: 'button', class: 'ghost small', onclick: () => editKey(base, k, () => list.reload()) }, t('common.edit')) : null,
     h('button', { type: 'button', class: 'ghost small', onclick: () => statsDrawer(slug, k) }, t('keys.stats')));
 
   const list = pager((cursor) => api('GET', `${base}${qs({ cursor, limit: 100 })}`), (items) => {

@@ -67,6 +67,8 @@ function valuesOf(s) {
     sync_total_pointer: str(b.total_pointer), sync_used_pointer: str(b.used_pointer), sync_currency_pointer: str(b.currency_pointer),
     upstream_headers: Object.entries(s?.upstream_headers || {}).map(([k, v]) => `${k}: ${v}`).join('\n'),
     egress_proxy: str(s?.egress_proxy), api_version: str(s?.api_version), deployment_path: str(s?.deployment_path),
+    // Only the certificates' hashes come back; the field holds a new bundle to send.
+    tls_ca_pem: '',
   };
 }
 
@@ -120,6 +122,7 @@ function bodyOf(v) {
     balance_sync: sync,
     upstream_headers: Object.fromEntries(pairs(v.upstream_headers, ':')),
     egress_proxy: v.egress_proxy, api_version: v.api_version, deployment_path: v.deployment_path,
+    tls_ca_pem: v.tls_ca_pem,
   };
 }
 
@@ -227,7 +230,9 @@ export async function serviceFormView(params) {
     f('upstream_headers', t('svc.upstream_headers'), { area: true, placeholder: 'x-team: research' }),
     f('egress_proxy', t('svc.egress_proxy'), { placeholder: 'socks5h://proxy:1080' }),
     f('api_version', t('svc.api_version')),
-    f('deployment_path', t('svc.deployment_path'), { placeholder: 'deployments/{model}' })),
+    f('deployment_path', t('svc.deployment_path'), { placeholder: 'deployments/{model}' }),
+    f('tls_ca_pem', t('svc.tls_ca_pem'), { area: true, placeholder: '-----BEGIN CERTIFICATE-----',
+      help: t('svc.tls_ca_help', { n: svc && svc.tls_ca_sha256.length ? svc.tls_ca_sha256.map((/** @type {string} */ h) => h.slice(0, 12)).join(', ') : '–' }) })),
   err,
   write ? h('div', { class: 'row end sticky' },
     h('a', { class: 'button ghost', href: '#/services' }, t('common.cancel')),
