@@ -210,6 +210,20 @@ await test('fixing_the_line_imports_the_keys_and_the_list_shows_them_masked', as
   if (edited.label !== 'primary' || edited.weight !== 3) throw new Error(`key edit not saved: ${JSON.stringify(edited)}`);
 });
 
+await test('an_uploaded_csv_is_checked_line_by_line_with_duplicates_counted', async () => {
+  await page.getByRole('button', { name: 'Import keys' }).first().click();
+  await page.locator('dialog input[type=file]').setInputFiles({
+    name: 'keys.csv', mimeType: 'text/csv', buffer: Buffer.from(`key,balance\n${GOOD[0]},1\nsk-e2e-third-key-000000000003,2\n`),
+  });
+  await until('the file read into the box', async () => (await page.inputValue('dialog textarea')).includes('third'));
+  if ((await page.inputValue('dialog select[name=format]')) !== 'csv') throw new Error('the format did not follow the file');
+  await page.getByRole('button', { name: 'Check' }).click();
+  await page.getByText('All lines are good: 1 new keys, 1 already present.').waitFor();
+  await page.keyboard.press('Escape');
+  const keys = await admin('GET', '/admin/services/mock/keys', null, adminToken);
+  if (keys.items.length !== 2) throw new Error('a check imported keys');
+});
+
 await test('an_access_key_is_created_shown_once_and_copied', async () => {
   await goto('/access-keys');
   await page.getByRole('button', { name: 'New access key' }).click();
@@ -292,6 +306,13 @@ await test('a_disabled_key_is_skipped', async () => {
   await page.keyboard.press('Escape');
   await goto('/');
   await page.locator('[data-testid=attention]').getByText('disabled').waitFor();
+  // Batch: select every key on the page and enable them.
+  await goto('/services/mock/keys');
+  await page.getByRole('checkbox', { name: 'Select all on this page' }).check();
+  await page.locator('[data-testid=selected]').getByText('2 selected').waitFor();
+  await page.getByRole('toolbar').getByRole('button', { name: 'Enable' }).click();
+  await page.getByText('1 keys changed.').waitFor();
+  await until('both keys active', async () => (await page.locator('.badge.b-active').count()) === 2);
 });
 
 await test('pricing_explains_which_rule_applies', async () => {
@@ -340,13 +361,18 @@ await test('the_connect_panel_gives_the_base_url_and_snippets_and_the_service_fo
   }
 });
 
-await test('a_viewer_sees_no_write_buttons', async () => {
+await test('a_viewer_logs_in_by_keyboard_and_sees_no_write_buttons', async () => {
   await page.getByRole('button', { name: 'Log out' }).click();
   await page.waitForSelector('form.login');
-  await page.fill('input[name=username]', 'watcher');
-  await page.fill('input[name=password]', VIEWER_PASSWORD);
-  await page.click('form.login button[type=submit]');
+  // By keyboard only: the username has focus, Tab moves on, Enter submits.
+  await page.keyboard.type('watcher');
+  await page.keyboard.press('Tab');
+  await page.keyboard.type(VIEWER_PASSWORD);
+  await page.keyboard.press('Enter');
   await page.waitForSelector('[data-testid=who]');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Enter');
+  await until('skip link focuses the content', () => page.evaluate(() => document.activeElement?.id === 'main'));
   for (const [hash, ready] of [['/services', 'table'], ['/services/mock/keys', '[data-testid=masked-key]'], ['/access-keys', 'table'], ['/pricing', 'table']]) {
     await goto(hash);
     await page.locator(ready).first().waitFor();

@@ -106,6 +106,8 @@ async function render() {
       sessionStorage.removeItem('keygate.after');
       location.hash = next && next !== '#/login' ? next : '#/';
     }));
+    // autofocus works once per page load; a login after a logout needs the focus put there.
+    /** @type {HTMLInputElement | null} */ (app.querySelector('input[name=username]'))?.focus();
     return;
   }
   if (path === '/login') { location.replace('#/'); return; }
