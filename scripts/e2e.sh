@@ -20,7 +20,22 @@ if [ ! -x "$chromium" ]; then
     exit 1
   fi
 fi
-command -v npm >/dev/null 2>&1 || { echo "scripts/e2e.sh: node and npm are needed for the console tests" >&2; exit 1; }
+if ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/e2e.sh: installing nodejs and npm from Debian packages" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  else
+    echo "scripts/e2e.sh: node and npm are needed for the console tests" >&2
+    exit 1
+  fi
+fi
+
+# Committed screenshots include the Chinese screens: without a CJK font they would show boxes.
+if [ "$shots" = docs/screenshots ] && ! fc-list :lang=zh 2>/dev/null | grep -q . \
+  && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null
+fi
 
 cache=.cache/e2e
 if [ ! -d "$cache/node_modules" ] || ! cmp -s tests/e2e/package-lock.json "$cache/package-lock.json"; then

@@ -1,6 +1,7 @@
 // @ts-check
 /** Line charts drawn as inline SVG: one series, a few grid lines, the latest value in the title. */
 import { h, s } from './dom.js';
+import { lang } from './i18n.js';
 
 /**
  * @param {{title: string, points: {t: number, v: number | null}[], format: (v: number) => string, max?: number}} opts
@@ -41,7 +42,8 @@ export function lineChart({ title, points, format, max }) {
   const span = t1 - t0;
   const tick = (/** @type {number} */ tm) => {
     const dt = new Date(tm);
-    return span > 2 * 86400e3 ? dt.toLocaleDateString(undefined, { month: 'short', day: 'numeric' }) : dt.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
+    const loc = lang() === 'zh' ? 'zh-CN' : 'en-GB';
+    return span > 2 * 86400e3 ? dt.toLocaleDateString(loc, { month: 'short', day: 'numeric' }) : dt.toLocaleTimeString(loc, { hour: '2-digit', minute: '2-digit' });
   };
   const axis = points.length ? [t0, (t0 + t1) / 2, t1].map((tm, i) => s('text', { class: 'axis', x: x(tm), y: H - 6, 'text-anchor': ['start', 'middle', 'end'][i] }, tick(tm))) : [];
   const last = vals.length ? vals[vals.length - 1] : null;
