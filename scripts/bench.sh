@@ -185,10 +185,20 @@ for c in $STREAM_CONCURRENCY; do
   echo "bench: direct, streams, concurrency $c, ${SECS}s" >&2
   load direct stream "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$c" ""
 done
-gateway sqlite+memory
-gateway postgres+redis DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
+[ "${BENCH_SQLITE:-1}" = 1 ] && gateway sqlite+memory
+[ "${BENCH_PLAIN:-1}" = 1 ] && gateway postgres+redis DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
   REDIS_URL="redis://127.0.0.1:$REDIS_PORT" JWT_SECRET=bench-jwt-secret-0123456789 \
   KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
+if [ "${BENCH_LOGOFF:-1}" = 1 ]; then
+  # The same gateway with request logging off (no request_logs rows, no statistics rows): the
+  # cost of logging is the ratio of the postgres+redis row to this one.
+  createdb_quiet=$(python3 -c 'import uuid; print("quiet_" + uuid.uuid4().hex[:8])')
+  "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$createdb_quiet"
+  gateway "postgres+redis, logging off" DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$createdb_quiet" \
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT" KEYGATE__REDIS__PREFIX=quiet: KEYGATE__LOG__REQUESTS=false \
+    JWT_SECRET=bench-jwt-secret-0123456789 \
+    KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
+fi
 if [ "${BENCH_PRICED:-1}" = 1 ]; then
   # The same gateway with cost accounting on (a fresh database), for the ratio to the row above.
   createdb_priced=$(python3 -c 'import uuid; print("priced_" + uuid.uuid4().hex[:8])')

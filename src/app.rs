@@ -120,7 +120,12 @@ impl App {
             config: config.clone(),
         });
 
-        let spool = crate::events::log_writer::open_spool(&config.log, &config.database.data_dir);
+        // With request logging off there is nothing to spool (and an old spool stays unread).
+        let spool = config
+            .log
+            .requests
+            .then(|| crate::events::log_writer::open_spool(&config.log, &config.database.data_dir))
+            .flatten();
         let tasks = vec![
             tokio::spawn(crate::events::log_writer::run(
                 db.clone(),
@@ -128,13 +133,14 @@ impl App {
                 receivers.requests,
                 spool,
                 state.coord.clone(),
+                config.log.requests,
             )),
             tokio::spawn(crate::events::key_status::run(
                 db.clone(),
                 events.clone(),
                 receivers.keys,
             )),
-            tokio::spawn(db::logs::run_retention(db, config.log.retention_days)),
+            tokio::spawn(db::logs::run_retention(db, config.log.clone())),
             tokio::spawn(refresh_loop(state.clone())),
             tokio::spawn(proxy::leases::run(state.clone())),
             tokio::spawn(crate::jobs::validate::schedule(state.clone())),

@@ -113,8 +113,15 @@ pub struct CryptoConfig {
 pub struct LogConfig {
     /// `text` or `json`.
     pub format: String,
+    /// Write request logs and their statistics (`request_logs`, `request_stats`). Off, requests
+    /// are still counted in the live figures and the keys' statistics, but nothing is logged.
+    pub requests: bool,
     /// Days of request logs to keep; 0 keeps them forever.
     pub retention_days: u32,
+    /// Days of per-minute statistics to keep (hourly ones stay); 0 keeps them forever.
+    pub minute_stats_days: u32,
+    /// Days of captured request/response bodies to keep (services opt in); 0 keeps them forever.
+    pub body_retention_days: u32,
     /// Request events waiting for the log writer (memory); beyond it events go to the spool.
     pub queue_capacity: usize,
     /// Largest size of the local spool file that holds request events while the database is
@@ -184,6 +191,9 @@ impl Config {
             .set_default("proxy.upstream_wide_window_ms", 10_000)?
             .set_default("log.format", "text")?
             .set_default("log.retention_days", 30)?
+            .set_default("log.requests", true)?
+            .set_default("log.minute_stats_days", 14)?
+            .set_default("log.body_retention_days", 7)?
             .set_default("log.queue_capacity", 50_000)?
             .set_default("log.spool_max_bytes", 256 * 1024 * 1024)?
             .set_default("jobs.validate_tick_ms", 5_000)?

@@ -56,6 +56,8 @@ pub struct ServiceRt {
     pub routes: crate::proxy::router::Routes,
     /// Session affinity, when the service binds sessions to keys.
     pub affinity: Option<crate::proxy::affinity::Affinity>,
+    /// Body capture settings (None: bodies are not kept).
+    pub capture: Option<Arc<crate::events::capture::CaptureSettings>>,
     /// Per-key concurrency cap.
     pub cap: Option<u32>,
     pub enabled: bool,
@@ -266,6 +268,12 @@ impl Snapshot {
                 crate::proxy::models::ModelRules::load(&s.slug, &s.model_aliases, &s.model_allow);
             let routes = crate::proxy::router::Routes::load(&s.slug, s.routes.as_ref());
             let strategy = Strategy::parse(&s.strategy).unwrap_or(Strategy::RoundRobin);
+            let capture = s.capture.as_ref().and_then(|v| {
+                crate::events::capture::CaptureSettings::from_db(v)
+                    .map_err(|e| tracing::error!(slug = %s.slug, error = %e, "bad capture settings ignored"))
+                    .ok()
+                    .map(Arc::new)
+            });
             out.services.insert(
                 s.slug.clone(),
                 Arc::new(ServiceRt {
@@ -300,6 +308,7 @@ impl Snapshot {
                             }),
                         ttl_ms: s.affinity_ttl_s.max(1) as u64 * 1000,
                     }),
+                    capture,
                     cap: limit(s.key_concurrency),
                     enabled: s.enabled,
                     keys,

@@ -10,6 +10,7 @@ mod m20261122_000006_money;
 mod m20261122_000007_log_indexes;
 mod m20261122_000008_rollups;
 mod m20261122_000009_log_partitions;
+mod m20261123_000010_request_stats;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000007_log_indexes::Migration),
             Box::new(m20261122_000008_rollups::Migration),
             Box::new(m20261122_000009_log_partitions::Migration),
+            Box::new(m20261123_000010_request_stats::Migration),
         ]
     }
 }

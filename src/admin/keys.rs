@@ -64,6 +64,9 @@ pub struct KeyView {
     pub success_rate: Option<f64>,
     /// Failed attempts by class.
     pub failures: KeyFailures,
+    /// Failed attempts by the HTTP status the upstream answered (`"429": 3`); `"0"` counts
+    /// attempts that got no answer.
+    pub failures_by_status: std::collections::BTreeMap<String, i64>,
     /// Prompt plus completion tokens of this key's requests.
     pub tokens: i64,
     /// What this key's requests cost, in currency units (exact to 0.000001).
@@ -83,7 +86,13 @@ pub struct KeyFailures {
     pub network: i64,
 }
 
-fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) -> KeyView {
+fn view(
+    state: &AppState,
+    k: upstream_key::Model,
+    live: &LiveState,
+    codes: Option<&std::collections::BTreeMap<u16, i64>>,
+    now: i64,
+) -> KeyView {
     let masked = state
         .cipher
         .decrypt(&k.secret)
@@ -127,6 +136,9 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
             server: k.failures_5xx,
             network: k.failures_network,
         },
+        failures_by_status: codes
+            .map(|c| c.iter().map(|(s, n)| (s.to_string(), *n)).collect())
+            .unwrap_or_default(),
         tokens: k.tokens_total,
         cost: k.cost_total_micros,
     }
@@ -135,11 +147,15 @@ fn view(state: &AppState, k: upstream_key::Model, live: &LiveState, now: i64) ->
 async fn views(state: &AppState, rows: Vec<upstream_key::Model>) -> ApiResult<Vec<KeyView>> {
     let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
     let live = state.coord.live_states(&ids).await?;
+    let codes = crate::db::keys::status_counts(&state.db, &ids).await?;
     let now = now_ms();
     Ok(rows
         .into_iter()
         .zip(live.iter())
-        .map(|(k, l)| view(state, k, l, now))
+        .map(|(k, l)| {
+            let c = codes.get(&k.id);
+            view(state, k, l, c, now)
+        })
         .collect())
 }
 

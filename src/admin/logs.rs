@@ -60,6 +60,13 @@ pub struct LogView {
     pub estimated: bool,
     pub client_format: Option<String>,
     pub upstream_format: Option<String>,
+    /// The request body as captured (services with `capture`; cut and redacted). Only in
+    /// `GET /admin/logs/{id}`, and only while the body retention keeps it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// The answer's body as the client received it, captured the same way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -307,6 +314,8 @@ fn view(r: request_log::Model, keys: &HashMap<i64, String>) -> LogView {
         estimated: r.estimated,
         client_format: r.client_format,
         upstream_format: r.upstream_format,
+        request_body: None,
+        response_body: None,
     }
 }
 
@@ -347,8 +356,12 @@ pub async fn get(
     let row = crate::db::logs::by_id(&state.db, user.tenant_scope(), uuid)
         .await?
         .ok_or_else(not_found)?;
-    let mut v = views(&state, vec![row]).await?;
-    Ok(axum::Json(v.remove(0)))
+    let mut v = views(&state, vec![row]).await?.remove(0);
+    if let Some(b) = crate::db::logs::bodies(&state.db, uuid).await? {
+        v.request_body = b.request;
+        v.response_body = b.response;
+    }
+    Ok(axum::Json(v))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

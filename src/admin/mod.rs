@@ -32,7 +32,7 @@ use crate::state::AppState;
         (name = "access-keys", description = "Keys clients use to call the data plane"),
         (name = "pricing", description = "Prices per model, global or per slug, over the built-in defaults"),
         (name = "logs", description = "The request log: filtered pages, one row, export"),
-        (name = "stats", description = "Request statistics: history from per-minute rollups, live figures across replicas"),
+        (name = "stats", description = "Request statistics: history from per-minute and per-hour rollups, live figures across replicas"),
         (name = "ops", description = "Health, readiness and metrics"),
     )
 )]

@@ -13,6 +13,7 @@ use crate::crypto::{Cipher, mask};
 use crate::db::{self, entity::service};
 use crate::domain::{Affinity, Kind, RetryOn, Strategy};
 use crate::egress;
+use crate::events::capture::CaptureSettings;
 use crate::proxy::router::RouteSpec;
 use crate::proxy::{azure, headers};
 use crate::state::AppState;
@@ -51,6 +52,8 @@ pub struct ServiceView {
     pub validate_concurrency: i32,
     /// Where the keys' balances are read from (null: no balance sync).
     pub balance_sync: Option<BalanceSync>,
+    /// Request/response body capture (null: off, the default).
+    pub capture: Option<CaptureSettings>,
     /// Failures retried on another key, in the canonical form: retry classes, then any extra
     /// statuses (`["auth", "quota", "rate_limit", "server_error", "timeout", "connect"]`).
     #[schema(value_type = Vec<crate::domain::RetryRule>)]
@@ -107,6 +110,12 @@ impl ServiceView {
                 .map(BalanceSync::from_db)
                 .transpose()
                 .map_err(|e| bad("balance_sync", e))?,
+            capture: s
+                .capture
+                .as_ref()
+                .map(CaptureSettings::from_db)
+                .transpose()
+                .map_err(|e| bad("capture", e))?,
             egress_proxy: s.egress_proxy.as_deref().map(|p| {
                 egress::open_proxy(cipher, p)
                     .map(|u| egress::mask_proxy(&u))
@@ -197,6 +206,10 @@ pub struct CreateService {
     /// (`POST .../sync`) and every `interval_s` seconds: `{"adapter": "deepseek",
     /// "interval_s": 300, "min_balance": 1}`. Off by default.
     pub balance_sync: Option<BalanceSync>,
+    /// Keep the first `max_bytes` of each request's and answer's body with its log row, with
+    /// credential fields and the `redact` fields replaced: `{"max_bytes": 16384, "redact":
+    /// ["messages"]}`. Off by default; kept `log.body_retention_days`.
+    pub capture: Option<CaptureSettings>,
     /// Deadline for a whole request across attempts, to the response head (default 300000).
     pub total_timeout_ms: Option<i32>,
     /// Failures retried on another key: retry classes and extra statuses, or the older status
@@ -334,6 +347,10 @@ pub struct PatchService {
     #[serde(default, deserialize_with = "crate::billing::sync::patch")]
     #[schema(value_type = Option<BalanceSync>)]
     pub balance_sync: Option<Option<BalanceSync>>,
+    /// Body capture settings, replaced whole; `null` turns capture off.
+    #[serde(default, deserialize_with = "crate::billing::sync::patch")]
+    #[schema(value_type = Option<CaptureSettings>)]
+    pub capture: Option<Option<CaptureSettings>>,
     /// Deadline for a whole request across attempts, to the response head (default 300000).
     pub total_timeout_ms: Option<i32>,
     /// Failures retried on another key: retry classes and extra statuses, or the older status
@@ -752,6 +769,10 @@ pub async fn create(
     check_validation(&state, req.validate_interval_s, req.validate_concurrency)?;
     let balance_sync = req.balance_sync.take().map(Some);
     check_balance_sync(&state, req.kind == Kind::Router, balance_sync.as_ref())?;
+    if let Some(c) = &req.capture {
+        c.check()
+            .map_err(|e| ApiError::BadRequest(format!("capture.{e}")))?;
+    }
     let pool = pool_of!(req);
     check_pool(&pool)?;
     let egress = egress_of!(req);
@@ -781,6 +802,7 @@ pub async fn create(
         validate_interval_s: Set(req.validate_interval_s.filter(|s| *s > 0)),
         validate_concurrency: Set(req.validate_concurrency.unwrap_or(4)),
         balance_sync: Set(balance_sync.flatten().map(|b| b.to_db())),
+        capture: Set(req.capture.take().map(|c| c.to_db())),
         key_concurrency: Set(None),
         total_timeout_ms: Set(300_000),
         queue_timeout_ms: Set(5_000),
@@ -915,6 +937,13 @@ pub async fn patch(
     if let Some(b) = req.balance_sync.take() {
         check_balance_sync(&state, is_router, Some(&b))?;
         am.balance_sync = Set(b.map(|b| b.to_db()));
+    }
+    if let Some(c) = req.capture.take() {
+        if let Some(c) = &c {
+            c.check()
+                .map_err(|e| ApiError::BadRequest(format!("capture.{e}")))?;
+        }
+        am.capture = Set(c.map(|c| c.to_db()));
     }
     if let Some(e) = req.enabled {
         am.enabled = Set(e);

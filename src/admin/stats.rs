@@ -1,5 +1,5 @@
-//! `GET /admin/stats`: request statistics. History comes from the per-minute rollups
-//! (`request_rollups`, never the raw log), grouped and bucketed in SQL; live figures come from the
+//! `GET /admin/stats`: request statistics. History comes from the per-dimension minute and hour
+//! rows of `request_stats` (never the raw log), grouped and bucketed in SQL; live figures come from the
 //! coordination store, summed over every replica.
 use std::collections::{BTreeMap, HashMap};
 

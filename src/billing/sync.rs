@@ -175,11 +175,12 @@ impl BalanceSync {
 }
 
 /// Serde for a settings field that can be cleared: absent = unchanged, `null` = off.
-pub fn patch<'de, D>(d: D) -> Result<Option<Option<BalanceSync>>, D::Error>
+pub fn patch<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
 {
-    Option::<BalanceSync>::deserialize(d).map(Some)
+    Option::<T>::deserialize(d).map(Some)
 }
 
 fn check_path(p: &str) -> Result<(), &'static str> {

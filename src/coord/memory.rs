@@ -449,6 +449,9 @@ impl MemoryStore {
                 k.stats.successes += 1;
             } else {
                 k.stats.failures_4xx += 1;
+                if u.status != 0 {
+                    *k.stats.failures_by_status.entry(u.status).or_insert(0) += 1;
+                }
             }
         }
         k.stats.tokens += u.tokens as i64;
@@ -576,10 +579,14 @@ impl MemoryStore {
         if let Some(class) = class {
             k.stats.requests += 1;
             match class {
-                StatClass::Client => k.stats.failures_4xx += 1,
-                StatClass::Server => k.stats.failures_5xx += 1,
+                StatClass::Client(_) => k.stats.failures_4xx += 1,
+                StatClass::Server(_) => k.stats.failures_5xx += 1,
                 StatClass::Network => k.stats.failures_network += 1,
             }
+            *k.stats
+                .failures_by_status
+                .entry(class.status())
+                .or_insert(0) += 1;
         }
         let report = |k: &KeyState, b: Option<i64>| Report {
             fails: k.fails,

@@ -134,10 +134,10 @@ impl ClientLimits {
 /// What an attempt's outcome counts as in a key's statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatClass {
-    /// The key answered with a 4xx (a refusal, a rate limit, or a client error passed on).
-    Client,
-    /// The key answered with a 5xx.
-    Server,
+    /// The key answered with this 4xx (a refusal, a rate limit, or a client error passed on).
+    Client(u16),
+    /// The key answered with this 5xx.
+    Server(u16),
     /// No answer: timeout or connection error.
     Network,
 }
@@ -145,15 +145,23 @@ pub enum StatClass {
 impl StatClass {
     pub(crate) fn script_name(self) -> &'static str {
         match self {
-            Self::Client => "4xx",
-            Self::Server => "5xx",
+            Self::Client(_) => "4xx",
+            Self::Server(_) => "5xx",
             Self::Network => "net",
+        }
+    }
+
+    /// The attempt's HTTP status, 0 for no answer (how `failures_by_status` counts it).
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Client(s) | Self::Server(s) => s,
+            Self::Network => 0,
         }
     }
 }
 
 /// A key's statistics since they were last taken, and its live money (`take_stats`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyStats {
     pub requests: i64,
     pub successes: i64,
@@ -166,11 +174,16 @@ pub struct KeyStats {
     pub balance: Option<i64>,
     /// ms epoch the key was last given to a request (0 = never).
     pub last_used: i64,
+    /// Attempts that did not succeed, by the HTTP status the key answered (0 = no answer).
+    pub failures_by_status: std::collections::BTreeMap<u16, i64>,
 }
 
 impl KeyStats {
     pub fn is_empty(&self) -> bool {
-        self.requests == 0 && self.tokens == 0 && self.cost == 0
+        self.requests == 0
+            && self.tokens == 0
+            && self.cost == 0
+            && self.failures_by_status.is_empty()
     }
 }
 
@@ -359,6 +372,9 @@ pub struct Usage {
     /// What was set aside from the client's budget at acquire: the budget is charged
     /// `cost - reserved` now.
     pub reserved: i64,
+    /// The answer's HTTP status (0 = unknown): a release that is not a success counts it in the
+    /// key's `failures_by_status`.
+    pub status: u16,
 }
 
 /// What a release found.

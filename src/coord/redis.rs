@@ -42,6 +42,19 @@ pub struct RedisStore {
     take_stats_script: Script,
 }
 
+/// `"429=3,0=1"` (take_stats_v1's failures by status) into a map; malformed parts are skipped.
+fn parse_codes(v: &str) -> std::collections::BTreeMap<u16, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in v.split(',').filter(|p| !p.is_empty()) {
+        if let Some((code, n)) = part.split_once('=')
+            && let (Ok(code), Ok(n)) = (code.parse::<u16>(), n.parse::<i64>())
+        {
+            *out.entry(code).or_insert(0) += n;
+        }
+    }
+    out
+}
+
 fn opt(v: Option<u32>) -> u32 {
     v.unwrap_or(0)
 }
@@ -212,6 +225,11 @@ impl RedisStore {
                 None => String::new(),
             })
             .arg(settle.unwrap_or(0))
+            .arg(if u.status == 0 {
+                String::new()
+            } else {
+                u.status.to_string()
+            })
             .invoke_async(&mut conn)
             .await?;
         Ok(Released {
@@ -264,6 +282,7 @@ impl RedisStore {
                     cost: n(6),
                     balance: r.get(7).and_then(|v| v.parse().ok()),
                     last_used: n(8),
+                    failures_by_status: r.get(9).map(|v| parse_codes(v)).unwrap_or_default(),
                 });
             }
         }
@@ -335,6 +354,7 @@ impl RedisStore {
             .arg(p.latency_tau_ms)
             .arg(p.success_tau_ms)
             .arg(class.map_or("", StatClass::script_name))
+            .arg(class.map_or(0, StatClass::status))
             .invoke_async(&mut conn)
             .await?;
         Ok(Report {

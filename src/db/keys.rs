@@ -2,7 +2,9 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
+};
 use sea_orm::{EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 
 use super::entity::upstream_key;
@@ -364,5 +366,70 @@ pub async fn add_stats(
     {
         q = q.col_expr(C::LastUsedAt, Expr::value(t));
     }
-    q.exec(db).await.map(|_| ())
+    q.exec(db).await?;
+    add_status_counts(db, id, &s.failures_by_status).await
+}
+
+/// Adds to a key's failures by status (`key_status_counts`), additively: replicas flushing at
+/// once each add what they took.
+async fn add_status_counts(
+    db: &DatabaseConnection,
+    id: i64,
+    counts: &std::collections::BTreeMap<u16, i64>,
+) -> Result<(), DbErr> {
+    use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let mut q = Query::insert();
+    q.into_table(Alias::new("key_status_counts")).columns([
+        Alias::new("key_id"),
+        Alias::new("status"),
+        Alias::new("count"),
+    ]);
+    for (status, n) in counts {
+        q.values_panic([id.into(), i32::from(*status).into(), (*n).into()]);
+    }
+    q.on_conflict(
+        OnConflict::columns([Alias::new("key_id"), Alias::new("status")])
+            .value(
+                Alias::new("count"),
+                Expr::cust("key_status_counts.count + excluded.count"),
+            )
+            .to_owned(),
+    );
+    db.execute(&q).await.map(|_| ())
+}
+
+/// Failures by status of each key given (status 0 = no answer).
+pub async fn status_counts(
+    db: &DatabaseConnection,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, std::collections::BTreeMap<u16, i64>>, DbErr> {
+    use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+    let mut out: std::collections::HashMap<i64, std::collections::BTreeMap<u16, i64>> =
+        Default::default();
+    for chunk in ids.chunks(500) {
+        let mut q = Query::select();
+        q.columns([
+            Alias::new("key_id"),
+            Alias::new("status"),
+            Alias::new("count"),
+        ])
+        .from(Alias::new("key_status_counts"))
+        .and_where(Expr::col(Alias::new("key_id")).is_in(chunk.iter().copied()));
+        for r in db.query_all(&q).await? {
+            let (id, status, n): (i64, i32, i64) = (
+                r.try_get("", "key_id")?,
+                r.try_get("", "status")?,
+                r.try_get("", "count")?,
+            );
+            if n != 0 {
+                out.entry(id)
+                    .or_default()
+                    .insert(u16::try_from(status).unwrap_or(0), n);
+            }
+        }
+    }
+    Ok(out)
 }

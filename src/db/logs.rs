@@ -12,7 +12,8 @@ use sea_orm::{QueryOrder, QuerySelect};
 /// Keeps `request_logs` within the retention once an hour, starting at once (0 days keeps rows
 /// forever). On Postgres it also creates the daily partitions ahead of time, so the first run of
 /// a fresh deploy makes tomorrow's, and retention drops whole days rather than deleting rows.
-pub async fn run_retention(db: DatabaseConnection, retention_days: u32) {
+/// The same pass trims per-minute statistics and captured bodies to their own retentions.
+pub async fn run_retention(db: DatabaseConnection, log: crate::config::LogConfig) {
     let partitioned = match log_partitions::partitioned(&db).await {
         Ok(p) => p,
         Err(e) => {
@@ -20,16 +21,62 @@ pub async fn run_retention(db: DatabaseConnection, retention_days: u32) {
             false
         }
     };
-    if retention_days == 0 && !partitioned {
+    if log.retention_days == 0
+        && !partitioned
+        && log.minute_stats_days == 0
+        && log.body_retention_days == 0
+    {
         return;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        if let Err(e) = prune(&db, retention_days).await {
+        if let Err(e) = prune(&db, log.retention_days).await {
             tracing::warn!(error = %e, "request log retention failed");
         }
+        let now = chrono::Utc::now();
+        if let Err(e) = prune_side_tables(&db, &log, now).await {
+            tracing::warn!(error = %e, "statistics or body retention failed");
+        }
     }
+}
+
+/// Deletes per-minute statistics older than `log.minute_stats_days` and captured bodies older
+/// than `log.body_retention_days` (0 keeps them). Returns the rows deleted from each.
+pub async fn prune_side_tables(
+    db: &DatabaseConnection,
+    log: &crate::config::LogConfig,
+    now: DateTime<Utc>,
+) -> Result<(u64, u64), DbErr> {
+    use sea_orm::ConnectionTrait;
+    use sea_orm::sea_query::Alias;
+    let mut stats = 0;
+    if log.minute_stats_days > 0 {
+        let cutoff = now.timestamp() - i64::from(log.minute_stats_days) * 86_400;
+        let q = Query::delete()
+            .from_table(Alias::new("request_stats"))
+            .and_where(Expr::col(Alias::new("grain")).eq(60))
+            .and_where(Expr::col(Alias::new("bucket_start")).lt(cutoff))
+            .to_owned();
+        stats = db.execute(&q).await?.rows_affected();
+    }
+    let mut bodies = 0;
+    if log.body_retention_days > 0 {
+        let cutoff = now - chrono::Duration::days(i64::from(log.body_retention_days));
+        let q = Query::delete()
+            .from_table(Alias::new("request_bodies"))
+            .and_where(Expr::col(Alias::new("ts")).lt(cutoff))
+            .to_owned();
+        bodies = db.execute(&q).await?.rows_affected();
+    }
+    if stats > 0 || bodies > 0 {
+        tracing::info!(
+            minute_stats = stats,
+            bodies,
+            "statistics and bodies past their retention deleted"
+        );
+    }
+    Ok((stats, bodies))
 }
 
 /// One retention pass at the current time; see [`prune_at`].
@@ -81,6 +128,27 @@ pub async fn prune_at(
         rows_deleted,
         partitions: Default::default(),
     })
+}
+
+/// The captured bodies of one request, if it has any (still within their retention).
+pub async fn bodies(
+    db: &DatabaseConnection,
+    id: Uuid,
+) -> Result<Option<crate::events::capture::Bodies>, DbErr> {
+    use sea_orm::ConnectionTrait;
+    use sea_orm::sea_query::Alias;
+    let q = Query::select()
+        .columns([Alias::new("request"), Alias::new("response")])
+        .from(Alias::new("request_bodies"))
+        .and_where(Expr::col(Alias::new("id")).eq(id))
+        .to_owned();
+    let Some(r) = db.query_one(&q).await? else {
+        return Ok(None);
+    };
+    Ok(Some(crate::events::capture::Bodies {
+        request: r.try_get("", "request")?,
+        response: r.try_get("", "response")?,
+    }))
 }
 
 pub async fn count_for_service(db: &DatabaseConnection, slug: &str) -> Result<u64, DbErr> {

@@ -1,21 +1,22 @@
-//! Per-minute request rollups (`request_rollups`): additive upserts from the log writer, grouped
-//! reads for `/admin/stats`. Reads never touch `request_logs`.
+//! Request statistics rows (`request_stats`): additive upserts from the log writer, grouped reads
+//! for `/admin/stats`. Reads never touch `request_logs`.
 use std::collections::BTreeMap;
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 
-use crate::events::rollup::{Counts, RollupKey, columns};
+use crate::events::rollup::{Counts, Dim, StatKey, columns};
 
-const TABLE: &str = "request_rollups";
-const PK: [&str; 5] = [
+const TABLE: &str = "request_stats";
+const PK: [&str; 6] = [
+    "grain",
+    "dim",
     "bucket_start",
     "service",
-    "upstream_key_id",
-    "access_key_id",
-    "model",
+    "group_id",
+    "group_name",
 ];
-/// Rows per upsert statement: 67 bound values a row stays under SQLite's 32766 and Postgres'
+/// Rows per upsert statement: 68 bound values a row stays under SQLite's 32766 and Postgres'
 /// 65535 parameters.
 const ROWS_PER_STATEMENT: usize = 200;
 
@@ -23,7 +24,7 @@ const ROWS_PER_STATEMENT: usize = 200;
 /// any number of concurrent writers: the database does the addition.
 pub async fn add<C: ConnectionTrait>(
     db: &C,
-    rows: &BTreeMap<RollupKey, Counts>,
+    rows: &BTreeMap<StatKey, Counts>,
 ) -> Result<(), DbErr> {
     let cols = columns();
     let rows: Vec<_> = rows.iter().collect();
@@ -36,11 +37,12 @@ pub async fn add<C: ConnectionTrait>(
         );
         for (k, c) in chunk {
             let mut v: Vec<Expr> = vec![
+                k.grain.into(),
+                k.dim.code().into(),
                 k.bucket_start.into(),
                 k.service.clone().into(),
-                k.upstream_key_id.into(),
-                k.access_key_id.into(),
-                k.model.clone().into(),
+                k.group_id.into(),
+                k.group_name.clone().into(),
             ];
             v.extend(c.values().into_iter().map(Expr::from));
             q.values_panic(v);
@@ -70,12 +72,20 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
+    fn dim(self) -> Dim {
+        match self {
+            Self::Service => Dim::Service,
+            Self::Key => Dim::Key,
+            Self::AccessKey => Dim::AccessKey,
+            Self::Model => Dim::Model,
+        }
+    }
+
     fn column(self) -> &'static str {
         match self {
             Self::Service => "service",
-            Self::Key => "upstream_key_id",
-            Self::AccessKey => "access_key_id",
-            Self::Model => "model",
+            Self::Key | Self::AccessKey => "group_id",
+            Self::Model => "group_name",
         }
     }
 }
@@ -104,9 +114,10 @@ pub struct Row {
     pub counts: Counts,
 }
 
-/// Sums the minute rows into `bucket`-wide buckets per group, in SQL (integer division truncates
-/// the same on both backends), oldest first. At most `limit` rows; the caller sees more than
-/// `limit - 1` as "too many".
+/// Sums the rows of the finest grain that divides `bucket` (minutes for 1m, hours for 1h and 1d)
+/// into `bucket`-wide buckets per group, in SQL (integer division truncates the same on both
+/// backends), oldest first. At most `limit` rows; the caller sees more than `limit - 1` as "too
+/// many".
 pub async fn grouped(
     db: &DatabaseConnection,
     f: &Filter<'_>,
@@ -115,6 +126,7 @@ pub async fn grouped(
     if f.services.is_some_and(|s| s.is_empty()) {
         return Ok(Vec::new());
     }
+    let grain = if f.bucket % 3600 == 0 { 3600 } else { 60 };
     let cols = columns();
     let b = f.bucket;
     let trunc = format!("(bucket_start / {b}) * {b}");
@@ -130,6 +142,8 @@ pub async fn grouped(
         );
     }
     q.from(Alias::new(TABLE))
+        .and_where(Expr::col(Alias::new("grain")).eq(grain))
+        .and_where(Expr::col(Alias::new("dim")).eq(f.group_by.dim().code()))
         .and_where(Expr::col(Alias::new("bucket_start")).gte(f.from))
         .and_where(Expr::col(Alias::new("bucket_start")).lt(f.to));
     if let Some(s) = f.services {

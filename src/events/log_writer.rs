@@ -104,12 +104,14 @@ pub async fn run(
     mut rx: mpsc::Receiver<RequestEvent>,
     spool: Option<Spool>,
     coord: Coord,
+    log_requests: bool,
 ) {
     let mut shutdown = events.on_shutdown();
     // The writer only needs the shutdown hook; holding a sender would keep its own channel open.
     drop(events);
     let mut w = Writer {
         db,
+        log_requests,
         spool,
         down: false,
         backoff: REPLAY_MIN,
@@ -158,6 +160,8 @@ type Replay = (JoinHandle<Result<(), DbErr>>, Mark);
 
 struct Writer {
     db: DatabaseConnection,
+    /// `log.requests`: off, batches only feed the live figures and are then dropped.
+    log_requests: bool,
     spool: Option<Spool>,
     /// The database did not take the last write: one WARN when this turns on, one INFO when off.
     down: bool,
@@ -179,6 +183,9 @@ impl Writer {
 
     /// A fresh batch: to the database if nothing waits in the spool, else behind it.
     async fn accept(&mut self, batch: Vec<RequestEvent>) {
+        if !self.log_requests {
+            return;
+        }
         if self.spooled() {
             self.spool(batch);
             return;
@@ -406,8 +413,45 @@ async fn insert_and_roll_up(
         .map(|r| r.try_get::<uuid::Uuid>("", "id"))
         .collect::<Result<std::collections::HashSet<_>, _>>()?;
     rollup::record(&txn, events.iter().filter(|e| new.contains(&e.id))).await?;
+    insert_bodies(&txn, events.iter().filter(|e| new.contains(&e.id))).await?;
     txn.commit().await?;
     Ok(new.len() as u64)
+}
+
+/// Captured bodies of the new rows (`request_bodies`), in the batch's transaction.
+async fn insert_bodies<'a, C: ConnectionTrait>(
+    db: &C,
+    events: impl Iterator<Item = &'a RequestEvent>,
+) -> Result<(), DbErr> {
+    use sea_orm::sea_query::{Alias, Query};
+    let rows: Vec<_> = events
+        .filter_map(|e| e.bodies.as_ref().map(|b| (e, b)))
+        .collect();
+    // Bodies can be large: a few per statement keeps each one small.
+    for chunk in rows.chunks(50) {
+        let mut q = Query::insert();
+        q.into_table(Alias::new("request_bodies")).columns([
+            Alias::new("id"),
+            Alias::new("ts"),
+            Alias::new("request"),
+            Alias::new("response"),
+        ]);
+        for (e, b) in chunk {
+            q.values_panic([
+                e.id.into(),
+                e.ts.into(),
+                b.request.clone().into(),
+                b.response.clone().into(),
+            ]);
+        }
+        q.on_conflict(
+            sea_orm::sea_query::OnConflict::column(Alias::new("id"))
+                .do_nothing()
+                .to_owned(),
+        );
+        db.execute(&q).await?;
+    }
+    Ok(())
 }
 
 /// The database answered and refused the data itself (a constraint or a value out of range),

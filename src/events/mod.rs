@@ -6,6 +6,7 @@
 //!   while the database is unreachable events spool to a bounded local file that is replayed in
 //!   order when it returns. On shutdown the queue is flushed (or spooled).
 //! - `key_status`: durable key status changes, coalesced to at most one write per key per second.
+pub mod capture;
 pub mod key_status;
 pub mod log_writer;
 pub mod rollup;
@@ -85,6 +86,9 @@ pub struct RequestEvent {
     /// For a router slug: the target slug that served the request (or was tried last).
     #[serde(default)]
     pub target: Option<String>,
+    /// Captured bodies, already cut and redacted (services with `capture` set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bodies: Option<Box<capture::Bodies>>,
 }
 
 /// A key fault as the database should remember it: a durable status (`invalid`, `exhausted`),

@@ -1,11 +1,15 @@
-//! Per-minute rollups of request events (`request_rollups`), the only source of `/admin/stats`
-//! history.
+//! Request statistics (`request_stats`), the only source of `/admin/stats` history.
+//!
+//! Each request adds to one row per dimension it can be grouped by (service, upstream key, access
+//! key, model) and per grain (minute and hour): stats group by one dimension at a time, so a row
+//! per combination of all four would make "every service this week" read about as many rows as
+//! the raw log. Hour and day buckets read the hourly rows.
 //!
 //! The log writer calls `record` inside the transaction that inserts a batch, with only the
 //! events whose rows that insert reported new (`RETURNING id` under `ON CONFLICT DO NOTHING`).
-//! The rows and their rollup either commit together or not at all, so a spool replay, a retry
-//! after a lost commit reply or another replica writing the same event never counts it twice;
-//! and because every write is an additive upsert, any number of replicas add up exactly.
+//! The rows and their statistics either commit together or not at all, so a spool replay, a
+//! retry after a lost commit reply or another replica writing the same event never counts it
+//! twice; and because every write is an additive upsert, any number of replicas add up exactly.
 use std::collections::BTreeMap;
 
 use sea_orm::{ConnectionTrait, DbErr};
@@ -17,18 +21,45 @@ use crate::coord::{Coord, LiveDelta};
 /// [2^(i-1), 2^i) ms; the last holds everything from 2^22 ms (about 70 minutes).
 pub const HIST_BUCKETS: usize = 24;
 
-/// Longest model name kept in a rollup key (longer names are cut, not refused).
+/// Longest model name kept in a stats row (longer names are cut, not refused).
 const MODEL_MAX: usize = 200;
 
-/// One rollup row's identity: the minute (unix seconds) and the group columns, with 0 and ''
-/// standing for "none".
+/// The row widths kept, in seconds: minutes serve `1m` buckets, hours serve `1h` and `1d`.
+pub const GRAINS: [i64; 2] = [60, 3600];
+
+/// What a stats row is grouped by (stored as one letter in `dim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dim {
+    Service,
+    Key,
+    AccessKey,
+    Model,
+}
+
+impl Dim {
+    pub const ALL: [Dim; 4] = [Dim::Service, Dim::Key, Dim::AccessKey, Dim::Model];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Service => "s",
+            Self::Key => "k",
+            Self::AccessKey => "a",
+            Self::Model => "m",
+        }
+    }
+}
+
+/// One stats row's identity. The group is `group_id` for keys and access keys (0 = none) and
+/// `group_name` for models ('' = none named); the other stays 0 / ''. The service is always set,
+/// so any dimension can be filtered to a set of services.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RollupKey {
+pub struct StatKey {
+    pub grain: i64,
+    pub dim: Dim,
     pub bucket_start: i64,
     pub service: String,
-    pub upstream_key_id: i64,
-    pub access_key_id: i64,
-    pub model: String,
+    pub group_id: i64,
+    pub group_name: String,
 }
 
 /// Additive counters of a set of requests. Written per minute, summed again when read.
@@ -210,32 +241,45 @@ pub fn quantile(hist: &[i64; HIST_BUCKETS], q: f64) -> Option<f64> {
     None
 }
 
-/// Sums a batch of events by minute and group; a BTreeMap so every writer upserts rows in the
-/// same order (two replicas' transactions then cannot deadlock on each other's rows).
+/// Sums a batch of events per grain, dimension, bucket and group; a BTreeMap so every writer
+/// upserts rows in the same order (two replicas' transactions then cannot deadlock on each other's
+/// rows).
 pub fn aggregate<'a>(
     events: impl IntoIterator<Item = &'a RequestEvent>,
-) -> BTreeMap<RollupKey, Counts> {
-    let mut out: BTreeMap<RollupKey, Counts> = BTreeMap::new();
+) -> BTreeMap<StatKey, Counts> {
+    let mut out: BTreeMap<StatKey, Counts> = BTreeMap::new();
     for ev in events {
-        let key = RollupKey {
-            bucket_start: ev.ts.timestamp().div_euclid(60) * 60,
-            service: ev.service.clone(),
-            upstream_key_id: ev.upstream_key_id.unwrap_or(0),
-            access_key_id: ev.access_key_id.unwrap_or(0),
-            model: ev
-                .model
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .take(MODEL_MAX)
-                .collect(),
-        };
-        out.entry(key).or_default().count(ev);
+        let model: String = ev
+            .model
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(MODEL_MAX)
+            .collect();
+        for grain in GRAINS {
+            for dim in Dim::ALL {
+                let (group_id, group_name) = match dim {
+                    Dim::Service => (0, String::new()),
+                    Dim::Key => (ev.upstream_key_id.unwrap_or(0), String::new()),
+                    Dim::AccessKey => (ev.access_key_id.unwrap_or(0), String::new()),
+                    Dim::Model => (0, model.clone()),
+                };
+                let key = StatKey {
+                    grain,
+                    dim,
+                    bucket_start: ev.ts.timestamp().div_euclid(grain) * grain,
+                    service: ev.service.clone(),
+                    group_id,
+                    group_name,
+                };
+                out.entry(key).or_default().count(ev);
+            }
+        }
     }
     out
 }
 
-/// Adds the events to the rollups, on the connection (the batch's transaction) given.
+/// Adds the events to the statistics, on the connection (the batch's transaction) given.
 pub async fn record<'a, C: ConnectionTrait>(
     db: &C,
     events: impl IntoIterator<Item = &'a RequestEvent>,

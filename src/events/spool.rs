@@ -300,6 +300,8 @@ struct Spooled {
     upstream_format: String,
     #[serde(default)]
     target: Option<String>,
+    #[serde(default)]
+    bodies: Option<Box<super::capture::Bodies>>,
 }
 
 fn decode(line: &[u8]) -> serde_json::Result<RequestEvent> {
@@ -327,6 +329,7 @@ fn decode(line: &[u8]) -> serde_json::Result<RequestEvent> {
         client_format: format_name(&s.client_format),
         upstream_format: format_name(&s.upstream_format),
         target: s.target,
+        bodies: s.bodies,
     })
 }
 
@@ -371,6 +374,7 @@ mod tests {
             client_format: "anthropic",
             upstream_format: "gemini",
             target: Some("cheap".into()),
+            bodies: None,
         }
     }
 

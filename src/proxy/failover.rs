@@ -321,7 +321,7 @@ pub async fn run(
                 continue;
             }
             Ok(Ok(resp)) => {
-                fin.head_arrived();
+                fin.head_arrived(resp.status().as_u16());
                 resp
             }
         };

@@ -30,6 +30,8 @@ pub struct Held {
     /// When the attempt on this key was sent, and how long its answer's head took.
     sent: Instant,
     head_ms: Option<u64>,
+    /// The status of the answer's head, once it came.
+    head_status: Option<u16>,
 }
 
 pub struct Finish {
@@ -67,6 +69,9 @@ pub struct Finish {
     cost: Option<i64>,
     /// The request body, to estimate its prompt tokens from when the upstream reports none.
     pub prompt: Option<bytes::Bytes>,
+    /// The answer as the client received it, up to the service's capture size (None: the
+    /// service captures no bodies, or no answer came through the meter).
+    pub response_capture: Option<Vec<u8>>,
     done: bool,
 }
 
@@ -98,6 +103,7 @@ impl Finish {
             reserved: 0,
             cost: None,
             prompt: None,
+            response_capture: None,
             done: false,
         }
     }
@@ -124,13 +130,15 @@ impl Finish {
             renewal,
             sent: Instant::now(),
             head_ms: None,
+            head_status: None,
         });
     }
 
     /// The held key's answer head arrived: its latency, for the latency strategy.
-    pub fn head_arrived(&mut self) {
+    pub fn head_arrived(&mut self, status: u16) {
         if let Some(h) = &mut self.held {
             h.head_ms = Some(h.sent.elapsed().as_millis() as u64);
+            h.head_status = Some(status);
         }
     }
 
@@ -163,10 +171,10 @@ impl Finish {
                 .unwrap_or_else(|| h.sent.elapsed().as_millis() as u64),
         );
         // A refusal came with a 4xx head, a failure with a 5xx head or with none at all.
-        let class = match fault {
-            Fault::Failure if h.head_ms.is_some() => StatClass::Server,
-            Fault::Failure => StatClass::Network,
-            _ => StatClass::Client,
+        let class = match (fault, h.head_status) {
+            (Fault::Failure, None) => StatClass::Network,
+            (Fault::Failure, Some(s)) => StatClass::Server(s),
+            (_, s) => StatClass::Client(s.unwrap_or(0)),
         };
         let task = tokio::spawn(async move {
             let r = report(
@@ -274,7 +282,7 @@ impl Finish {
                     Fault::Failure,
                     reason,
                     None,
-                    Some(StatClass::Server),
+                    Some(StatClass::Server(h.head_status.unwrap_or(0))),
                 )
                 .await;
                 st.lease_released.notify_waiters();
@@ -303,6 +311,7 @@ impl Finish {
             key_balance: spec.balance,
             latency_ms: h.head_ms,
             reserved: std::mem::take(&mut self.reserved),
+            status: h.head_status.unwrap_or(0),
         };
         self.release(h, &usage);
     }
@@ -325,6 +334,7 @@ impl Finish {
         let status = self.status;
         metrics::counter!(m::REQUESTS_TOTAL, "slug" => self.label.clone(), "status" => status.to_string())
             .increment(1);
+        let bodies = self.captured();
         self.state.events.request(RequestEvent {
             id: uuid::Uuid::now_v7(),
             ts: chrono::Utc::now(),
@@ -348,7 +358,19 @@ impl Finish {
             client_format: self.client_fmt.name(),
             upstream_format: self.upstream_fmt.name(),
             target: self.target.take(),
+            bodies,
         });
+    }
+}
+
+impl Finish {
+    /// The bodies to store with the log row, cut and redacted, when the service captures them.
+    fn captured(&mut self) -> Option<Box<crate::events::capture::Bodies>> {
+        let capture = self.svc.as_ref()?.capture.clone()?;
+        Some(Box::new(crate::events::capture::Bodies {
+            request: self.prompt.as_deref().map(|b| capture.keep(b)),
+            response: self.response_capture.take().map(|b| capture.keep(&b)),
+        }))
     }
 }
 

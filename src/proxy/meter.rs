@@ -55,6 +55,12 @@ pub fn deliver(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     fin.streamed = sse;
+    if let Some(c) = fin.svc.as_ref().and_then(|s| s.capture.as_ref()) {
+        // One byte past the cap, so the stored body can say it was cut.
+        fin.response_capture = Some(Vec::with_capacity(
+            (c.max_bytes as usize + 1).min(64 * 1024),
+        ));
+    }
     let transform = translating.map(|t| {
         // The body is rewritten: its length and type are the translation's.
         headers.remove(header::CONTENT_LENGTH);
@@ -209,6 +215,15 @@ impl Stream for Metered {
                     };
                     if fin.ttft.is_none() {
                         fin.ttft = Some(fin.started.elapsed());
+                    }
+                    if let Some(buf) = fin.response_capture.as_mut() {
+                        let cap = fin
+                            .svc
+                            .as_ref()
+                            .and_then(|s| s.capture.as_ref())
+                            .map_or(0, |c| c.max_bytes as usize + 1);
+                        let room = cap.saturating_sub(buf.len());
+                        buf.extend_from_slice(&chunk[..room.min(chunk.len())]);
                     }
                     if this.expected.is_some_and(|n| this.sent >= n) {
                         this.end();

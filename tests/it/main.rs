@@ -7,6 +7,7 @@ mod servers;
 mod admin;
 mod billing_sync;
 mod binary;
+mod capture;
 mod cluster;
 mod console;
 mod contract;

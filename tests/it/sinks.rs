@@ -36,6 +36,7 @@ pub(crate) fn event(service: &str, n: u64) -> keygate::events::RequestEvent {
         client_format: "openai",
         upstream_format: "openai",
         target: None,
+        bodies: None,
     }
 }
 

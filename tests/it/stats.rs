@@ -206,6 +206,7 @@ fn event(service: &str, minute: i64, status: u16) -> RequestEvent {
         client_format: "openai",
         upstream_format: "openai",
         target: None,
+        bodies: None,
     }
 }
 
@@ -395,5 +396,51 @@ both!(
         assert_eq!(v["totals"], json!([]));
         let (s, _) = stats(&app, &app.token, "?service=nope").await;
         assert_eq!(s, 404);
+    }
+);
+
+both!(
+    minute_statistics_past_their_retention_are_deleted_while_the_hourly_ones_still_answer,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        app.create_service("st-keep", "openai", "http://127.0.0.1:9/v1")
+            .await;
+        // Three requests ten days ago, in one hour.
+        let hour = (chrono::Utc::now().timestamp() - 10 * 86_400) / 3600;
+        let minute = hour * 60 + 7;
+        let batch = vec![
+            event("st-keep", minute, 200),
+            event("st-keep", minute + 1, 200),
+            event("st-keep", minute + 2, 500),
+        ];
+        log_writer::insert(app.state.db.clone(), &batch)
+            .await
+            .unwrap();
+        let by_minute = format!(
+            "?service=st-keep&bucket=1m&from={}&to={}",
+            minute * 60,
+            (minute + 3) * 60
+        );
+        let by_hour = format!(
+            "?service=st-keep&bucket=1h&from={}&to={}",
+            hour * 3600,
+            (hour + 1) * 3600
+        );
+        stats_with(&app, &by_minute, 3).await;
+        stats_with(&app, &by_hour, 3).await;
+
+        let mut log = app.state.config.log.clone();
+        log.minute_stats_days = 7;
+        let (minutes, _) =
+            keygate::db::logs::prune_side_tables(&app.state.db, &log, chrono::Utc::now())
+                .await
+                .unwrap();
+        // One minute row per dimension (service, key, access key, model) per request minute.
+        assert_eq!(minutes, 4 * 3);
+        let (_, v) = stats(&app, &app.token, &by_minute).await;
+        assert_eq!(v["totals"], json!([]), "the minutes are gone: {v}");
+        let v = stats_with(&app, &by_hour, 3).await;
+        let t = &v["totals"][0];
+        assert_eq!((&t["requests"], &t["status_5xx"]), (&json!(3), &json!(1)));
     }
 );

@@ -11,6 +11,8 @@
 -- ARGV[9] latency time constant ms, ARGV[10] success-rate time constant ms
 -- ARGV[11] micros to add to the client's spend (cost minus what acquire set aside; '' = none),
 -- ARGV[12] what the database says the client spent (seeds spent_micros when absent)
+-- ARGV[13] the answer's HTTP status ('' = unknown): an answer that was not a success counts as
+--         `sc:<status>`
 -- Statistics (taken by take_stats_v1): st_req, st_ok, st_f4 (an answer that was not a success),
 -- st_tok, st_cost. A debit that takes the live balance to zero or below puts the key out as
 -- `exhausted` in the same step.
@@ -53,7 +55,12 @@ if ARGV[8] ~= '' then
   -- The key answered: a good answer for its success rate, whatever the status it passed on.
   observe(KEYS[2], tonumber(ARGV[8]), true, tonumber(ARGV[9]), tonumber(ARGV[10]))
   redis.call('HINCRBY', KEYS[2], 'st_req', 1)
-  redis.call('HINCRBY', KEYS[2], ARGV[2] == '1' and 'st_ok' or 'st_f4', 1)
+  if ARGV[2] == '1' then
+    redis.call('HINCRBY', KEYS[2], 'st_ok', 1)
+  else
+    redis.call('HINCRBY', KEYS[2], 'st_f4', 1)
+    if ARGV[13] and ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[2], 'sc:' .. ARGV[13], 1) end
+  end
 end
 local tokens = tonumber(ARGV[3])
 local function add_tokens(h, limit)

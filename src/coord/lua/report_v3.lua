@@ -11,6 +11,7 @@
 -- ARGV[12] ms the failed attempt took ('' = not timed), ARGV[13] latency time constant ms,
 -- ARGV[14] success-rate time constant ms
 -- ARGV[15] statistics class of the failed attempt: 4xx | 5xx | net ('' = not counted)
+-- ARGV[16] the attempt's HTTP status ('' or 0 = no answer): counted as the key's `sc:<status>`
 -- Returns {fails, until, service_backoff_until}: until as in acquire_v4.lua (0, -1 or ms epoch);
 -- service_backoff_until 0 unless this report started an upstream-wide backoff.
 -- Read by coord::redis::RedisStore::report into coord::Report.
@@ -57,6 +58,7 @@ if ARGV[15] ~= '' then
   redis.call('HINCRBY', KEYS[3], 'st_req', 1)
   local field = ({['4xx'] = 'st_f4', ['5xx'] = 'st_f5', net = 'st_fn'})[ARGV[15]]
   if field then redis.call('HINCRBY', KEYS[3], field, 1) end
+  redis.call('HINCRBY', KEYS[3], 'sc:' .. (ARGV[16] ~= '' and ARGV[16] or '0'), 1)
 end
 local u = tonumber(redis.call('HGET', KEYS[3], 'until') or '0') or 0
 local fails = tonumber(redis.call('HGET', KEYS[3], 'fails') or '0') or 0

@@ -49,6 +49,8 @@ pub struct Model {
     pub validate_concurrency: i32,
     /// Remote balance sync settings (`billing::sync`), None = off.
     pub balance_sync: Option<Json>,
+    /// Request/response body capture settings (`events::capture`), None = off.
+    pub capture: Option<Json>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
