@@ -165,6 +165,7 @@ await test('an_operator_creates_a_service', async () => {
   await page.fill('input[name=name]', 'Mock upstream');
   await page.fill('input[name=base_url]', `http://127.0.0.1:${mockPort}/v1`);
   await page.fill('textarea[name=model_aliases]', 'gpt4 = gpt-4o');
+  await page.check('input[name=capture]');
   await shot('service-form');
   await page.getByRole('button', { name: 'Create service' }).click();
   await page.waitForURL(/#\/services\/mock\/keys$/);
@@ -254,6 +255,7 @@ await test('proxied_calls_show_in_the_log_with_a_detail_drawer', async () => {
   await shot('logs');
   await page.locator('[data-testid=logs-table] tbody tr button.link').first().click();
   await page.locator('[data-testid=log-detail]').getByText(/chat\/completions/).waitFor();
+  await page.locator('[data-testid=log-detail] pre.body').first().getByText(/gpt-e2e/).waitFor();
   await shot('log-detail');
   await page.keyboard.press('Escape');
   await page.selectOption('form.filters select[name=service]', 'mock');

@@ -132,6 +132,8 @@ async function statsDrawer(slug, k) {
     h('dl', { class: 'facts' },
       [[t('keys.requests'), num(k.requests)], [t('keys.success_rate'), pct(k.success_rate)],
         [t('keys.fail_4xx'), num(k.failures['4xx'])], [t('keys.fail_5xx'), num(k.failures['5xx'])], [t('keys.fail_net'), num(k.failures.network)],
+        [t('keys.by_status'), Object.keys(k.failures_by_status || {}).length
+          ? Object.entries(k.failures_by_status).map(([st, n]) => `${st === '0' ? t('keys.fail_net') : st}: ${num(/** @type {number} */ (n))}`).join(', ') : '–'],
         [t('keys.tokens'), num(k.tokens)], [t('keys.cost'), money(k.cost)], [t('keys.in_flight'), num(k.in_flight)],
         [t('keys.consecutive'), num(k.consecutive_failures)], [t('keys.last_used'), ago(k.last_used_at)],
         [t('keys.validated'), ago(k.validated_at)], [t('keys.weight'), num(k.weight)], [t('keys.created'), when(k.created_at)]]

@@ -13,6 +13,15 @@ function statusBadge(s) {
   return h('span', { class: ['badge', `b-${cls}`] }, String(s));
 }
 
+/** A captured body, indented when it is JSON (it may be cut short, then it stays as it is). @param {string} b */
+function pretty(b) {
+  try {
+    return JSON.stringify(JSON.parse(b), null, 2);
+  } catch {
+    return b;
+  }
+}
+
 /** @param {string} id */
 async function detail(id) {
   const d = dialog(t('logs.detail'), h('p', null, t('common.loading')), { drawer: true });
@@ -32,6 +41,8 @@ async function detail(id) {
       [t('logs.cache'), `${num(r.cache_read_tokens)} / ${num(r.cache_write_tokens)}`],
       [t('logs.cost'), money(r.cost)],
       [t('logs.flags'), [r.streamed && t('logs.streamed_flag'), r.cancelled && t('logs.cancelled')].filter(Boolean).join(', ') || null],
+      [t('logs.request_body'), r.request_body ? h('pre', { class: 'body' }, pretty(r.request_body)) : null],
+      [t('logs.response_body'), r.response_body ? h('pre', { class: 'body' }, pretty(r.response_body)) : null],
     ];
     replace(d.body, h('dl', { class: 'facts', 'data-testid': 'log-detail' },
       rows.filter(([, v]) => v !== null && v !== undefined && v !== '').map(([a, b]) => [h('dt', null, a), h('dd', null, b)])));

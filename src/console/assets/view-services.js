@@ -69,6 +69,8 @@ function valuesOf(s) {
     egress_proxy: str(s?.egress_proxy), api_version: str(s?.api_version), deployment_path: str(s?.deployment_path),
     // Only the certificates' hashes come back; the field holds a new bundle to send.
     tls_ca_pem: '',
+    capture: s?.capture ? 'true' : 'false', capture_max_bytes: str(s?.capture?.max_bytes),
+    capture_redact: (s?.capture?.redact || []).join(', '),
   };
 }
 
@@ -123,6 +125,10 @@ function bodyOf(v) {
     upstream_headers: Object.fromEntries(pairs(v.upstream_headers, ':')),
     egress_proxy: v.egress_proxy, api_version: v.api_version, deployment_path: v.deployment_path,
     tls_ca_pem: v.tls_ca_pem,
+    capture: v.capture === 'true' ? {
+      ...(v.capture_max_bytes ? { max_bytes: int(v.capture_max_bytes, 'capture.max_bytes') } : {}),
+      redact: v.capture_redact.split(/[,\s]+/).filter(Boolean),
+    } : null,
   };
 }
 
@@ -225,6 +231,10 @@ export async function serviceFormView(params) {
     f('sync_currency_pointer', t('svc.sync_currency_pointer')),
     f('validate_interval_s', t('svc.validate_interval_s'), { type: 'number', help: t('svc.validate_help') }),
     f('validate_concurrency', t('svc.validate_concurrency'), { type: 'number' })),
+  h('fieldset', null, h('legend', null, t('svc.sec_capture')),
+    fieldRow(t('svc.capture'), h('input', { type: 'checkbox', name: 'capture', checked: init.capture === 'true', disabled: !write }), t('svc.capture_help')),
+    f('capture_max_bytes', t('svc.capture_max_bytes'), { type: 'number', placeholder: '16384' }),
+    f('capture_redact', t('svc.capture_redact'), { placeholder: 'messages, input', help: t('svc.capture_redact_help') })),
   h('fieldset', null, h('legend', null, t('svc.sec_advanced')),
     f('responses', t('svc.responses'), { options: ['auto', 'passthrough', 'translate'] }),
     f('upstream_headers', t('svc.upstream_headers'), { area: true, placeholder: 'x-team: research' }),
