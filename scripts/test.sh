@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole keygate test suite. The integration tests start their own Postgres and Redis from
 # the server binaries on free loopback ports, so those binaries must be installed: as root on Debian
-# this script installs them; otherwise it says what is missing and stops.
+# this script installs them; otherwise it says what is missing and stops. Then the console's browser
+# tests (scripts/e2e.sh: node, Debian's chromium, npm packages into .cache/e2e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,12 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The web console in a real browser, against the binaries cargo test just built; only for the
+# whole suite (no test filter given) and not when KEYGATE_SKIP_E2E is set.
+if [ "$status" = 0 ] && [ $# -eq 0 ] && [ -z "${KEYGATE_SKIP_E2E:-}" ]; then
+  scripts/e2e.sh 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+fi
 # The deploy files (Dockerfile build context, compose, Helm chart, Prometheus rules): no Docker or
 # cluster needed; its own "test result:" line joins the total below.
 deploy_status=0

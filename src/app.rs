@@ -158,6 +158,7 @@ impl App {
         // plane is left out on purpose (LLM uploads may be slow and it bounds bodies itself).
         let control = control
             .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+            .merge(crate::console::routes())
             .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
                 config.server.admin_body_timeout_ms.max(1),
             )))

@@ -6,6 +6,7 @@ pub mod app;
 pub mod billing;
 pub mod bootstrap;
 pub mod config;
+pub mod console;
 pub mod coord;
 pub mod crypto;
 pub mod db;

@@ -188,3 +188,26 @@ pub async fn login(
         expires_in: ttl,
     }))
 }
+
+/// Who a token belongs to, as the database has it now (the role may have changed since login).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub id: i64,
+    pub username: String,
+    pub role: Role,
+    /// Null: a global user, who sees every tenant.
+    pub tenant_id: Option<i64>,
+}
+
+/// The user the bearer token belongs to: what a client (the web console) shows and which
+/// actions it offers.
+#[utoipa::path(get, path = "/admin/auth/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = super::error::Problem)))]
+pub async fn me(user: AuthUser) -> axum::Json<Me> {
+    axum::Json(Me {
+        id: user.id,
+        username: user.username,
+        role: user.role,
+        tenant_id: user.tenant_id,
+    })
+}

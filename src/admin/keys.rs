@@ -194,8 +194,19 @@ pub struct AddKeysResult {
     pub added: usize,
     /// Keys already in the service (or repeated in the request): reported, not re-added.
     pub duplicates: usize,
-    /// Always empty on success: a request with any bad item is refused whole (400).
+    /// Always empty on success: a request with any bad item is refused whole (400). In a dry
+    /// run, every bad line or item, each naming where it is (`line 3: ...`, `keys[2]: ...`).
     pub errors: Vec<String>,
+    /// True when nothing was written (`?dry_run=true`): `added` and `duplicates` say what an
+    /// import of the same body would do (none is added while any line is bad).
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub struct ImportOptions {
+    /// Check the body and report what an import would do, without writing anything: bad lines
+    /// come back in `errors` with status 200 instead of a 400.
+    pub dry_run: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -272,6 +283,7 @@ async fn store(
         added,
         duplicates,
         errors: vec![],
+        dry_run: false,
     })
 }
 
@@ -305,9 +317,10 @@ pub async fn add(
 }
 
 /// Import keys: JSON, CSV (`key,balance`) or plain text (one key a line; blank lines and `#`
-/// comments skipped), by Content-Type, or a multipart upload of such a file. All or nothing.
+/// comments skipped), by Content-Type, or a multipart upload of such a file. All or nothing;
+/// `?dry_run=true` reports every bad line and the count of new and duplicate keys first.
 #[utoipa::path(post, path = "/admin/services/{slug}/keys/import", tag = "keys",
-    params(("slug" = String, Path)), security(("bearer" = [])),
+    params(("slug" = String, Path), ImportOptions), security(("bearer" = [])),
     request_body(content(
         (String = "text/plain"), (String = "text/csv"), (AddKeys = "application/json"),
         (Vec<u8> = "multipart/form-data"))),
@@ -317,6 +330,7 @@ pub async fn import(
     State(state): State<AppState>,
     user: AuthUser,
     Path(slug): Path<String>,
+    Query(opts): Query<ImportOptions>,
     req: Request,
 ) -> ApiResult<axum::Json<AddKeysResult>> {
     user.require(Role::Operator)?;
@@ -367,7 +381,24 @@ pub async fn import(
             .map_err(|_| ApiError::TooLarge("body: larger than 16 MiB".into()))?;
         (fmt, bytes)
     };
-    let keys = import::parse(format, &bytes).map_err(bad_lines)?;
+    let parsed = import::parse(format, &bytes);
+    if opts.dry_run == Some(true) {
+        let (added, duplicates, errors) = match parsed {
+            Ok(keys) => {
+                let fps: Vec<String> = keys.iter().map(|k| sha256_hex(&k.key)).collect();
+                let (new, dup) = db::keys::count_new(&state.db, svc.id, &fps).await?;
+                (new, dup, Vec::new())
+            }
+            Err(errs) => (0, 0, errs),
+        };
+        return Ok(axum::Json(AddKeysResult {
+            added,
+            duplicates,
+            errors,
+            dry_run: true,
+        }));
+    }
+    let keys = parsed.map_err(bad_lines)?;
     Ok(axum::Json(store(&state, svc.id, keys).await?))
 }
 

@@ -104,6 +104,29 @@ pub struct NewKey {
     pub egress_proxy_enc: Option<String>,
 }
 
+/// What `insert_new` would do with these fingerprints, without writing: (new, duplicates), a
+/// fingerprint repeated in the list counting as a duplicate after its first time.
+pub async fn count_new(
+    db: &DatabaseConnection,
+    service_id: i64,
+    fps: &[String],
+) -> Result<(usize, usize), DbErr> {
+    let mut seen: HashSet<String> = HashSet::new();
+    for chunk in fps.chunks(500) {
+        let existing: Vec<String> = upstream_key::Entity::find()
+            .select_only()
+            .column(upstream_key::Column::Fingerprint)
+            .filter(upstream_key::Column::ServiceId.eq(service_id))
+            .filter(upstream_key::Column::Fingerprint.is_in(chunk.to_vec()))
+            .into_tuple()
+            .all(db)
+            .await?;
+        seen.extend(existing);
+    }
+    let new = fps.iter().filter(|f| seen.insert((*f).clone())).count();
+    Ok((new, fps.len() - new))
+}
+
 /// Inserts keys whose fingerprint is not yet in the service, in one transaction.
 /// Returns (added, duplicates).
 pub async fn insert_new(

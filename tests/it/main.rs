@@ -9,6 +9,7 @@ mod billing_sync;
 mod binary;
 mod capture;
 mod cluster;
+mod console;
 mod contract;
 mod edge;
 mod egress;
