@@ -115,6 +115,7 @@ impl App {
             catalog: Default::default(),
             login_guard: admin::login_guard::LoginGuard::new(&config.auth),
             draining: std::sync::atomic::AtomicBool::new(false),
+            db_health: Default::default(),
             global_keys,
             events: events.clone(),
             metrics,
@@ -151,6 +152,7 @@ impl App {
             tokio::spawn(crate::jobs::validate::schedule(state.clone())),
             tokio::spawn(crate::jobs::sync::schedule(state.clone())),
             tokio::spawn(crate::jobs::persist::run(state.clone())),
+            tokio::spawn(state.db_health.clone().run(state.db.clone())),
         ];
 
         let (control, api) = control_routes().split_for_parts();
@@ -159,6 +161,10 @@ impl App {
         let control = control
             .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
             .merge(crate::console::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                admin::database_gate,
+            ))
             .layer(RequestBodyTimeoutLayer::new(Duration::from_millis(
                 config.server.admin_body_timeout_ms.max(1),
             )))

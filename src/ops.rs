@@ -14,6 +14,8 @@ pub struct Health {
     /// `ok`/`down`, absent for /healthz.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<&'static str>,
+    /// `ok`, `down`, or `degraded` (Redis is down and this replica serves in process, which
+    /// still counts as ready).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coordination: Option<&'static str>,
 }
@@ -44,9 +46,18 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<He
             }),
         );
     }
-    let (db_ok, coord_ok) = tokio::join!(crate::db::ping(&state.db), state.coord.ping());
+    // A database the probe found down is not asked again (the answer must come at once); a
+    // ping is bounded by a second either way.
+    let db =
+        async { !state.db_health.is_down() && crate::db::health::DbHealth::ping(&state.db).await };
+    let (db_ok, coord_ok) = tokio::join!(db, state.coord.ping());
+    // Degraded (Redis down, serving in process) is still ready: taking every replica out of
+    // the load balancer would turn a Redis outage into a full one.
+    let degraded = !coord_ok
+        && state.coord.degraded()
+        && state.config.redis.on_outage == crate::coord::outage::OnOutage::Degrade;
     let word = |ok: bool| if ok { "ok" } else { "down" };
-    let ready = db_ok && coord_ok;
+    let ready = db_ok && (coord_ok || degraded);
     let code = if ready {
         StatusCode::OK
     } else {
@@ -57,7 +68,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<He
         axum::Json(Health {
             status: if ready { "ok" } else { "unavailable" },
             database: Some(word(db_ok)),
-            coordination: Some(word(coord_ok)),
+            coordination: Some(if degraded { "degraded" } else { word(coord_ok) }),
         }),
     )
 }

@@ -48,6 +48,8 @@ pub struct Inner {
     pub login_guard: LoginGuard,
     /// Set when shutdown begins: `/readyz` answers 503 so load balancers stop sending traffic.
     pub draining: AtomicBool,
+    /// Whether the database answers (one probe per replica).
+    pub db_health: Arc<crate::db::health::DbHealth>,
 }
 
 impl AppState {

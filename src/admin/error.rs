@@ -35,6 +35,10 @@ pub enum ApiError {
     Unsupported(String),
     #[error("the database is busy; try again")]
     Unavailable,
+    #[error(
+        "the database is unreachable: the admin API is unavailable until it answers (the data plane keeps serving); /readyz says when"
+    )]
+    DatabaseDown,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -77,7 +81,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::DatabaseDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,7 +95,7 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::TooLarge(_) => "payload-too-large",
             Self::Unsupported(_) => "unsupported-media-type",
-            Self::Unavailable => "unavailable",
+            Self::Unavailable | Self::DatabaseDown => "unavailable",
             Self::Internal(_) => "internal",
         }
     }

@@ -87,3 +87,22 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(stats::get))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
 }
+
+/// Admin requests while the database is down get 503 at once (problem+json) instead of waiting
+/// out the connection pool; probes, metrics and the API document still answer.
+pub async fn database_gate(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.db_health.is_down() && req.uri().path().starts_with("/admin") {
+        let mut r = error::ApiError::DatabaseDown.into_response();
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+        return r;
+    }
+    next.run(req).await
+}

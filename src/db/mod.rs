@@ -2,6 +2,7 @@
 //! per-aggregate query functions here and never build SQL themselves.
 pub mod access_keys;
 pub mod entity;
+pub mod health;
 pub mod keys;
 pub mod log_partitions;
 pub mod logs;

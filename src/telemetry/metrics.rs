@@ -3,6 +3,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// 1 while the database answers this replica's probe, 0 while it does not.
+pub const DB_UP: &str = "keygate_db_up";
 /// 1 while Redis is unreachable and this replica coordinates in process (or refuses, fail-closed).
 pub const COORD_DEGRADED: &str = "keygate_coord_degraded";
 /// Times this replica lost Redis (each outage once).
@@ -75,6 +77,7 @@ pub fn handle() -> PrometheusHandle {
             // Another recorder may already be installed (embedding); ours still renders.
             let _ = metrics::set_global_recorder(recorder);
             metrics::describe_counter!(REQUESTS_TOTAL, "Data-plane requests by slug and status");
+            metrics::describe_gauge!(DB_UP, "1 while the database answers this replica's probe");
             metrics::describe_gauge!(
                 COORD_DEGRADED,
                 "1 while Redis is unreachable and this replica coordinates alone"

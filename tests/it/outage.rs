@@ -1,7 +1,6 @@
 //! A Redis outage under load: the data plane keeps serving (degraded: each replica coordinates
 //! in process with its share of the limits), says so once, and goes back to Redis by itself; or,
 //! fail-closed, refuses at once in the client's format.
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,65 +11,11 @@ use serde_json::json;
 
 use crate::harness::{Backend, Shared, TestApp, eventually};
 use crate::mock;
-use crate::servers::{free_port, wait_for_port};
+use crate::servers::{OwnPostgres, OwnRedis};
 
-/// A Redis of this test's own, which it may kill and start again on the same port.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl OwnRedis {
-    fn start() -> Self {
-        let mut r = Self {
-            port: free_port(),
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        r.up();
-        r
-    }
-
-    fn up(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        self.child = Some(child);
-        wait_for_port(self.port);
-    }
-
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn keys(&self) -> usize {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("DBSIZE")
-            .query_async::<usize>(&mut c)
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.down();
-    }
+async fn ready(app: &TestApp) -> (u16, serde_json::Value) {
+    let r = app.http.get(app.url("/readyz")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 async fn shared_on(redis: &OwnRedis, on_outage: OnOutage) -> Shared {
@@ -155,6 +100,12 @@ async fn two_replicas_keep_serving_through_a_redis_outage_with_their_share_of_li
         served(50).await,
         "requests keep being answered during the outage"
     );
+    let (status, body) = ready(&a).await;
+    assert_eq!(
+        status, 200,
+        "a degraded replica stays in the load balancer: {body}"
+    );
+    assert_eq!(body["coordination"], "degraded");
     // The access key's 10 a minute, split over two replicas: five on this one.
     let mut statuses = Vec::new();
     for _ in 0..7 {
@@ -213,6 +164,12 @@ async fn fail_closed_refuses_in_the_clients_format_during_an_outage_and_serves_a
         "OpenAI error shape: {body}"
     );
     assert!(app.state.coord.degraded());
+    let (status, body) = ready(&app).await;
+    assert_eq!(
+        (status, &body["coordination"]),
+        (503, &json!("down")),
+        "{body}"
+    );
     for _ in 0..5 {
         assert_eq!(app.chat("strict", &ak).await.status(), 503);
     }
@@ -224,4 +181,77 @@ async fn fail_closed_refuses_in_the_clients_format_during_an_outage_and_serves_a
         .await,
         "served again once Redis answers"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_the_admin_api_and_readyz_say_so_at_once_while_the_data_plane_serves() {
+    let pg = tokio::task::spawn_blocking(OwnPostgres::start)
+        .await
+        .unwrap();
+    let admin = sea_orm::Database::connect(format!("{}/postgres", pg.base))
+        .await
+        .unwrap();
+    sea_orm::ConnectionTrait::execute_unprepared(&admin, "CREATE DATABASE keygate")
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let mut shared = Shared::new(Backend::Postgres).await;
+    shared.config.database.url = Some(format!("{}/keygate", pg.base).into());
+    let up = mock::start().await;
+    let app = TestApp::spawn_with(&shared.config).await;
+    let ak = app
+        .with_service("pgless", &up.base, &["sk-outage-key-0004"])
+        .await;
+    assert_eq!(ready(&app).await.0, 200);
+
+    let pg = Arc::new(pg);
+    let stopper = pg.clone();
+    tokio::task::spawn_blocking(move || stopper.stop())
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.state.db_health.is_down()
+        })
+        .await,
+        "the probe notices"
+    );
+    let (status, body) = ready(&app).await;
+    assert_eq!((status, &body["database"]), (503, &json!("down")), "{body}");
+    let r = app
+        .http
+        .get(app.url("/admin/services"))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("database is unreachable"),
+        "{p}"
+    );
+    // The data plane serves from its snapshot.
+    for _ in 0..5 {
+        assert_eq!(app.chat("pgless", &ak).await.status(), 200);
+    }
+
+    let starter = pg.clone();
+    tokio::task::spawn_blocking(move || starter.restart())
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            ready(&app).await.0 == 200
+        })
+        .await,
+        "ready again once the database answers"
+    );
+    let (s, _) = app.admin("GET", "/admin/services", None).await;
+    assert_eq!(s, 200);
 }

@@ -1,7 +1,6 @@
 //! The data-plane pipeline's exits: every request ends in the finaliser exactly once, whether the
 //! client cancels, a key hangs, a service points back at keygate, or the coordination store is
 //! gone.
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,6 @@ use tokio::sync::Notify;
 use crate::both;
 use crate::harness::{Backend, Shared, TestApp, eventually};
 use crate::mock::{self, Behaviour};
-use crate::servers::free_port;
 use keygate::db::entity::request_log;
 
 async fn rows(app: &TestApp, slug: &str) -> Vec<request_log::Model> {
@@ -171,60 +169,20 @@ both!(
     }
 );
 
-/// A Redis server of this test's own, so the test can take it away.
-struct OwnRedis {
-    url: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl OwnRedis {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self {
-            url: format!("redis://127.0.0.1:{port}"),
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_refused_because_redis_is_down_is_answered_503_and_logged() {
+async fn a_request_refused_because_redis_is_down_fail_closed_is_answered_503_and_logged() {
     let up = mock::start().await;
-    let mut redis = OwnRedis::start();
+    let mut redis = crate::servers::OwnRedis::start();
     let mut shared = Shared::new(Backend::Postgres).await;
-    shared.config.redis.url = Some(secrecy::SecretString::from(redis.url.clone()));
+    shared.config.redis.url = Some(secrecy::SecretString::from(redis.url()));
+    shared.config.redis.on_outage = keygate::coord::outage::OnOutage::Fail;
     let app = TestApp::spawn_with(&shared.config).await;
     let ak = app
         .with_service("redisless", &up.base, &["sk-redisless-01"])
         .await;
     assert_eq!(app.chat("redisless", &ak).await.status(), 200);
 
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    redis.down();
     let r = app.chat("redisless", &ak).await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
