@@ -152,6 +152,7 @@ impl App {
             tokio::spawn(crate::jobs::validate::schedule(state.clone())),
             tokio::spawn(crate::jobs::sync::schedule(state.clone())),
             tokio::spawn(crate::jobs::persist::run(state.clone())),
+            tokio::spawn(crate::jobs::gauges::run(state.clone())),
             tokio::spawn(state.db_health.clone().run(state.db.clone())),
         ];
 

@@ -527,10 +527,12 @@ impl Coord {
                 if r.outage.is_down() {
                     return r.acquire_degraded(req);
                 }
-                match r
-                    .acquire(req)
-                    .instrument(tracing::info_span!("coord.acquire"))
-                    .await
+                match timed(
+                    "acquire",
+                    r.acquire(req)
+                        .instrument(tracing::info_span!("coord.acquire")),
+                )
+                .await
                 {
                     Err(e) if outage::is_outage(&e) => {
                         r.went_down(&e);
@@ -551,10 +553,12 @@ impl Coord {
                 if lease.local || r.outage.is_down() {
                     return Ok(r.fallback.release(lease, usage));
                 }
-                match r
-                    .release(lease, usage)
-                    .instrument(tracing::info_span!("coord.release", key_id = lease.key_id))
-                    .await
+                match timed(
+                    "release",
+                    r.release(lease, usage)
+                        .instrument(tracing::info_span!("coord.release", key_id = lease.key_id)),
+                )
+                .await
                 {
                     Err(e) if outage::is_outage(&e) => {
                         r.went_down(&e);
@@ -579,9 +583,12 @@ impl Coord {
                 Ok(())
             }
             Self::Redis(r) => {
-                r.settle(client, delta)
-                    .instrument(tracing::info_span!("coord.settle"))
-                    .await
+                timed(
+                    "settle",
+                    r.settle(client, delta)
+                        .instrument(tracing::info_span!("coord.settle")),
+                )
+                .await
             }
         }
     }
@@ -666,14 +673,16 @@ impl Coord {
                 if lease.is_some_and(|l| l.local) || r.outage.is_down() {
                     return local();
                 }
-                match r
-                    .report(service_id, key_id, lease, fault, n_keys, took_ms, class)
-                    .instrument(tracing::info_span!(
-                        "coord.report",
-                        key_id,
-                        fault = fault.script_name()
-                    ))
-                    .await
+                match timed(
+                    "report",
+                    r.report(service_id, key_id, lease, fault, n_keys, took_ms, class)
+                        .instrument(tracing::info_span!(
+                            "coord.report",
+                            key_id,
+                            fault = fault.script_name()
+                        )),
+                )
+                .await
                 {
                     Err(e) if outage::is_outage(&e) => {
                         r.went_down(&e);
@@ -793,6 +802,15 @@ impl Coord {
             Self::Redis(r) => r.ping().await,
         }
     }
+}
+
+/// Times a Redis call into `keygate_coord_call_duration_seconds{op}`.
+async fn timed<T>(op: &'static str, f: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = f.await;
+    metrics::histogram!(crate::telemetry::metrics::COORD_CALL_DURATION, "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    out
 }
 
 /// Wall-clock milliseconds since the epoch (the Redis scripts use the server's clock instead).

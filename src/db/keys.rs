@@ -326,6 +326,19 @@ pub async fn ids_of_service(db: &DatabaseConnection, service_id: i64) -> Result<
         .await
 }
 
+/// (id, service id, stored status) of every key, for the key status gauges.
+pub async fn statuses(db: &DatabaseConnection) -> Result<Vec<(i64, i64, String)>, DbErr> {
+    upstream_key::Entity::find()
+        .select_only()
+        .column(upstream_key::Column::Id)
+        .column(upstream_key::Column::ServiceId)
+        .column(upstream_key::Column::Status)
+        .order_by_asc(upstream_key::Column::Id)
+        .into_tuple()
+        .all(db)
+        .await
+}
+
 /// Every key id, for the statistics flush.
 pub async fn all_ids(db: &DatabaseConnection) -> Result<Vec<i64>, DbErr> {
     upstream_key::Entity::find()

@@ -10,6 +10,7 @@
 //!
 //! What they share lives here: the keys with the status an operator sees, the client a key's
 //! traffic goes through, putting a key back in rotation, and the per-service schedule.
+pub mod gauges;
 pub mod persist;
 pub mod sync;
 pub mod validate;

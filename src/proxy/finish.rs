@@ -349,6 +349,9 @@ impl Finish {
         let status = self.status;
         metrics::counter!(m::REQUESTS_TOTAL, "slug" => self.label.clone(), "status" => status.to_string())
             .increment(1);
+        if status < 400 && self.svc.is_some() {
+            self.count_usage();
+        }
         self.record_span(status, error_kind);
         let bodies = self.captured();
         self.state.events.request(RequestEvent {
@@ -380,6 +383,27 @@ impl Finish {
 }
 
 impl Finish {
+    /// Tokens and cost of an answered request, by slug and model.
+    fn count_usage(&self) {
+        let model = m::model_label(self.model.as_deref());
+        let t = &self.tokens;
+        for (kind, n) in [
+            ("prompt", t.prompt),
+            ("completion", t.completion),
+            ("cache_read", t.cache_read),
+            ("cache_write", t.cache_write),
+        ] {
+            if n > 0 {
+                metrics::counter!(m::TOKENS_TOTAL, "slug" => self.label.clone(), "model" => model.clone(), "kind" => kind)
+                    .increment(n);
+            }
+        }
+        if let Some(c) = self.cost.filter(|c| *c > 0) {
+            metrics::counter!(m::COST_MICROS_TOTAL, "slug" => self.label.clone(), "model" => model)
+                .increment(c as u64);
+        }
+    }
+
     /// Fills in the request span's outcome (its attributes in the exported trace).
     fn record_span(&self, status: u16, error_kind: Option<&str>) {
         let s = &self.span;

@@ -59,6 +59,44 @@ pub const LOGIN_THROTTLED_TOTAL: &str = "keygate_login_throttled_total";
 /// Requests a router handed to its next target, by router `slug` and the `target` that failed.
 pub const ROUTER_FALLBACKS_TOTAL: &str = "keygate_router_fallbacks_total";
 
+/// Tokens of answered requests, by `slug`, `model` (the client's; at most `MODEL_LABELS` distinct
+/// values per process, then `other`) and `kind` (prompt, completion, cache_read, cache_write).
+pub const TOKENS_TOTAL: &str = "keygate_tokens_total";
+/// What answered requests cost, in micro-units of the pricing currency, by `slug` and `model`.
+pub const COST_MICROS_TOTAL: &str = "keygate_cost_micros_total";
+/// Upstream keys by `slug` and `status` (active, cooling, exhausted, invalid, disabled), counted
+/// every 15 s by each replica from the database and the coordination store.
+pub const KEYS: &str = "keygate_keys";
+/// Time of each coordination-store (Redis) call, by `op` (acquire, release, report, settle).
+pub const COORD_CALL_DURATION: &str = "keygate_coord_call_duration_seconds";
+
+/// Distinct `model` label values one process reports; later ones are counted as `other` (model
+/// names come from clients, and an unbounded label would grow the metrics without end).
+const MODEL_LABELS: usize = 200;
+
+/// The `model` label for `m`: itself while fewer than `MODEL_LABELS` were seen, else `other`.
+pub fn model_label(m: Option<&str>) -> String {
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
+        std::sync::Mutex::new(None);
+    let Some(m) = m.filter(|m| !m.is_empty()) else {
+        return "none".into();
+    };
+    let mut g = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = g.get_or_insert_with(Default::default);
+    if seen.contains(m) {
+        return m.to_string();
+    }
+    if seen.len() < MODEL_LABELS {
+        seen.insert(m.to_string());
+        return m.to_string();
+    }
+    "other".into()
+}
+
+const COORD_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
@@ -72,11 +110,27 @@ pub fn handle() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), BUCKETS)
                 .expect("static bucket list is non-empty")
+                .set_buckets_for_metric(Matcher::Full(COORD_CALL_DURATION.into()), COORD_BUCKETS)
+                .expect("static bucket list is non-empty")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (embedding); ours still renders.
             let _ = metrics::set_global_recorder(recorder);
             metrics::describe_counter!(REQUESTS_TOTAL, "Data-plane requests by slug and status");
+            metrics::describe_counter!(
+                TOKENS_TOTAL,
+                "Tokens of answered requests by slug, model and kind"
+            );
+            metrics::describe_counter!(
+                COST_MICROS_TOTAL,
+                "Cost of answered requests in micro-units of the pricing currency"
+            );
+            metrics::describe_gauge!(KEYS, "Upstream keys by slug and status");
+            metrics::describe_histogram!(
+                COORD_CALL_DURATION,
+                metrics::Unit::Seconds,
+                "Coordination-store call time by operation"
+            );
             metrics::describe_gauge!(DB_UP, "1 while the database answers this replica's probe");
             metrics::describe_gauge!(
                 COORD_DEGRADED,

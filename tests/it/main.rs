@@ -16,6 +16,7 @@ mod egress;
 mod formats;
 mod key_list;
 mod logs;
+mod metrics;
 mod migrations;
 mod money;
 mod ops;
