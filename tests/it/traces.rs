@@ -2,8 +2,6 @@
 //! starts: the request span under the client's `traceparent`, its attempt and coordination
 //! children, the `traceparent` the upstream receives, the trace id in log lines, and a dead
 //! collector costing nothing but a counter.
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,16 +9,15 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
-use sea_orm::{ConnectionTrait, Database};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::eventually;
 use crate::mock::{self, Behaviour};
+use crate::procs::{Proc, enterprise_env, fresh_database};
 use crate::servers::{free_port, servers};
 
 const GOOD: &str = "sk-trace-good-key-0001";
 const BAD: &str = "sk-trace-bad-key-00002";
-const PASSWORD: &str = "trace-test-password";
 
 /// An OTLP/HTTP collector: keeps every span it is sent.
 async fn sink() -> (String, Arc<Mutex<Vec<Span>>>) {
@@ -47,140 +44,35 @@ async fn sink() -> (String, Arc<Mutex<Vec<Span>>>) {
     (url, spans)
 }
 
-struct Gateway {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-    base: String,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The binary on a fresh Postgres database and Redis prefix, exporting to `collector`.
-async fn gateway(collector: &str) -> Gateway {
-    let s = servers();
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = Database::connect(format!("{}/postgres", s.pg_base))
-        .await
-        .unwrap();
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PORT", port.to_string())
-        .env("DATABASE_URL", format!("{}/{name}", s.pg_base))
-        .env("REDIS_URL", &s.redis_url)
-        .env("KEYGATE__REDIS__PREFIX", format!("{name}:"))
-        .env("JWT_SECRET", "jwt-secret-for-tests-0123456789")
-        .env("KEYGATE_ENCRYPTION_KEY", "ab".repeat(32))
-        .env("ADMIN_PASSWORD", PASSWORD)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
-        .env("OTEL_SERVICE_NAME", "keygate-under-test")
+async fn gateway(collector: &str) -> Proc {
+    let db = fresh_database().await;
+    let prefix = format!("{}:", db.rsplit('/').next().unwrap());
+    let mut env = enterprise_env(&db, &servers().redis_url, &prefix);
+    for (k, v) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        ("OTEL_SERVICE_NAME", "keygate-under-test"),
         // Batches every 100 ms instead of 5 s, so the test sees spans quickly.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
-    let lines = stderr.clone();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            lines.lock().unwrap().push(l);
-        }
-    });
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            http.get(format!("{base}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await,
-        "the binary never answered"
-    );
-    Gateway {
-        child,
-        _dir: dir,
-        base,
-        stderr,
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ] {
+        env.push((k.to_string(), v.to_string()));
     }
+    Proc::start(&env).await
 }
 
-impl Gateway {
-    async fn admin(&self, token: &str, method: &str, path: &str, body: Value) -> Value {
-        let r = reqwest::Client::new()
-            .request(method.parse().unwrap(), format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.json().await.unwrap()
+async fn chat(gw: &Proc, slug: &str, ak: &str, traceparent: &str) -> u16 {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/llm/{slug}/v1/chat/completions", gw.base))
+        .bearer_auth(ak);
+    if !traceparent.is_empty() {
+        req = req.header("traceparent", traceparent);
     }
-
-    /// A slug on `upstream` with `keys`, and an access key for it.
-    async fn slug(&self, slug: &str, upstream: &str, keys: &[&str]) -> String {
-        let r: Value = reqwest::Client::new()
-            .post(format!("{}/admin/auth/login", self.base))
-            .json(&json!({"username": "admin", "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = r["access_token"].as_str().unwrap().to_string();
-        self.admin(
-            &token,
-            "POST",
-            "/admin/services",
-            json!({"slug": slug, "kind": "openai", "base_url": upstream}),
-        )
-        .await;
-        let items: Vec<Value> = keys.iter().map(|k| json!({"key": k})).collect();
-        self.admin(
-            &token,
-            "POST",
-            &format!("/admin/services/{slug}/keys"),
-            json!({"keys": items}),
-        )
-        .await;
-        let ak = self
-            .admin(&token, "POST", "/admin/access-keys", json!({"name": "t"}))
-            .await;
-        ak["key"].as_str().unwrap().to_string()
-    }
-
-    async fn chat(&self, slug: &str, ak: &str, traceparent: &str) -> u16 {
-        let mut req = reqwest::Client::new()
-            .post(format!("{}/llm/{slug}/v1/chat/completions", self.base))
-            .bearer_auth(ak);
-        if !traceparent.is_empty() {
-            req = req.header("traceparent", traceparent);
-        }
-        req.json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
+    req.json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 fn attr(s: &Span, key: &str) -> Option<String> {
@@ -239,9 +131,7 @@ async fn a_request_is_one_trace_under_the_clients_span_with_its_attempts_and_sto
 
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
-    let status = gw
-        .chat("traced", &ak, &format!("00-{trace}-{client_span}-01"))
-        .await;
+    let status = chat(&gw, "traced", &ak, &format!("00-{trace}-{client_span}-01")).await;
     assert_eq!(status, 200);
     let trace_bytes: Vec<u8> = (0..16)
         .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).unwrap())
@@ -301,8 +191,13 @@ async fn a_request_is_one_trace_under_the_clients_span_with_its_attempts_and_sto
     let trace2 = "0af7651916cd43dd8448eb211c80319c";
     up.mock.set(BAD, Behaviour::Status(401, None));
     let ak2 = gw.slug("refused", &up.base, &[BAD]).await;
-    gw.chat("refused", &ak2, &format!("00-{trace2}-b7ad6b7169203331-01"))
-        .await;
+    chat(
+        &gw,
+        "refused",
+        &ak2,
+        &format!("00-{trace2}-b7ad6b7169203331-01"),
+    )
+    .await;
     let found = eventually(Duration::from_secs(10), || async {
         gw.stderr
             .lock()
@@ -346,7 +241,7 @@ async fn a_dead_collector_costs_requests_nothing_but_a_counter_and_one_warning()
     let mut n = 0;
     // Requests keep answering while batch after batch fails.
     while failures().await < 3.0 {
-        assert_eq!(gw.chat("dark", &ak, "").await, 200);
+        assert_eq!(chat(&gw, "dark", &ak, "").await, 200);
         n += 1;
         assert!(Instant::now() < deadline, "exports never failed");
         tokio::time::sleep(Duration::from_millis(50)).await;
