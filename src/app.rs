@@ -59,6 +59,18 @@ impl App {
         let jwt = bootstrap::jwt_secret(&config)?;
         let db = db::connect(&config.database).await?;
         bootstrap::ensure_admin(&db, &config).await?;
+        // Fingerprints written before they were keyed (or under a rotated-out key) are brought
+        // up to date, so duplicate detection stays exact; a second replica finds nothing to do.
+        match db::rekey::fingerprints(&db, &cipher).await {
+            Ok(r) if r.fingerprints > 0 => {
+                tracing::info!(
+                    keys = r.fingerprints,
+                    "upstream key fingerprints recomputed"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "upstream key fingerprints not recomputed"),
+        }
 
         let coord = match config.redis.url.as_ref().map(|u| u.expose_secret()) {
             Some(url) if !url.is_empty() => Coord::Redis(

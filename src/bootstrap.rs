@@ -64,7 +64,14 @@ pub fn cipher(cfg: &Config) -> anyhow::Result<Cipher> {
         "encryption.key",
         Cipher::generate_encoded,
     )?;
-    Ok(Cipher::from_encoded(key.expose_secret())?)
+    let previous = cfg
+        .crypto
+        .previous_keys
+        .as_ref()
+        .map(|k| k.expose_secret().to_string())
+        .unwrap_or_default();
+    Ok(Cipher::from_encoded(key.expose_secret())?
+        .with_previous(previous.split(',').map(str::trim).filter(|k| !k.is_empty()))?)
 }
 
 pub fn jwt_secret(cfg: &Config) -> anyhow::Result<SecretString> {

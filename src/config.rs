@@ -141,6 +141,9 @@ pub struct ProxyConfig {
 pub struct CryptoConfig {
     /// 32 bytes, base64 or hex; encrypts upstream key secrets at rest.
     pub encryption_key: Option<SecretString>,
+    /// Keys rotated out, comma-separated: they still decrypt what they sealed until
+    /// `keygate admin rotate-encryption-key` has re-encrypted it with `encryption_key`.
+    pub previous_keys: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +261,7 @@ impl Config {
             ("ADMIN_PASSWORD", "auth.admin_password"),
             ("GLOBAL_PROXY_KEYS", "proxy.global_proxy_keys"),
             ("KEYGATE_ENCRYPTION_KEY", "crypto.encryption_key"),
+            ("KEYGATE_PREVIOUS_ENCRYPTION_KEYS", "crypto.previous_keys"),
             ("KEYGATE_DEFAULT_SLUG", "proxy.default_slug"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "otel.endpoint"),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otel.traces_endpoint"),

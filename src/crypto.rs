@@ -8,12 +8,71 @@ use base64::engine::general_purpose::STANDARD as B64;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-const CIPHER_PREFIX: &str = "v1:";
+/// Ciphertexts written before key ids: `v1:<base64 nonce+ct>`, tried with every configured key.
+const LEGACY_PREFIX: &str = "v1:";
+/// `v2:<key id>:<base64 nonce+ct>`: the key id names which configured key encrypted it.
+const PREFIX: &str = "v2:";
 const NONCE_LEN: usize = 12;
+/// Upstream key fingerprints: `h1:` + hex HMAC-SHA256 under a key derived from the encryption key.
+const FINGERPRINT_PREFIX: &str = "h1:";
 
-/// Encrypts upstream key secrets before they reach the database.
+/// One encryption key and its id (the first 8 hex digits of a hash of it: names it in
+/// ciphertexts without revealing it).
 #[derive(Clone)]
-pub struct Cipher(Aes256Gcm);
+struct SealKey {
+    id: String,
+    aead: Aes256Gcm,
+}
+
+impl SealKey {
+    fn parse(encoded: &str) -> Result<(Self, Vec<u8>), CryptoError> {
+        let s = encoded.trim();
+        let bytes = if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+            hex::decode(s).map_err(|_| CryptoError::BadKey)?
+        } else {
+            B64.decode(s).map_err(|_| CryptoError::BadKey)?
+        };
+        if bytes.len() != 32 {
+            return Err(CryptoError::BadKey);
+        }
+        let key = Key::<Aes256Gcm>::try_from(bytes.as_slice()).map_err(|_| CryptoError::BadKey)?;
+        let mut h = Sha256::new();
+        h.update(b"keygate-key-id\0");
+        h.update(&bytes);
+        let id = hex::encode(h.finalize())[..8].to_string();
+        Ok((
+            Self {
+                id,
+                aead: Aes256Gcm::new(&key),
+            },
+            bytes,
+        ))
+    }
+
+    fn open(&self, raw: &[u8]) -> Result<String, CryptoError> {
+        if raw.len() <= NONCE_LEN {
+            return Err(CryptoError::Decrypt);
+        }
+        let (nonce, ct) = raw.split_at(NONCE_LEN);
+        let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Decrypt)?;
+        let pt = self
+            .aead
+            .decrypt(&nonce, ct)
+            .map_err(|_| CryptoError::Decrypt)?;
+        String::from_utf8(pt).map_err(|_| CryptoError::Decrypt)
+    }
+}
+
+/// Encrypts upstream key secrets before they reach the database, with the current key; decrypts
+/// with whichever configured key (current or previous) a ciphertext names. Also keys the
+/// fingerprints that find duplicate upstream keys.
+#[derive(Clone)]
+pub struct Cipher {
+    current: SealKey,
+    previous: Vec<SealKey>,
+    /// HMAC key for fingerprints, derived (HKDF-SHA256) from the current encryption key.
+    fingerprint_key: [u8; 32],
+}
 
 impl std::fmt::Debug for Cipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,17 +91,36 @@ pub enum CryptoError {
 impl Cipher {
     /// Parses a 32-byte key given as 64 hex characters or base64.
     pub fn from_encoded(encoded: &str) -> Result<Self, CryptoError> {
-        let s = encoded.trim();
-        let bytes = if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
-            hex::decode(s).map_err(|_| CryptoError::BadKey)?
-        } else {
-            B64.decode(s).map_err(|_| CryptoError::BadKey)?
-        };
-        if bytes.len() != 32 {
-            return Err(CryptoError::BadKey);
+        let (current, bytes) = SealKey::parse(encoded)?;
+        let mut fingerprint_key = [0u8; 32];
+        hkdf::Hkdf::<Sha256>::new(Some(b"keygate-fingerprint"), &bytes)
+            .expand(b"upstream key fingerprint v1", &mut fingerprint_key)
+            .map_err(|_| CryptoError::BadKey)?;
+        Ok(Self {
+            current,
+            previous: Vec::new(),
+            fingerprint_key,
+        })
+    }
+
+    /// Adds keys that only decrypt (the ones rotated out, until `rotate-encryption-key` has
+    /// re-encrypted everything they sealed).
+    pub fn with_previous<'a>(
+        mut self,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, CryptoError> {
+        for k in keys {
+            let (key, _) = SealKey::parse(k)?;
+            if key.id != self.current.id && !self.previous.iter().any(|p| p.id == key.id) {
+                self.previous.push(key);
+            }
         }
-        let key = Key::<Aes256Gcm>::try_from(bytes.as_slice()).map_err(|_| CryptoError::BadKey)?;
-        Ok(Self(Aes256Gcm::new(&key)))
+        Ok(self)
+    }
+
+    /// The id of the key new ciphertexts are sealed with.
+    pub fn key_id(&self) -> &str {
+        &self.current.id
     }
 
     /// A fresh random key, base64-encoded (what the embedded default writes beside the database).
@@ -53,47 +131,86 @@ impl Cipher {
     pub fn encrypt(&self, plaintext: &str) -> String {
         let nonce = Nonce::generate();
         let ct = self
-            .0
+            .current
+            .aead
             .encrypt(&nonce, plaintext.as_bytes())
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
-        format!("{CIPHER_PREFIX}{}", B64.encode(out))
+        format!("{PREFIX}{}:{}", self.current.id, B64.encode(out))
     }
 
     pub fn decrypt(&self, stored: &str) -> Result<String, CryptoError> {
+        if let Some(rest) = stored.strip_prefix(PREFIX) {
+            let (id, b64) = rest.split_once(':').ok_or(CryptoError::Decrypt)?;
+            let raw = B64.decode(b64).map_err(|_| CryptoError::Decrypt)?;
+            return self
+                .keys()
+                .find(|k| k.id == id)
+                .ok_or(CryptoError::Decrypt)?
+                .open(&raw);
+        }
         let raw = stored
-            .strip_prefix(CIPHER_PREFIX)
+            .strip_prefix(LEGACY_PREFIX)
             .and_then(|b| B64.decode(b).ok())
-            .filter(|r| r.len() > NONCE_LEN)
             .ok_or(CryptoError::Decrypt)?;
-        let (nonce, ct) = raw.split_at(NONCE_LEN);
-        let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Decrypt)?;
-        let pt = self
-            .0
-            .decrypt(&nonce, ct)
-            .map_err(|_| CryptoError::Decrypt)?;
-        String::from_utf8(pt).map_err(|_| CryptoError::Decrypt)
+        self.keys()
+            .find_map(|k| k.open(&raw).ok())
+            .ok_or(CryptoError::Decrypt)
+    }
+
+    /// Whether `stored` is sealed with the current key (rotation skips it).
+    pub fn is_current(&self, stored: &str) -> bool {
+        stored
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.split_once(':'))
+            .is_some_and(|(id, _)| id == self.current.id)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &SealKey> {
+        std::iter::once(&self.current).chain(self.previous.iter())
+    }
+
+    /// The fingerprint an upstream key is deduplicated by: keyed, so the database alone does not
+    /// let anyone test guesses against it (an unsalted hash of a short key is found in seconds).
+    pub fn fingerprint(&self, secret: &str) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.fingerprint_key)
+            .expect("HMAC takes a key of any length");
+        mac.update(secret.as_bytes());
+        format!(
+            "{FINGERPRINT_PREFIX}{}",
+            hex::encode(mac.finalize().into_bytes())
+        )
+    }
+
+    /// Whether a stored fingerprint is of the current scheme and key.
+    pub fn is_current_fingerprint(&self, fp: &str, secret: &str) -> bool {
+        fp.starts_with(FINGERPRINT_PREFIX) && fp == self.fingerprint(secret)
     }
 }
 
-/// Hex SHA-256: the stored form of access keys, and the dedup fingerprint of upstream keys.
+/// Whether `stored` is a ciphertext (of either format) rather than a plain value.
+pub fn is_sealed(stored: &str) -> bool {
+    stored.starts_with(PREFIX) || stored.starts_with(LEGACY_PREFIX)
+}
+
+/// Hex SHA-256: the stored form of access keys (40 random characters: a keyless hash is safe).
 pub fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-/// `sk-ab...wxyz`: enough to recognise a key, never enough to use it.
+/// `sk-a...wxyz`: enough to recognise a key, never enough to use it: at most a third of it is
+/// shown, and never more than 4 characters at either end.
 pub fn mask(secret: &str) -> String {
     let chars: Vec<char> = secret.chars().collect();
-    if chars.len() >= 12 {
-        let head: String = chars[..5].iter().collect();
-        let tail: String = chars[chars.len() - 4..].iter().collect();
-        format!("{head}...{tail}")
-    } else {
-        let tail: String = chars[chars.len().saturating_sub(2)..].iter().collect();
-        format!("...{tail}")
-    }
+    let shown = chars.len() / 3;
+    let head = (shown / 2).min(4);
+    let tail = (shown - head).min(4);
+    let h: String = chars[..head].iter().collect();
+    let t: String = chars[chars.len() - tail..].iter().collect();
+    format!("{h}...{t}")
 }
 
 /// A new access key (`kg-` + 40 random alphanumerics) and its display prefix.
@@ -163,9 +280,63 @@ mod tests {
     }
 
     #[test]
-    fn masks_keys_for_display() {
-        assert_eq!(mask("sk-abcdefghijklmnopwxyz"), "sk-ab...wxyz");
-        assert_eq!(mask("short"), "...rt");
+    fn masks_show_at_most_a_third_of_a_key_and_four_characters_at_each_end() {
+        assert_eq!(mask("sk-abcdefghijklmnopwxyz"), "sk-...wxyz");
+        assert_eq!(
+            mask("sk-proj-0123456789abcdefghijklmnopqrstuvwxyzABCDEF"),
+            "sk-p...CDEF"
+        );
+        assert_eq!(mask("short"), "...t");
+        assert_eq!(mask("ab"), "...");
+        for n in 0..120 {
+            let key: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            let shown = mask(&key).chars().filter(|c| *c != '.').count();
+            assert!(shown * 3 <= n, "{n}: {}", mask(&key));
+            let (h, t) = mask(&key)
+                .split_once("...")
+                .map(|(h, t)| (h.len(), t.len()))
+                .unwrap();
+            assert!(h <= 4 && t <= 4);
+        }
+    }
+
+    #[test]
+    fn ciphertexts_name_their_key_and_previous_keys_still_decrypt() {
+        let old_key = Cipher::generate_encoded();
+        let old = Cipher::from_encoded(&old_key).unwrap();
+        let sealed_old = old.encrypt("sk-secret");
+        let new = Cipher::from_encoded(&Cipher::generate_encoded()).unwrap();
+        assert!(
+            new.decrypt(&sealed_old).is_err(),
+            "the new key alone cannot open it"
+        );
+        let both = new.clone().with_previous([old_key.as_str()]).unwrap();
+        assert_eq!(both.decrypt(&sealed_old).unwrap(), "sk-secret");
+        assert!(!both.is_current(&sealed_old));
+        let sealed_new = both.encrypt("sk-secret");
+        assert!(sealed_new.starts_with(&format!("v2:{}:", both.key_id())));
+        assert!(both.is_current(&sealed_new));
+        assert_eq!(both.decrypt(&sealed_new).unwrap(), "sk-secret");
+    }
+
+    #[test]
+    fn fingerprints_are_keyed_so_the_database_alone_cannot_test_guesses() {
+        let a = Cipher::from_encoded(&Cipher::generate_encoded()).unwrap();
+        let b = Cipher::from_encoded(&Cipher::generate_encoded()).unwrap();
+        assert_eq!(a.fingerprint("sk-1"), a.fingerprint("sk-1"));
+        assert_ne!(a.fingerprint("sk-1"), b.fingerprint("sk-1"));
+        assert_ne!(a.fingerprint("sk-1"), format!("h1:{}", sha256_hex("sk-1")));
+        assert!(a.is_current_fingerprint(&a.fingerprint("sk-1"), "sk-1"));
+        assert!(!a.is_current_fingerprint(&sha256_hex("sk-1"), "sk-1"));
+    }
+
+    #[test]
+    fn legacy_ciphertexts_without_a_key_id_still_decrypt() {
+        let key = Cipher::generate_encoded();
+        let c = Cipher::from_encoded(&key).unwrap();
+        let sealed = c.encrypt("sk-legacy");
+        let (_, b64) = sealed.strip_prefix("v2:").unwrap().split_once(':').unwrap();
+        assert_eq!(c.decrypt(&format!("v1:{b64}")).unwrap(), "sk-legacy");
     }
 
     #[test]

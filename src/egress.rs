@@ -69,7 +69,7 @@ pub fn seal_proxy(cipher: &Cipher, url: &str) -> String {
 /// A stored proxy URL in clear. A row written by hand holds the URL itself, which is used as is
 /// (a URL never starts with the cipher's `v1:` prefix).
 pub fn open_proxy(cipher: &Cipher, stored: &str) -> Result<String, crate::crypto::CryptoError> {
-    if stored.starts_with("v1:") {
+    if crate::crypto::is_sealed(stored) {
         cipher.decrypt(stored)
     } else {
         Ok(stored.to_string())

@@ -17,6 +17,29 @@ enum Command {
     Migrate,
     /// Print the admin API's OpenAPI document (JSON) and exit.
     Openapi,
+    /// Administration against the configured database (offline: no running gateway needed).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Re-encrypt every stored secret with KEYGATE_ENCRYPTION_KEY (the keys being rotated out go
+    /// in KEYGATE_PREVIOUS_ENCRYPTION_KEYS). Batches commit as they go: run it again to resume.
+    RotateEncryptionKey,
+    /// Users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Set a new generated password for NAME and print it once.
+    ResetPassword { name: String },
 }
 
 #[tokio::main]
@@ -32,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = keygate::telemetry::init(&config.log.format, &config.otel);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
-            keygate::db::connect(&config.database).await?;
+            let db = keygate::db::connect(&config.database).await?;
+            // The first admin too, so that an offline `admin users reset-password` (or a
+            // pre-install migration job) finds the database ready.
+            keygate::bootstrap::ensure_admin(&db, &config).await?;
             tracing::info!("migrations applied");
         }
         Command::Serve => {
@@ -46,6 +72,44 @@ async fn main() -> anyhow::Result<()> {
                 "keygate listening"
             );
             app.run_until(shutdown_signal()).await?;
+        }
+        Command::Admin { command } => {
+            let db = keygate::db::connect(&config.database).await?;
+            match command {
+                AdminCommand::RotateEncryptionKey => {
+                    let cipher = keygate::bootstrap::cipher(&config)?;
+                    let r = keygate::db::rekey::rotate(&db, &cipher).await?;
+                    println!(
+                        "re-encrypted {} key secrets and {} proxy URLs with key {}; {} fingerprints recomputed; {} undecryptable",
+                        r.secrets,
+                        r.proxies,
+                        cipher.key_id(),
+                        r.fingerprints,
+                        r.undecryptable
+                    );
+                    if r.undecryptable > 0 {
+                        anyhow::bail!(
+                            "{} secrets open with no configured key: add the key that sealed them to KEYGATE_PREVIOUS_ENCRYPTION_KEYS",
+                            r.undecryptable
+                        );
+                    }
+                }
+                AdminCommand::Users {
+                    command: UsersCommand::ResetPassword { name },
+                } => {
+                    let password = keygate::crypto::random_token(20);
+                    if !keygate::db::users::set_password(
+                        &db,
+                        &name,
+                        &keygate::crypto::hash_password(&password)?,
+                    )
+                    .await?
+                    {
+                        anyhow::bail!("no user named '{name}'");
+                    }
+                    println!("new password for {name}: {password}");
+                }
+            }
         }
         Command::Openapi => unreachable!("handled above"),
     }

@@ -12,7 +12,7 @@ use super::error::{ApiError, ApiResult, Json, List, Page, Problem};
 use super::import::{self, ParsedKey};
 use super::services::find as find_service;
 use crate::coord::{Fault, LiveState, now_ms};
-use crate::crypto::{mask, sha256_hex};
+use crate::crypto::mask;
 use crate::db::{self, entity::upstream_key};
 use crate::domain::KeyStatus;
 use crate::egress;
@@ -265,7 +265,7 @@ async fn store(
         .into_iter()
         .map(|k| db::keys::NewKey {
             secret_enc: state.cipher.encrypt(&k.key),
-            fingerprint: sha256_hex(&k.key),
+            fingerprint: state.cipher.fingerprint(&k.key),
             label: k.label,
             weight: k.weight,
             balance_micros: k.balance_micros,
@@ -385,7 +385,10 @@ pub async fn import(
     if opts.dry_run == Some(true) {
         let (added, duplicates, errors) = match parsed {
             Ok(keys) => {
-                let fps: Vec<String> = keys.iter().map(|k| sha256_hex(&k.key)).collect();
+                let fps: Vec<String> = keys
+                    .iter()
+                    .map(|k| state.cipher.fingerprint(&k.key))
+                    .collect();
                 let (new, dup) = db::keys::count_new(&state.db, svc.id, &fps).await?;
                 (new, dup, Vec::new())
             }

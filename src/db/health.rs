@@ -11,6 +11,7 @@ use crate::telemetry::metrics as m;
 /// How often the probe pings, and how long one ping may take.
 const EVERY: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
+const FAILURES: u32 = 3;
 
 #[derive(Debug, Default)]
 pub struct DbHealth {
@@ -29,14 +30,24 @@ impl DbHealth {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Pings every second for the life of the process; says each change of state once.
+    /// Pings every second for the life of the process; says each change of state once. Down
+    /// takes `FAILURES` missed pings in a row (a slow moment under load is not an outage); up,
+    /// one answer. An embedded SQLite file is not probed: it cannot be unreachable.
     pub async fn run(self: std::sync::Arc<Self>, db: DatabaseConnection) {
         metrics::gauge!(m::DB_UP).set(1.0);
+        if db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+            return;
+        }
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut missed = 0u32;
         loop {
             tick.tick().await;
-            let up = Self::ping(&db).await;
+            missed = if Self::ping(&db).await { 0 } else { missed + 1 };
+            let up = missed < FAILURES;
+            if !up && missed > FAILURES {
+                continue;
+            }
             let was_down = self.down.swap(!up, Ordering::Relaxed);
             if was_down == up {
                 metrics::gauge!(m::DB_UP).set(if up { 1.0 } else { 0.0 });

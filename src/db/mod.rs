@@ -7,6 +7,7 @@ pub mod keys;
 pub mod log_partitions;
 pub mod logs;
 pub mod pricing;
+pub mod rekey;
 pub mod rollups;
 pub mod services;
 pub mod users;
@@ -31,6 +32,26 @@ pub fn sqlite_url(cfg: &DatabaseConfig) -> String {
         "sqlite://{}?mode=rwc",
         cfg.data_dir.join("keygate.db").display()
     )
+}
+
+/// Creates the SQLite file readable by its owner only (0600) before SQLite does (which would use
+/// the umask, typically 0644): it holds the encrypted keys and the users' password hashes. SQLite
+/// gives its `-wal` and `-shm` files the database file's permissions. An existing file is
+/// tightened too.
+fn private_sqlite_file(path: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 /// The URL in use, without any password, for log lines.
@@ -73,6 +94,7 @@ pub async fn connect_only(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnec
             std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
                 anyhow::anyhow!("cannot create data dir {}: {e}", cfg.data_dir.display())
             })?;
+            private_sqlite_file(&cfg.data_dir.join("keygate.db"))?;
             sqlite_url(cfg)
         }
     };

@@ -86,3 +86,18 @@ pub async fn update(
 pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, DbErr> {
     Ok(user::Entity::delete_by_id(id).exec(db).await?.rows_affected > 0)
 }
+
+/// Sets `name`'s password hash (the offline reset); false when there is no such user.
+pub async fn set_password(
+    db: &DatabaseConnection,
+    name: &str,
+    password_hash: &str,
+) -> Result<bool, DbErr> {
+    let Some(u) = by_username(db, name).await? else {
+        return Ok(false);
+    };
+    let mut am: user::ActiveModel = u.into();
+    am.password_hash = Set(password_hash.to_string());
+    am.update(db).await?;
+    Ok(true)
+}

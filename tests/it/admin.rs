@@ -272,7 +272,7 @@ both!(
         assert_eq!(s, 200);
         let text = v.to_string();
         assert!(!text.contains(secret), "{text}");
-        assert_eq!(v["items"][0]["key"], "sk-ve...6789");
+        assert_eq!(v["items"][0]["key"], "sk-v...6789");
         let r = app
             .http
             .get(app.url("/admin/services/m/keys/export"))
@@ -283,7 +283,7 @@ both!(
         assert_eq!(r.status(), 200);
         let csv = r.text().await.unwrap();
         assert!(
-            csv.contains("sk-ve...6789") && !csv.contains(secret),
+            csv.contains("sk-v...6789") && !csv.contains(secret),
             "{csv}"
         );
         // The access key is shown once, then only its prefix.
@@ -303,7 +303,7 @@ both!(
             !rows.is_empty()
                 && rows
                     .iter()
-                    .all(|r| !r.secret.contains(secret) && r.secret.starts_with("v1:"))
+                    .all(|r| !r.secret.contains(secret) && r.secret.starts_with("v2:"))
         );
     }
 );

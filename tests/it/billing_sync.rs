@@ -541,7 +541,10 @@ both!(
         up.mock.set(key, Billing::Refused);
         let r = sync_key(&app, "flaky", id).await;
         assert!(
-            r["sync_error"].as_str().unwrap().contains("sk-ms...0001"),
+            r["sync_error"]
+                .as_str()
+                .unwrap()
+                .contains(&keygate::crypto::mask(key)),
             "{r}"
         );
 

@@ -68,6 +68,16 @@ async fn binary_starts_with_no_configuration_and_prints_the_admin_password_once(
     assert_eq!(r.status(), 200);
     assert!(dir.path().join("data/keygate.db").exists());
     assert!(dir.path().join("data/encryption.key").exists());
+    // Every file keygate made holds secrets (the database has password hashes and sealed keys):
+    // readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir.path().join("data")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", entry.path().display());
+        }
+    }
 }
 
 #[test]

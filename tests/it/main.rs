@@ -30,6 +30,7 @@ mod procs;
 mod proxy;
 mod router;
 mod routing;
+mod secrets;
 mod sinks;
 mod soak;
 mod stats;
