@@ -11,6 +11,7 @@ mod m20261122_000007_log_indexes;
 mod m20261122_000008_rollups;
 mod m20261122_000009_log_partitions;
 mod m20261123_000010_request_stats;
+mod m20261123_000011_token_version;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000008_rollups::Migration),
             Box::new(m20261122_000009_log_partitions::Migration),
             Box::new(m20261123_000010_request_stats::Migration),
+            Box::new(m20261123_000011_token_version::Migration),
         ]
     }
 }

@@ -24,6 +24,10 @@ struct Claims {
     role: String,
     exp: u64,
     iat: u64,
+    /// The user's token version when issued: a later password or role change, disabling or a
+    /// logout bumps it and this token stops working. (Absent in tokens from before: 0.)
+    #[serde(default)]
+    ver: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +86,11 @@ impl FromRequestParts<AppState> for AuthUser {
             .ok_or(ApiError::Unauthorized(
                 "user is disabled or no longer exists",
             ))?;
+        if user.token_version != data.claims.ver {
+            return Err(ApiError::Unauthorized(
+                "token revoked (password or role changed, or logged out): log in again",
+            ));
+        }
         let role = Role::parse(&user.role).ok_or(ApiError::Forbidden("unknown role"))?;
         Ok(AuthUser {
             id: user.id,
@@ -172,6 +181,14 @@ pub async fn login(
         return Err(ApiError::Unauthorized("wrong username or password").into());
     };
     guard.succeeded(username);
+    issue(&state, &user).map_err(LoginError::Api)
+}
+
+/// A token for `user` at its current token version, valid `auth.jwt_ttl_secs`.
+fn issue(
+    state: &AppState,
+    user: &crate::db::entity::user::Model,
+) -> ApiResult<axum::Json<LoginResponse>> {
     let now = chrono::Utc::now().timestamp() as u64;
     let ttl = state.config.auth.jwt_ttl_secs;
     let claims = Claims {
@@ -179,14 +196,40 @@ pub async fn login(
         role: user.role.clone(),
         iat: now,
         exp: now + ttl,
+        ver: user.token_version,
     };
     let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &state.jwt_encoding)
-        .map_err(|e| LoginError::Api(ApiError::Internal(e.into())))?;
+        .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(axum::Json(LoginResponse {
         access_token: token,
         token_type: "Bearer".into(),
         expires_in: ttl,
     }))
+}
+
+/// Exchange a valid token for a fresh one (a full `jwt_ttl_secs` from now), so a session can
+/// outlive one token's lifetime without keeping a password; revoked tokens cannot refresh.
+#[utoipa::path(post, path = "/admin/auth/refresh", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = LoginResponse), (status = 401, body = super::error::Problem)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> ApiResult<axum::Json<LoginResponse>> {
+    let u = db::users::by_id(&state.db, user.id)
+        .await?
+        .ok_or(ApiError::Unauthorized("user no longer exists"))?;
+    issue(&state, &u)
+}
+
+/// Log out: every token of this user stops working (on every device).
+#[utoipa::path(post, path = "/admin/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = super::error::Problem)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> ApiResult<axum::http::StatusCode> {
+    db::users::revoke_tokens(&state.db, user.id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// Who a token belongs to, as the database has it now (the role may have changed since login).

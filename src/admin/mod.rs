@@ -58,6 +58,8 @@ impl Modify for BearerAuth {
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
         .routes(routes!(auth::me))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::patch, users::delete))

@@ -52,6 +52,8 @@ pub struct CreateUser {
 #[serde(deny_unknown_fields)]
 pub struct PatchUser {
     pub password: Option<String>,
+    /// Required when you change your own password.
+    pub current_password: Option<String>,
     pub role: Option<Role>,
     pub disabled: Option<bool>,
 }
@@ -173,6 +175,28 @@ pub async fn patch(
         ));
     }
     let existing = find(&state, &user, id).await?;
+    if user.id == id && req.password.is_some() {
+        let ok = match req.current_password.clone() {
+            Some(current) => {
+                let phc = existing.password_hash.clone();
+                tokio::task::spawn_blocking(move || crate::crypto::verify_password(&current, &phc))
+                    .await
+                    .unwrap_or(false)
+            }
+            None => false,
+        };
+        if !ok {
+            return Err(ApiError::BadRequest(
+                "current_password: give your current password to change it".into(),
+            ));
+        }
+    }
+    let demoted = req.role.is_some_and(|r| r != Role::Admin) || req.disabled == Some(true);
+    if demoted && existing.role == "admin" && !existing.disabled && existing.tenant_id.is_none() {
+        last_admin_guard(&state, id).await?;
+    }
+    let role_changed = req.role.is_some_and(|r| r.as_str() != existing.role);
+    let revoke_tokens = req.password.is_some() || role_changed || req.disabled == Some(true);
     let password_hash = req
         .password
         .as_deref()
@@ -185,6 +209,7 @@ pub async fn patch(
             password_hash,
             role: req.role.map(|r| r.as_str().to_string()),
             disabled: req.disabled,
+            revoke_tokens,
         },
     )
     .await?;
@@ -207,6 +232,20 @@ pub async fn delete(
         ));
     }
     let target = find(&state, &user, id).await?;
+    if target.role == "admin" && !target.disabled && target.tenant_id.is_none() {
+        last_admin_guard(&state, id).await?;
+    }
     db::users::delete(&state.db, target.id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Refuses to leave keygate without an enabled admin of no tenant (nobody could then manage
+/// users or global settings).
+async fn last_admin_guard(state: &AppState, id: i64) -> ApiResult<()> {
+    if db::users::other_active_admins(&state.db, id).await? == 0 {
+        return Err(ApiError::Conflict(
+            "this is the last active admin: make another user admin first".into(),
+        ));
+    }
+    Ok(())
 }

@@ -52,6 +52,7 @@ pub async fn create(
         password_hash: Set(password_hash),
         role: Set(role.to_string()),
         disabled: Set(false),
+        token_version: Set(0),
         created_at: Set(Utc::now()),
         ..Default::default()
     }
@@ -63,6 +64,8 @@ pub struct UserPatch {
     pub password_hash: Option<String>,
     pub role: Option<String>,
     pub disabled: Option<bool>,
+    /// Bump the token version: every token issued before stops working.
+    pub revoke_tokens: bool,
 }
 
 pub async fn update(
@@ -70,6 +73,7 @@ pub async fn update(
     existing: user::Model,
     p: UserPatch,
 ) -> Result<user::Model, DbErr> {
+    let version = existing.token_version;
     let mut am: user::ActiveModel = existing.into();
     if let Some(h) = p.password_hash {
         am.password_hash = Set(h);
@@ -80,7 +84,35 @@ pub async fn update(
     if let Some(d) = p.disabled {
         am.disabled = Set(d);
     }
+    if p.revoke_tokens {
+        am.token_version = Set(version + 1);
+    }
     am.update(db).await
+}
+
+/// Revokes every token of user `id` (logout, password reset).
+pub async fn revoke_tokens(db: &DatabaseConnection, id: i64) -> Result<(), DbErr> {
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    user::Entity::update_many()
+        .col_expr(
+            user::Column::TokenVersion,
+            Expr::col(user::Column::TokenVersion).add(1),
+        )
+        .filter(user::Column::Id.eq(id))
+        .exec(db)
+        .await
+        .map(|_| ())
+}
+
+/// Enabled admins of no tenant other than `except`: who would be left to administer keygate.
+pub async fn other_active_admins(db: &DatabaseConnection, except: i64) -> Result<u64, DbErr> {
+    user::Entity::find()
+        .filter(user::Column::Role.eq("admin"))
+        .filter(user::Column::Disabled.eq(false))
+        .filter(user::Column::TenantId.is_null())
+        .filter(user::Column::Id.ne(except))
+        .count(db)
+        .await
 }
 
 pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, DbErr> {
@@ -96,8 +128,10 @@ pub async fn set_password(
     let Some(u) = by_username(db, name).await? else {
         return Ok(false);
     };
+    let version = u.token_version;
     let mut am: user::ActiveModel = u.into();
     am.password_hash = Set(password_hash.to_string());
+    am.token_version = Set(version + 1);
     am.update(db).await?;
     Ok(true)
 }

@@ -4,6 +4,7 @@ mod harness;
 mod mock;
 mod servers;
 
+mod accounts;
 mod admin;
 mod billing_sync;
 mod binary;

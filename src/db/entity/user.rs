@@ -11,6 +11,8 @@ pub struct Model {
     pub password_hash: String,
     pub role: String,
     pub disabled: bool,
+    /// Bumped to revoke every token issued before (see `admin::auth`).
+    pub token_version: i32,
     pub created_at: DateTimeUtc,
 }
 
