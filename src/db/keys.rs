@@ -326,11 +326,12 @@ pub async fn ids_of_service(db: &DatabaseConnection, service_id: i64) -> Result<
         .await
 }
 
-/// Every key id, for the statistics flush.
-pub async fn all_ids(db: &DatabaseConnection) -> Result<Vec<i64>, DbErr> {
+/// Every key as (key id, service id), by id, for the statistics flush.
+pub async fn all_ids(db: &DatabaseConnection) -> Result<Vec<(i64, i64)>, DbErr> {
     upstream_key::Entity::find()
         .select_only()
         .column(upstream_key::Column::Id)
+        .column(upstream_key::Column::ServiceId)
         .order_by_asc(upstream_key::Column::Id)
         .into_tuple()
         .all(db)

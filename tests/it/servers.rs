@@ -174,6 +174,60 @@ rm -rf "{d}"
     (format!("redis://127.0.0.1:{port}"), child)
 }
 
+static CLUSTER: OnceLock<(String, Mutex<Child>)> = OnceLock::new();
+
+/// A real Redis Cluster of 3 primaries (no replicas) on loopback, started once per test process
+/// and stopped with it: its seed nodes as `redis://127.0.0.1:P1,redis://127.0.0.1:P2,...`.
+pub fn redis_cluster() -> &'static str {
+    &CLUSTER.get_or_init(start_redis_cluster).0
+}
+
+fn start_redis_cluster() -> (String, Mutex<Child>) {
+    let dir = tempfile::Builder::new()
+        .prefix("keygate-redis-cluster-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let ports = [free_port(), free_port(), free_port()];
+    let d = dir.display();
+    let list = ports.map(|p| p.to_string()).join(" ");
+    let nodes = ports.map(|p| format!("127.0.0.1:{p}")).join(" ");
+    // Each node in its own directory (its nodes.conf), then `redis-cli --cluster create` assigns
+    // the 16384 slots; ready once every node reports cluster_state:ok (the create command
+    // returns before gossip has spread the slot map to every node).
+    let script = format!(
+        r#"pids=""
+for p in {list}; do
+  mkdir -p "{d}/$p"
+  redis-server --port $p --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "nodes-$p.conf" --save '' --appendonly no --dir "{d}/$p" --logfile "{d}/$p/server.log" &
+  pids="$pids $!"
+done
+for p in {list}; do
+  i=0
+  until (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || [ $i -ge 200 ]; do i=$((i+1)); sleep 0.05; done
+done
+redis-cli --cluster create {nodes} --cluster-replicas 0 --cluster-yes > "{d}/server.log" 2>&1
+for p in {list}; do
+  i=0
+  until redis-cli -p $p cluster info 2>/dev/null | grep -q cluster_state:ok || [ $i -ge 400 ]; do i=$((i+1)); sleep 0.05; done
+done
+echo ready
+read _ || true
+kill $pids 2>/dev/null
+wait $pids 2>/dev/null
+rm -rf "{d}"
+"#
+    );
+    let script = format!("exec bash -c {}", shell_quote(&script));
+    let child = spawn_watchdog(&script, &dir, false);
+    let url = ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (url, Mutex::new(child))
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
