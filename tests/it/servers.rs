@@ -390,3 +390,123 @@ impl Drop for OwnRedis {
         self.down();
     }
 }
+
+/// A 3-primary Redis Cluster of one test's own, which the test may stop and start again on the
+/// same ports (each node keeps its `nodes.conf`, so the cluster comes back as it was, empty).
+/// Stopped and removed when dropped.
+pub struct OwnRedisCluster {
+    ports: [u16; 3],
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl OwnRedisCluster {
+    pub fn start() -> Self {
+        let mut c = Self {
+            ports: [free_port(), free_port(), free_port()],
+            children: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        c.spawn_nodes();
+        let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        c.wait_ok();
+        c
+    }
+
+    fn spawn_nodes(&mut self) {
+        for p in self.ports {
+            let dir = self.dir.path().join(p.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            self.children.push(child);
+        }
+        for p in self.ports {
+            wait_for_port(p);
+        }
+    }
+
+    /// Until every node says cluster_state:ok (gossip spreads the slot map after a create or a
+    /// restart).
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for p in self.ports {
+            loop {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {p} did not reach cluster_state:ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn down(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn up(&mut self) {
+        self.spawn_nodes();
+        self.wait_ok();
+    }
+
+    /// Seed nodes, comma-separated.
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Keys stored across the primaries.
+    pub async fn keys(&self) -> usize {
+        let mut n = 0;
+        for p in self.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{p}")).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            n += redis::cmd("DBSIZE")
+                .query_async::<usize>(&mut c)
+                .await
+                .unwrap();
+        }
+        n
+    }
+}
+
+impl Drop for OwnRedisCluster {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
