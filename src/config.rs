@@ -84,9 +84,9 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Empty: the in-process coordination store (one replica only). One `redis://` (or
-    /// `rediss://`) URL for a single Redis; with `cluster`, one or more seed nodes of the Redis
-    /// Cluster, comma-separated (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`).
+    /// Empty: the in-process coordination store (one replica only). One `redis://` URL for a
+    /// single Redis; with `cluster`, one or more seed nodes of the Redis Cluster, comma-separated
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`).
     pub url: Option<SecretString>,
     /// `url` names a Redis Cluster (`REDIS_CLUSTER=true`): keygate's state is spread over its
     /// primaries by hash tags, one slot per service and one per access key.

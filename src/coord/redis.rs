@@ -93,12 +93,15 @@ impl redis::aio::ConnectionLike for Conn {
 /// How `RedisStore::connect` reaches Redis (`redis.cluster` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Topology {
-    /// One primary (with replicas or Sentinel in front): `url` is one `redis://` or `rediss://` URL.
+    /// One primary: `url` is one `redis://` URL.
     #[default]
     Single,
     /// A Redis Cluster: `url` is one or more seed node URLs, comma-separated.
     Cluster,
 }
+
+/// A key's `until`, `fails`, `reason`, `inflight` (HMGET).
+type StateRow = (Option<f64>, Option<i64>, Option<String>, Option<i64>);
 
 #[derive(Clone)]
 pub struct RedisStore {
@@ -219,7 +222,7 @@ impl RedisStore {
             client_undo: Script::new(include_str!("lua/client_undo_v1.lua")),
             grant_undo: Script::new(include_str!("lua/grant_undo_v1.lua")),
             client_release: Script::new(include_str!("lua/client_release_v1.lua")),
-            fallback: super::memory::MemoryStore::new(policy.clone()),
+            fallback: super::memory::MemoryStore::new(policy),
             outage: Outage::new(on_outage),
         };
         // Loading checks the scripts compile (and saves the first EVAL); a cluster loads them on
@@ -717,8 +720,7 @@ impl RedisStore {
                 .arg("inflight");
         }
         let mut conn = self.conn.clone();
-        let rows: Vec<(Option<f64>, Option<i64>, Option<String>, Option<i64>)> =
-            pipe.query_async(&mut conn).await?;
+        let rows: Vec<StateRow> = pipe.query_async(&mut conn).await?;
         Ok(ids
             .iter()
             .zip(rows)
