@@ -332,6 +332,23 @@ mod tests {
     }
 
     #[test]
+    fn redis_cluster_is_off_by_default_and_redis_cluster_true_turns_it_on() {
+        let c = Config::load_from(None, |_| None).unwrap();
+        assert!(!c.redis.cluster);
+        let env = |k: &str| match k {
+            "REDIS_URL" => Some("redis://10.0.0.1:6379,redis://10.0.0.2:6379".to_string()),
+            "REDIS_CLUSTER" => Some("true".to_string()),
+            _ => None,
+        };
+        let c = Config::load_from(None, env).unwrap();
+        assert!(c.redis.cluster);
+        assert_eq!(
+            c.redis.url.unwrap().expose_secret(),
+            "redis://10.0.0.1:6379,redis://10.0.0.2:6379"
+        );
+    }
+
+    #[test]
     fn debug_output_never_shows_secrets() {
         let env = |k: &str| match k {
             "JWT_SECRET" => Some("super-secret-jwt".to_string()),

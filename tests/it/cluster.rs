@@ -353,3 +353,91 @@ async fn on_a_redis_cluster_a_budget_is_exact_across_two_replicas_under_concurre
     assert_eq!((ok, refused), (10, 10), "{statuses:?}");
     assert_eq!(up.mock.seen().len(), 10);
 }
+
+/// `calls` of a command in `INFO commandstats` (0 if never called).
+async fn calls(url: &str, command: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_is_one_script_call_and_two_only_when_the_access_key_has_limits() {
+    use keygate::coord::redis::{RedisStore, Topology};
+    use keygate::coord::{Acquire, AcquireReq, ClientLimits, Coord, KeySet, KeySpec, Strategy};
+    // A Redis of this test's own: nobody else's calls in its statistics.
+    let redis = crate::servers::OwnRedis::start();
+    let url = redis.url();
+    let store = RedisStore::connect(
+        &url,
+        Topology::Single,
+        "rt:",
+        crate::contract::policy(),
+        keygate::coord::outage::OnOutage::Degrade,
+    )
+    .await
+    .unwrap();
+    let coord = Coord::Redis(store);
+    let keys = KeySet::new(
+        (1..=3)
+            .map(|id| KeySpec {
+                id,
+                weight: 1,
+                rpm: None,
+                tpm: None,
+                balance: None,
+                cost_ppm: 1_000_000,
+            })
+            .collect(),
+    );
+    let mut req = AcquireReq {
+        service_id: 1,
+        strategy: Strategy::RoundRobin,
+        keys: &keys,
+        excluded: &[],
+        cap: None,
+        lease_ttl_ms: 60_000,
+        client: Some(ClientLimits {
+            access_key_id: 5,
+            rpm: None,
+            rpd: None,
+            tpm: None,
+            budget: None,
+            spent: 0,
+        }),
+        price: None,
+        session: None,
+        reserve: 0,
+    };
+    let scripts = || async { calls(&url, "evalsha").await + calls(&url, "eval").await };
+    let before = scripts().await;
+    assert!(matches!(
+        coord.acquire(&req).await.unwrap(),
+        Acquire::Granted { .. }
+    ));
+    let unlimited = scripts().await - before;
+    req.client = Some(ClientLimits {
+        rpm: Some(100),
+        budget: Some(1_000_000),
+        ..req.client.unwrap()
+    });
+    let before = scripts().await;
+    assert!(matches!(
+        coord.acquire(&req).await.unwrap(),
+        Acquire::Granted { .. }
+    ));
+    let limited = scripts().await - before;
+    println!(
+        "script calls per acquire: {unlimited} for an access key without limits, {limited} with rpm and a budget"
+    );
+    assert_eq!((unlimited, limited), (1, 2));
+}
