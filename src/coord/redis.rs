@@ -523,9 +523,17 @@ impl RedisStore {
             Ok::<_, CoordError>(())
         };
         let (exhausted, client) = tokio::join!(key_side, client_side);
-        client?;
+        let exhausted = exhausted?;
+        // The key's side is done: failing the release now would make the caller settle it again
+        // in process and count the key twice. Only the client's share of this one request is
+        // lost (a cluster node down for the client's slot), and said.
+        if let Err(e) = client {
+            metrics::counter!(crate::telemetry::metrics::COORD_ERRORS_TOTAL, "kind" => e.kind())
+                .increment(1);
+            tracing::warn!(error = %e, "a release could not count the client's tokens and spend");
+        }
         Ok(Released {
-            exhausted: exhausted? == 1,
+            exhausted: exhausted == 1,
         })
     }
 
