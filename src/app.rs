@@ -21,7 +21,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
-use crate::coord::{Coord, memory::MemoryStore, redis::RedisStore};
+use crate::coord::{
+    Coord,
+    memory::MemoryStore,
+    redis::{RedisStore, Topology},
+};
 use crate::crypto::sha256_hex;
 use crate::server::EdgeConfig;
 use crate::snapshot::Snapshot;
@@ -76,13 +80,19 @@ impl App {
             Some(url) if !url.is_empty() => Coord::Redis(
                 RedisStore::connect(
                     url,
+                    if config.redis.cluster {
+                        Topology::Cluster
+                    } else {
+                        Topology::Single
+                    },
                     &config.redis.prefix,
                     config.policy(),
                     config.redis.on_outage,
                 )
                 .await
                 .map_err(|e| {
-                    anyhow::anyhow!("cannot connect to Redis {}: {e}", db::redacted_url(url))
+                    let nodes: Vec<String> = url.split(',').map(db::redacted_url).collect();
+                    anyhow::anyhow!("cannot connect to Redis {}: {e}", nodes.join(","))
                 })?,
             ),
             _ => {

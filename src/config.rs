@@ -84,9 +84,15 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Empty: the in-process coordination store (one replica only).
+    /// Empty: the in-process coordination store (one replica only). One `redis://` URL for a
+    /// single Redis; with `cluster`, one or more seed nodes of the Redis Cluster, comma-separated
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`).
     pub url: Option<SecretString>,
-    /// Every Redis key keygate writes starts with this prefix.
+    /// `url` names a Redis Cluster (`REDIS_CLUSTER=true`): keygate's state is spread over its
+    /// primaries by hash tags, one slot per service and one per access key.
+    pub cluster: bool,
+    /// Every Redis key keygate writes starts with this prefix (which must not contain `{`: the
+    /// hash tags follow it).
     pub prefix: String,
     /// While Redis is unreachable: `degrade` (serve, coordinating in process with this replica's
     /// share of the limits) or `fail` (refuse with 503).
@@ -208,6 +214,7 @@ impl Config {
             .set_default("database.data_dir", "./data")?
             .set_default("database.max_connections", 20)?
             .set_default("redis.prefix", "keygate:")?
+            .set_default("redis.cluster", false)?
             .set_default("auth.jwt_ttl_secs", 3600)?
             .set_default("auth.admin_username", "admin")?
             .set_default("auth.login_concurrency", 1)?
@@ -256,6 +263,7 @@ impl Config {
         let short = [
             ("DATABASE_URL", "database.url"),
             ("REDIS_URL", "redis.url"),
+            ("REDIS_CLUSTER", "redis.cluster"),
             ("JWT_SECRET", "auth.jwt_secret"),
             ("ADMIN_USERNAME", "auth.admin_username"),
             ("ADMIN_PASSWORD", "auth.admin_password"),
@@ -325,6 +333,23 @@ mod tests {
         assert_eq!(c.server.listen.port(), 9001);
         assert!(c.is_enterprise());
         assert_eq!(c.proxy.global_proxy_keys.unwrap().expose_secret(), "a,b");
+    }
+
+    #[test]
+    fn redis_cluster_is_off_by_default_and_redis_cluster_true_turns_it_on() {
+        let c = Config::load_from(None, |_| None).unwrap();
+        assert!(!c.redis.cluster);
+        let env = |k: &str| match k {
+            "REDIS_URL" => Some("redis://10.0.0.1:6379,redis://10.0.0.2:6379".to_string()),
+            "REDIS_CLUSTER" => Some("true".to_string()),
+            _ => None,
+        };
+        let c = Config::load_from(None, env).unwrap();
+        assert!(c.redis.cluster);
+        assert_eq!(
+            c.redis.url.unwrap().expose_secret(),
+            "redis://10.0.0.1:6379,redis://10.0.0.2:6379"
+        );
     }
 
     #[test]

@@ -146,7 +146,11 @@ fn view(
 
 async fn views(state: &AppState, rows: Vec<upstream_key::Model>) -> ApiResult<Vec<KeyView>> {
     let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
-    let live = state.coord.live_states(&ids).await?;
+    let refs: Vec<crate::coord::KeyRef> = rows
+        .iter()
+        .map(|k| crate::coord::KeyRef::new(k.service_id, k.id))
+        .collect();
+    let live = state.coord.live_states(&refs).await?;
     let codes = crate::db::keys::status_counts(&state.db, &ids).await?;
     let now = now_ms();
     Ok(rows
@@ -540,7 +544,13 @@ pub async fn patch(
             .await?;
     }
     if balance_changed {
-        state.coord.set_balance(k.id, k.balance_micros).await?;
+        state
+            .coord
+            .set_balance(
+                crate::coord::KeyRef::new(k.service_id, k.id),
+                k.balance_micros,
+            )
+            .await?;
     }
     state.config_changed().await?;
     let mut v = views(&state, vec![k]).await?;

@@ -395,12 +395,12 @@ fn shape(
 
 async fn live(state: &AppState, services: &[String]) -> ApiResult<Live> {
     let c = state.coord.live(services, Utc::now().timestamp()).await?;
-    let key_ids: Vec<i64> = {
+    let key_ids: Vec<crate::coord::KeyRef> = {
         let snap = state.snapshot.load();
         services
             .iter()
             .filter_map(|s| snap.services.get(s))
-            .flat_map(|s| s.keys.iter().map(|k| k.id))
+            .flat_map(|s| s.keys.iter().map(|k| crate::coord::KeyRef::new(s.id, k.id)))
             .collect()
     };
     let in_flight = state

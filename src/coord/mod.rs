@@ -1,11 +1,13 @@
 //! Coordination store: everything that changes per request and must agree across replicas (key
 //! choice, leases, health, rate limits, config version). Two implementations with one behaviour,
 //! proven by one contract test suite: `memory` for a single process, `redis` (versioned Lua
-//! scripts, one round trip per call) for many replicas.
+//! scripts, one round trip per call, on a single Redis or a Redis Cluster) for many replicas.
 //!
 //! Per attempt the data plane makes one `acquire` call (client rate limits + key choice + lease),
 //! then either `release` (the key answered; usage and success, off the client's critical path) or
-//! `report` (the key failed; health transition and lease release) before trying another key.
+//! `report` (the key failed; health transition and lease release) before trying another key. On
+//! Redis, an access key with limits or a budget keeps them in its own slot: its first attempt
+//! then makes two concurrent calls (the client's and the key's), never more.
 pub mod memory;
 mod observed;
 pub mod outage;
@@ -112,6 +114,25 @@ impl std::ops::Deref for KeySet {
     type Target = [KeySpec];
     fn deref(&self) -> &[KeySpec] {
         &self.specs
+    }
+}
+
+/// A key and the service it belongs to: the store keeps a key's state with its service's (one
+/// Redis Cluster slot per service), so naming a key takes both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyRef {
+    pub service_id: i64,
+    pub key_id: i64,
+}
+
+impl KeyRef {
+    pub fn new(service_id: i64, key_id: i64) -> Self {
+        Self { service_id, key_id }
+    }
+
+    /// The key ids of `keys`, in order (the in-process store needs no more).
+    pub fn ids(keys: &[KeyRef]) -> Vec<i64> {
+        keys.iter().map(|k| k.key_id).collect()
     }
 }
 
@@ -595,7 +616,8 @@ impl Coord {
 
     /// Takes the keys' statistics gathered since the last call (each replica's flush adds them
     /// to the database, so nothing is counted twice), with their live balances.
-    pub async fn take_stats(&self, key_ids: &[i64]) -> Result<Vec<KeyStats>, CoordError> {
+    pub async fn take_stats(&self, keys: &[KeyRef]) -> Result<Vec<KeyStats>, CoordError> {
+        let key_ids = &KeyRef::ids(keys);
         match self {
             Self::Memory(m) => Ok(m.take_stats(key_ids)),
             Self::Redis(r) => {
@@ -604,7 +626,7 @@ impl Coord {
                 if r.outage.is_down() {
                     return Ok(local);
                 }
-                let mut shared = r.take_stats(key_ids).await?;
+                let mut shared = r.take_stats(keys).await?;
                 for (s, l) in shared.iter_mut().zip(local) {
                     s.merge(l);
                 }
@@ -715,22 +737,22 @@ impl Coord {
         }
     }
 
-    pub async fn live_states(&self, key_ids: &[i64]) -> Result<Vec<LiveState>, CoordError> {
+    pub async fn live_states(&self, keys: &[KeyRef]) -> Result<Vec<LiveState>, CoordError> {
         match self {
-            Self::Memory(m) => Ok(m.live_states(key_ids)),
-            Self::Redis(r) if r.outage.is_down() => Ok(r.fallback.live_states(key_ids)),
-            Self::Redis(r) => r.live_states(key_ids).await,
+            Self::Memory(m) => Ok(m.live_states(&KeyRef::ids(keys))),
+            Self::Redis(r) if r.outage.is_down() => Ok(r.fallback.live_states(&KeyRef::ids(keys))),
+            Self::Redis(r) => r.live_states(keys).await,
         }
     }
 
     /// Sets a key's live balance in micro-units (an operator changed it).
-    pub async fn set_balance(&self, key_id: i64, balance: Option<i64>) -> Result<(), CoordError> {
+    pub async fn set_balance(&self, key: KeyRef, balance: Option<i64>) -> Result<(), CoordError> {
         match self {
             Self::Memory(m) => {
-                m.set_balance(key_id, balance);
+                m.set_balance(key.key_id, balance);
                 Ok(())
             }
-            Self::Redis(r) => r.set_balance(key_id, balance).await,
+            Self::Redis(r) => r.set_balance(key, balance).await,
         }
     }
 

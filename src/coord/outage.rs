@@ -140,6 +140,11 @@ pub fn is_outage(e: &super::CoordError) -> bool {
                 || e.is_connection_dropped()
                 || e.is_timeout()
                 || e.is_unrecoverable_error()
+                // A Redis Cluster that lost a slot's primary answers CLUSTERDOWN until it heals.
+                || matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+                )
         }
         super::CoordError::Reply(_) | super::CoordError::Unavailable => false,
     }

@@ -1,15 +1,32 @@
-//! Redis coordination store for many replicas. Every change happens inside a Lua script whose file
-//! name carries a version (`acquire_v4`), so a rolling deploy never runs changed logic under an old
-//! name; scripts are loaded at start and called by SHA (EVALSHA, falling back to EVAL). Each
-//! script's header documents its KEYS, ARGV and reply, which the methods here read. (Taking a job
-//! lock is a single atomic `SET NX PX` and needs no script.)
+//! Redis coordination store for many replicas, on a single Redis or a Redis Cluster. Every change
+//! happens inside a Lua script whose file name carries a version (`acquire_v5`), so a rolling
+//! deploy never runs changed logic under an old name; scripts are loaded at start and called by
+//! SHA (EVALSHA, falling back to EVAL). Each script's header documents its KEYS, ARGV and reply,
+//! which the methods here read. (Taking a job lock is a single atomic `SET NX PX` and needs no
+//! script.)
 //!
-//! Layout under the configured prefix: `s:<service>` (cursor, backoff), `s:<service>:leases`,
-//! `s:<service>:429`, `s:<service>:aff:<session hash>` (session affinity), `k:<key>` (health,
-//! leases in flight, limits, live balance), `a:<access key>` (client limits), `cfgver`,
-//! `lock:<name>` (background job locks), `live:<slug>:m:<minute>` (requests and tokens per
-//! second, fields `r:<sec>` / `t:<sec>`) and `live:<slug>:d:<day>` (fields `r`, `t`). Keys are computed inside scripts, so Redis Cluster is
-//! not supported; use a single primary (with replicas or Sentinel).
+//! Every key a script touches is declared in its KEYS, and the keys one call touches share a hash
+//! tag, so each call stays in one Redis Cluster slot (on a single Redis the tags are just part of
+//! the name). Layout under the configured prefix (which must not contain `{`):
+//! - a service's state, one slot per service: `{s<service>}` (cursor, backoff),
+//!   `{s<service>}:leases`, `{s<service>}:429`, `{s<service>}:aff:<session hash>` (session
+//!   affinity) and its keys' hashes `{s<service>}:k:<key>` (health, leases in flight, limits, live
+//!   balance, statistics);
+//! - an access key's limits and spend, one slot per access key: `{c<access key>}`;
+//! - `cfgver` (config version), `lock:<name>` (background job locks), `replicas` (heartbeats):
+//!   one key per command;
+//! - live figures, one slot per service slug: `live:{<slug>}:m:<minute>` (requests and tokens per
+//!   second, fields `r:<sec>` / `t:<sec>`) and `live:{<slug>}:d:<day>` (fields `r`, `t`).
+//!
+//! A request makes one acquire call on its service's slot; when its access key has limits or a
+//! budget (in another slot), a client call runs concurrently beside it, and a refusal by either
+//! side gives back what the other took. Reads over many slots (admin views, flushes) are grouped
+//! per slot and issued concurrently.
+//!
+//! Upgrading from the layout before hash tags (acquire_v4): live state (cooldowns, leases,
+//! counters, live balances and spend) starts fresh under the new names, and is seeded again from
+//! the database where it has a durable figure; `cfgver` kept its name, so the config version
+//! never goes back.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +34,9 @@ use redis::{AsyncCommands, Script};
 
 use super::outage::{self, OnOutage, Outage, Prober};
 use super::{
-    Acquire, AcquireReq, ClientLimits, CoordError, DAY_SECS, Fault, KeyStats, Lease, LiveCounts,
-    LiveDelta, LiveState, Policy, Released, Remaining, Report, StatClass, Usage, new_lease_id,
+    Acquire, AcquireReq, ClientLimits, CoordError, DAY_SECS, Fault, KeyRef, KeyStats, Lease,
+    LiveCounts, LiveDelta, LiveState, Policy, Released, Remaining, Report, StatClass, Usage,
+    new_lease_id,
 };
 
 /// One service's live hashes: the previous and current minute (`r:<sec>`/`t:<sec>` fields), and
@@ -29,11 +47,65 @@ type LiveRow = (
     (Option<i64>, Option<i64>),
 );
 
+/// Reads over many slots run this many calls at once.
+const FAN_OUT: usize = 32;
+
+/// The connection: one multiplexed connection to a single Redis, or a cluster connection that
+/// routes each command (and script call) by its keys' slot. Both pipeline concurrent commands
+/// and reconnect by themselves.
+#[derive(Clone)]
+pub enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How `RedisStore::connect` reaches Redis (`redis.cluster` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// One primary: `url` is one `redis://` URL.
+    #[default]
+    Single,
+    /// A Redis Cluster: `url` is one or more seed node URLs, comma-separated.
+    Cluster,
+}
+
+/// A key's `until`, `fails`, `reason`, `inflight` (HMGET).
+type StateRow = (Option<f64>, Option<i64>, Option<String>, Option<i64>);
+
 #[derive(Clone)]
 pub struct RedisStore {
-    /// One multiplexed connection shared by every request: concurrent commands are pipelined
-    /// onto it, and it reconnects by itself.
-    conn: redis::aio::ConnectionManager,
+    conn: Conn,
     prefix: String,
     policy: Policy,
     acquire: Script,
@@ -42,6 +114,10 @@ pub struct RedisStore {
     renew: Script,
     unlock: Script,
     take_stats_script: Script,
+    client_script: Script,
+    client_undo: Script,
+    grant_undo: Script,
+    client_release: Script,
     /// Coordinates this replica's requests while Redis is down (degraded mode).
     pub(super) fallback: super::memory::MemoryStore,
     pub(super) outage: Arc<Outage>,
@@ -60,6 +136,23 @@ fn parse_codes(v: &str) -> std::collections::BTreeMap<u16, i64> {
     out
 }
 
+/// One key's row of take_stats_v2.
+fn stats_row(r: &[String]) -> KeyStats {
+    let n = |i: usize| r.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    KeyStats {
+        requests: n(0),
+        successes: n(1),
+        failures_4xx: n(2),
+        failures_5xx: n(3),
+        failures_network: n(4),
+        tokens: n(5),
+        cost: n(6),
+        balance: r.get(7).and_then(|v| v.parse().ok()),
+        last_used: n(8),
+        failures_by_status: r.get(9).map(|v| parse_codes(v)).unwrap_or_default(),
+    }
+}
+
 fn opt(v: Option<u32>) -> u32 {
     v.unwrap_or(0)
 }
@@ -71,33 +164,69 @@ fn remaining(v: i64) -> Option<u64> {
 impl RedisStore {
     pub async fn connect(
         url: &str,
+        topology: Topology,
         prefix: &str,
         policy: Policy,
         on_outage: OnOutage,
     ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !prefix.contains('{'),
+            "redis.prefix must not contain '{{' (it would become the hash tag)"
+        );
         // A Redis that stops answering fails requests fast (503) instead of hanging them; the
-        // manager reconnects in the background with a capped backoff.
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(1);
-        let conn = redis::Client::open(url)?
-            .get_connection_manager_with_config(cfg)
-            .await?;
+        // connection reconnects in the background with a capped backoff.
+        let conn = match topology {
+            Topology::Single => {
+                anyhow::ensure!(
+                    !url.contains(','),
+                    "REDIS_URL lists several nodes: set redis.cluster = true for a Redis Cluster"
+                );
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_max_delay(Duration::from_secs(2))
+                    .set_number_of_retries(1);
+                Conn::Single(
+                    redis::Client::open(url)?
+                        .get_connection_manager_with_config(cfg)
+                        .await?,
+                )
+            }
+            Topology::Cluster => {
+                let nodes: Vec<&str> = url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                // Retries cover a slot moving (MOVED/ASK) or a failover; the timeouts bound a
+                // node that stops answering, as for a single Redis.
+                let client = redis::cluster::ClusterClient::builder(nodes)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(2))
+                    .retries(2)
+                    .build()?;
+                Conn::Cluster(client.get_async_connection().await?)
+            }
+        };
         let store = Self {
             conn,
             prefix: prefix.to_string(),
             policy,
-            acquire: Script::new(include_str!("lua/acquire_v4.lua")),
-            release: Script::new(include_str!("lua/release_v4.lua")),
-            report: Script::new(include_str!("lua/report_v3.lua")),
+            acquire: Script::new(include_str!("lua/acquire_v5.lua")),
+            release: Script::new(include_str!("lua/release_v5.lua")),
+            report: Script::new(include_str!("lua/report_v4.lua")),
             renew: Script::new(include_str!("lua/renew_v2.lua")),
             unlock: Script::new(include_str!("lua/unlock_v1.lua")),
-            take_stats_script: Script::new(include_str!("lua/take_stats_v1.lua")),
-            fallback: super::memory::MemoryStore::new(policy.clone()),
+            take_stats_script: Script::new(include_str!("lua/take_stats_v2.lua")),
+            client_script: Script::new(include_str!("lua/client_v1.lua")),
+            client_undo: Script::new(include_str!("lua/client_undo_v1.lua")),
+            grant_undo: Script::new(include_str!("lua/grant_undo_v1.lua")),
+            client_release: Script::new(include_str!("lua/client_release_v1.lua")),
+            fallback: super::memory::MemoryStore::new(policy),
             outage: Outage::new(on_outage),
         };
+        // Loading checks the scripts compile (and saves the first EVAL); a cluster loads them on
+        // every primary, and a node that lacks one (a new primary) gets it by the EVAL fallback.
         let mut conn = store.conn.clone();
         for s in [
             &store.take_stats_script,
@@ -106,40 +235,109 @@ impl RedisStore {
             &store.report,
             &store.renew,
             &store.unlock,
+            &store.client_script,
+            &store.client_undo,
+            &store.grant_undo,
+            &store.client_release,
         ] {
             let _: String = s.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(store)
     }
 
+    /// The service's hash; every key of the service's state starts with it (one slot).
     fn svc(&self, id: i64) -> String {
-        format!("{}s:{id}", self.prefix)
+        format!("{}{{s{id}}}", self.prefix)
     }
-    fn key(&self, id: i64) -> String {
-        format!("{}k:{id}", self.prefix)
+    fn key(&self, service_id: i64, key_id: i64) -> String {
+        format!("{}{{s{service_id}}}:k:{key_id}", self.prefix)
     }
-    fn client(&self, id: Option<i64>) -> String {
-        match id {
-            Some(id) => format!("{}a:{id}", self.prefix),
-            None => format!("{}a:none", self.prefix),
-        }
+    /// The access key's hash: its own slot.
+    fn client(&self, id: i64) -> String {
+        format!("{}{{c{id}}}", self.prefix)
     }
 
     pub async fn acquire(&self, req: &AcquireReq<'_>) -> Result<Acquire, CoordError> {
         if req.keys.is_empty() {
             return Ok(Acquire::NoKey);
         }
+        // The client's limits live in its own slot: checked beside the key choice, concurrently,
+        // on the first attempt of a request whose access key has any. Without limits (the common
+        // case) the key choice is the only call.
+        let client = req.client.filter(|c| c.is_limited());
         let lease_id = new_lease_id();
+        match client {
+            None => {
+                let k = self.acquire_key(req, &lease_id).await?;
+                self.granted(req, k, &lease_id, Remaining::default())
+            }
+            Some(c) => {
+                let (k, cl) = tokio::join!(
+                    self.acquire_key(req, &lease_id),
+                    self.charge_client(&c, req.reserve)
+                );
+                // A side that failed to answer leaves the other's charge in place: it is undone
+                // below when it can be, and otherwise expires with its lease or limit window.
+                let (k, cl) = match (k, cl) {
+                    (Ok(k), Ok(cl)) => (k, cl),
+                    (Ok(k), Err(e)) => {
+                        self.undo_grant(req, &k, &lease_id).await;
+                        return Err(e);
+                    }
+                    (Err(e), Ok(cl)) => {
+                        self.undo_client(&c, &cl, req.reserve).await;
+                        return Err(e);
+                    }
+                    (Err(e), Err(_)) => return Err(e),
+                };
+                let [code, retry_after, rpm, rpd, tpm] = cl[..] else {
+                    return Err(CoordError::Reply(format!("client returned {cl:?}")));
+                };
+                let rem = Remaining {
+                    rpm: remaining(rpm),
+                    rpd: remaining(rpd),
+                    tpm: remaining(tpm),
+                };
+                // The order one combined call had: an upstream-wide backoff first, then the
+                // client's limits, then the key choice.
+                let refused = match (k.first().copied(), code) {
+                    (Some(4), _) => None,
+                    (_, 2) => Some(Acquire::ClientLimited {
+                        retry_after_ms: retry_after.max(1) as u64,
+                        remaining: rem,
+                    }),
+                    (_, 5) => Some(Acquire::OverBudget { spent: retry_after }),
+                    _ => None,
+                };
+                if let Some(refused) = refused {
+                    self.undo_grant(req, &k, &lease_id).await;
+                    return Ok(refused);
+                }
+                if k.first() != Some(&1) && code == 1 {
+                    self.undo_client(&c, &cl, req.reserve).await;
+                }
+                self.granted(req, k, &lease_id, rem)
+            }
+        }
+    }
+
+    /// acquire_v5 on the service's slot: `{code, index, fails, probe, retry_after_ms, cursor}`.
+    async fn acquire_key(
+        &self,
+        req: &AcquireReq<'_>,
+        lease_id: &str,
+    ) -> Result<Vec<i64>, CoordError> {
         let svc = self.svc(req.service_id);
         let mut inv = self.acquire.prepare_invoke();
         inv.key(&svc)
             .key(format!("{svc}:leases"))
-            .key(self.client(req.client.map(|c| c.access_key_id)))
             .key(match req.session {
                 Some(s) => format!("{svc}:aff:{}", s.id),
                 None => format!("{svc}:aff"),
             });
-        let c = req.client;
+        for k in req.keys.iter() {
+            inv.key(self.key(req.service_id, k.id));
+        }
         let excluded = req
             .excluded
             .iter()
@@ -149,38 +347,101 @@ impl RedisStore {
         inv.arg(req.strategy.script_name())
             .arg(opt(req.cap))
             .arg(req.lease_ttl_ms)
-            .arg(&lease_id)
-            .arg(if c.is_some() { 1 } else { 0 })
-            .arg(opt(c.and_then(|c| c.rpm)))
-            .arg(opt(c.and_then(|c| c.rpd)))
-            .arg(opt(c.and_then(|c| c.tpm)))
+            .arg(lease_id)
             .arg(req.price.unwrap_or(0))
             .arg(rand::random::<u32>())
             .arg(self.policy.probe_lock_ms)
-            .arg(&self.prefix)
             .arg(&req.keys.ids_csv)
             .arg(&req.keys.overrides)
             .arg(excluded)
             .arg(if req.session.is_some() { 1 } else { 0 })
             .arg(req.session.map_or(0, |s| s.start % req.keys.len() as u64))
             .arg(req.session.map_or(0, |s| s.ttl_ms))
-            .arg(self.policy.latency_tau_ms)
-            .arg(
-                c.and_then(|c| c.budget)
-                    .map(|b| b.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(c.map_or(0, |c| c.spent))
-            .arg(req.reserve);
+            .arg(self.policy.latency_tau_ms);
         let mut conn = self.conn.clone();
         let r: Vec<i64> = inv.invoke_async(&mut conn).await?;
-        let [code, index, fails, probe, retry_after, rpm, rpd, tpm] = r[..] else {
+        if r.len() != 6 {
             return Err(CoordError::Reply(format!("acquire returned {r:?}")));
+        }
+        Ok(r)
+    }
+
+    /// client_v1 on the client's slot: `{code, retry_after_ms or spent, rpm, rpd, tpm remaining}`.
+    async fn charge_client(&self, c: &ClientLimits, reserve: i64) -> Result<Vec<i64>, CoordError> {
+        let mut conn = self.conn.clone();
+        Ok(self
+            .client_script
+            .key(self.client(c.access_key_id))
+            .arg(opt(c.rpm))
+            .arg(opt(c.rpd))
+            .arg(opt(c.tpm))
+            .arg(c.budget.map(|b| b.to_string()).unwrap_or_default())
+            .arg(c.spent)
+            .arg(reserve)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// Gives back a key granted to a request the client side refused (or could not answer).
+    async fn undo_grant(&self, req: &AcquireReq<'_>, k: &[i64], lease_id: &str) {
+        let [1, index, _, probe, _, cursor] = k[..] else {
+            return;
         };
-        let rem = Remaining {
-            rpm: remaining(rpm),
-            rpd: remaining(rpd),
-            tpm: remaining(tpm),
+        let Some(spec) = usize::try_from(index - 1)
+            .ok()
+            .and_then(|i| req.keys.get(i))
+        else {
+            return;
+        };
+        let svc = self.svc(req.service_id);
+        let mut conn = self.conn.clone();
+        let r: Result<i64, _> = self
+            .grant_undo
+            .key(&svc)
+            .key(format!("{svc}:leases"))
+            .key(self.key(req.service_id, spec.id))
+            .arg(format!("{}:{lease_id}", spec.id))
+            .arg(opt(spec.rpm))
+            .arg(probe)
+            .arg(cursor)
+            .arg(index as u64 % req.keys.len() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        // Not given back, the lease expires by itself after its ttl.
+        if let Err(e) = r {
+            tracing::warn!(error = %e, key_id = spec.id, "could not give back a refused request's lease");
+        }
+    }
+
+    /// Gives back what `charge_client` took for a request the key side refused.
+    async fn undo_client(&self, c: &ClientLimits, cl: &[i64], reserve: i64) {
+        if cl.first() != Some(&1) {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let r: Result<i64, _> = self
+            .client_undo
+            .key(self.client(c.access_key_id))
+            .arg(opt(c.rpm))
+            .arg(opt(c.rpd))
+            .arg(if c.budget.is_some() { reserve } else { 0 })
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, access_key_id = c.access_key_id, "could not give back a refused request's client charge");
+        }
+    }
+
+    /// The key side's answer as an `Acquire` (the client side, if any, admitted the request).
+    fn granted(
+        &self,
+        req: &AcquireReq<'_>,
+        r: Vec<i64>,
+        lease_id: &str,
+        rem: Remaining,
+    ) -> Result<Acquire, CoordError> {
+        let [code, index, fails, probe, retry_after, _] = r[..] else {
+            return Err(CoordError::Reply(format!("acquire returned {r:?}")));
         };
         Ok(match code {
             1 => {
@@ -202,49 +463,75 @@ impl RedisStore {
                     remaining: rem,
                 }
             }
-            2 => Acquire::ClientLimited {
-                retry_after_ms: retry_after.max(1) as u64,
-                remaining: rem,
-            },
             3 => Acquire::AtCapacity,
             4 => Acquire::ServiceBackoff {
                 retry_after_ms: retry_after.max(1) as u64,
             },
-            5 => Acquire::OverBudget { spent: retry_after },
             _ => Acquire::NoKey,
         })
     }
 
     pub async fn release(&self, lease: &Lease, u: &Usage) -> Result<Released, CoordError> {
-        let mut conn = self.conn.clone();
         let settle = u.client.filter(|c| c.budget.is_some()).map(|c| c.spent);
-        let (_, _, exhausted): (i64, String, i64) = self
-            .release
-            .key(format!("{}:leases", self.svc(lease.service_id)))
-            .key(self.key(lease.key_id))
-            .key(self.client(u.client.map(|c| c.access_key_id)))
-            .arg(&lease.member)
-            .arg(if u.success { 1 } else { 0 })
-            .arg(u.tokens)
-            .arg(u.cost)
-            .arg(opt(u.key_tpm))
-            .arg(opt(u.client.and_then(|c| c.tpm)))
-            .arg(u.key_balance.map(|b| b.to_string()).unwrap_or_default())
-            .arg(u.latency_ms.map(|l| l.to_string()).unwrap_or_default())
-            .arg(self.policy.latency_tau_ms)
-            .arg(self.policy.success_tau_ms)
-            .arg(match settle {
-                Some(_) => (u.cost - u.reserved).to_string(),
-                None => String::new(),
-            })
-            .arg(settle.unwrap_or(0))
-            .arg(if u.status == 0 {
-                String::new()
-            } else {
-                u.status.to_string()
-            })
-            .invoke_async(&mut conn)
-            .await?;
+        let client_tpm = u.client.and_then(|c| c.tpm).filter(|_| u.tokens > 0);
+        let key_side = async {
+            let mut conn = self.conn.clone();
+            let (_, _, exhausted): (i64, String, i64) = self
+                .release
+                .key(format!("{}:leases", self.svc(lease.service_id)))
+                .key(self.key(lease.service_id, lease.key_id))
+                .arg(&lease.member)
+                .arg(if u.success { 1 } else { 0 })
+                .arg(u.tokens)
+                .arg(u.cost)
+                .arg(opt(u.key_tpm))
+                .arg(u.key_balance.map(|b| b.to_string()).unwrap_or_default())
+                .arg(u.latency_ms.map(|l| l.to_string()).unwrap_or_default())
+                .arg(self.policy.latency_tau_ms)
+                .arg(self.policy.success_tau_ms)
+                .arg(if u.status == 0 {
+                    String::new()
+                } else {
+                    u.status.to_string()
+                })
+                .invoke_async(&mut conn)
+                .await?;
+            Ok::<_, CoordError>(exhausted)
+        };
+        // The client's tokens and spend, on its own slot, beside the key's (only when it has a
+        // tpm limit or a budget).
+        let client_side = async {
+            let Some(c) = u
+                .client
+                .filter(|_| settle.is_some() || client_tpm.is_some())
+            else {
+                return Ok(());
+            };
+            let mut conn = self.conn.clone();
+            let _: i64 = self
+                .client_release
+                .key(self.client(c.access_key_id))
+                .arg(u.tokens)
+                .arg(opt(client_tpm))
+                .arg(match settle {
+                    Some(_) => (u.cost - u.reserved).to_string(),
+                    None => String::new(),
+                })
+                .arg(settle.unwrap_or(0))
+                .invoke_async(&mut conn)
+                .await?;
+            Ok::<_, CoordError>(())
+        };
+        let (exhausted, client) = tokio::join!(key_side, client_side);
+        let exhausted = exhausted?;
+        // The key's side is done: failing the release now would make the caller settle it again
+        // in process and count the key twice. Only the client's share of this one request is
+        // lost (a cluster node down for the client's slot), and said.
+        if let Err(e) = client {
+            metrics::counter!(crate::telemetry::metrics::COORD_ERRORS_TOTAL, "kind" => e.kind())
+                .increment(1);
+            tracing::warn!(error = %e, "a release could not count the client's tokens and spend");
+        }
         Ok(Released {
             exhausted: exhausted == 1,
         })
@@ -255,7 +542,7 @@ impl RedisStore {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let key = self.client(Some(client.access_key_id));
+        let key = self.client(client.access_key_id);
         let _: () = redis::pipe()
             .atomic()
             .cmd("HSETNX")
@@ -273,47 +560,77 @@ impl RedisStore {
         Ok(())
     }
 
-    pub async fn take_stats(&self, key_ids: &[i64]) -> Result<Vec<KeyStats>, CoordError> {
-        let mut out = Vec::with_capacity(key_ids.len());
-        let mut conn = self.conn.clone();
-        // Bounded batches: one script call must not hold Redis for long.
-        for chunk in key_ids.chunks(256) {
-            let mut inv = self.take_stats_script.prepare_invoke();
-            for id in chunk {
-                inv.key(self.key(*id));
+    /// Groups `keys` by service (one slot each), keeping each key's position in `keys`.
+    fn by_service(keys: &[KeyRef]) -> Vec<(i64, Vec<(usize, i64)>)> {
+        let mut groups: std::collections::BTreeMap<i64, Vec<(usize, i64)>> = Default::default();
+        for (i, k) in keys.iter().enumerate() {
+            groups.entry(k.service_id).or_default().push((i, k.key_id));
+        }
+        groups.into_iter().collect()
+    }
+
+    pub async fn take_stats(&self, keys: &[KeyRef]) -> Result<Vec<KeyStats>, CoordError> {
+        // One script call per service and bounded batch (one call must not hold Redis for long),
+        // each on its service's slot, a few at once.
+        let mut calls = Vec::new();
+        for (service_id, ids) in Self::by_service(keys) {
+            for chunk in ids.chunks(256) {
+                calls.push((service_id, chunk.to_vec()));
             }
-            let rows: Vec<Vec<String>> = inv.invoke_async(&mut conn).await?;
-            for r in rows {
-                let n = |i: usize| r.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-                out.push(KeyStats {
-                    requests: n(0),
-                    successes: n(1),
-                    failures_4xx: n(2),
-                    failures_5xx: n(3),
-                    failures_network: n(4),
-                    tokens: n(5),
-                    cost: n(6),
-                    balance: r.get(7).and_then(|v| v.parse().ok()),
-                    last_used: n(8),
-                    failures_by_status: r.get(9).map(|v| parse_codes(v)).unwrap_or_default(),
-                });
+        }
+        let mut done = Vec::new();
+        for batch in calls.chunks(FAN_OUT) {
+            let mut futs = Vec::with_capacity(batch.len());
+            for (service_id, chunk) in batch {
+                futs.push(self.take_stats_of(*service_id, chunk));
             }
+            done.extend(futures::future::try_join_all(futs).await?);
+        }
+        let mut out = vec![KeyStats::default(); keys.len()];
+        for (at, s) in done.into_iter().flatten() {
+            out[at] = s;
         }
         Ok(out)
     }
 
-    pub async fn spent(&self, access_key_ids: &[i64]) -> Result<Vec<Option<i64>>, CoordError> {
-        if access_key_ids.is_empty() {
-            return Ok(Vec::new());
+    /// take_stats_v2 over some keys of one service: (position, stats) per key.
+    async fn take_stats_of(
+        &self,
+        service_id: i64,
+        chunk: &[(usize, i64)],
+    ) -> Result<Vec<(usize, KeyStats)>, CoordError> {
+        let mut inv = self.take_stats_script.prepare_invoke();
+        for (_, id) in chunk {
+            inv.key(self.key(service_id, *id));
         }
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for id in access_key_ids {
-            pipe.cmd("HGET")
-                .arg(self.client(Some(*id)))
-                .arg("spent_micros");
+        let rows: Vec<Vec<String>> = inv.invoke_async(&mut conn).await?;
+        Ok(chunk
+            .iter()
+            .zip(rows)
+            .map(|((at, _), r)| (*at, stats_row(&r)))
+            .collect())
+    }
+
+    pub async fn spent(&self, access_key_ids: &[i64]) -> Result<Vec<Option<i64>>, CoordError> {
+        // Each access key is its own slot: one HGET each, a few at once (on a single Redis they
+        // share the connection's pipeline).
+        let mut out = Vec::with_capacity(access_key_ids.len());
+        for batch in access_key_ids.chunks(FAN_OUT) {
+            let mut futs = Vec::with_capacity(batch.len());
+            for id in batch {
+                futs.push(self.spent_of(*id));
+            }
+            out.extend(futures::future::try_join_all(futs).await?);
         }
-        Ok(pipe.query_async(&mut conn).await?)
+        Ok(out)
+    }
+
+    async fn spent_of(&self, access_key_id: i64) -> Result<Option<i64>, CoordError> {
+        let mut conn = self.conn.clone();
+        Ok(conn
+            .hget(self.client(access_key_id), "spent_micros")
+            .await?)
     }
 
     pub async fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<(), CoordError> {
@@ -350,7 +667,7 @@ impl RedisStore {
             .report
             .key(&svc)
             .key(format!("{svc}:leases"))
-            .key(self.key(key_id))
+            .key(self.key(service_id, key_id))
             .key(format!("{svc}:429"))
             .arg(fault.script_name())
             .arg(lease.map(|l| l.member.as_str()).unwrap_or(""))
@@ -377,50 +694,89 @@ impl RedisStore {
         })
     }
 
-    pub async fn live_states(&self, key_ids: &[i64]) -> Result<Vec<LiveState>, CoordError> {
-        if key_ids.is_empty() {
-            return Ok(Vec::new());
+    pub async fn live_states(&self, keys: &[KeyRef]) -> Result<Vec<LiveState>, CoordError> {
+        // One pipeline per service (one slot), a few at once.
+        let groups = Self::by_service(keys);
+        let mut done = Vec::new();
+        for batch in groups.chunks(FAN_OUT) {
+            let mut futs = Vec::with_capacity(batch.len());
+            for (service_id, ids) in batch {
+                futs.push(self.live_states_of(*service_id, ids));
+            }
+            done.extend(futures::future::try_join_all(futs).await?);
         }
-        let mut conn = self.conn.clone();
+        let mut out = vec![LiveState::default(); keys.len()];
+        for (at, s) in done.into_iter().flatten() {
+            out[at] = s;
+        }
+        Ok(out)
+    }
+
+    /// Some keys of one service, in one pipeline: (position, state) per key.
+    async fn live_states_of(
+        &self,
+        service_id: i64,
+        ids: &[(usize, i64)],
+    ) -> Result<Vec<(usize, LiveState)>, CoordError> {
         let mut pipe = redis::pipe();
-        for id in key_ids {
+        for (_, id) in ids {
             pipe.cmd("HMGET")
-                .arg(self.key(*id))
+                .arg(self.key(service_id, *id))
                 .arg("until")
                 .arg("fails")
                 .arg("reason")
                 .arg("inflight");
         }
-        let rows: Vec<(Option<f64>, Option<i64>, Option<String>, Option<i64>)> =
-            pipe.query_async(&mut conn).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(u, f, r, i)| LiveState {
-                until: u.unwrap_or(0.0) as i64,
-                fails: f.unwrap_or(0).max(0) as u32,
-                reason: r,
-                inflight: i.unwrap_or(0).max(0) as u32,
+        let mut conn = self.conn.clone();
+        let rows: Vec<StateRow> = pipe.query_async(&mut conn).await?;
+        Ok(ids
+            .iter()
+            .zip(rows)
+            .map(|((at, _), (u, f, r, i))| {
+                (
+                    *at,
+                    LiveState {
+                        until: u.unwrap_or(0.0) as i64,
+                        fails: f.unwrap_or(0).max(0) as u32,
+                        reason: r,
+                        inflight: i.unwrap_or(0).max(0) as u32,
+                    },
+                )
             })
             .collect())
     }
 
     fn live_minute(&self, service: &str, minute: i64) -> String {
-        format!("{}live:{service}:m:{minute}", self.prefix)
+        format!("{}live:{{{service}}}:m:{minute}", self.prefix)
     }
     fn live_day(&self, service: &str, day: i64) -> String {
-        format!("{}live:{service}:d:{day}", self.prefix)
+        format!("{}live:{{{service}}}:d:{day}", self.prefix)
     }
 
-    /// Increments only, in one MULTI: exact under any number of writers, no read-modify-write.
+    /// Increments only, in one MULTI per service (its slot): exact under any number of writers,
+    /// no read-modify-write.
     pub async fn add_live(&self, deltas: &[LiveDelta]) -> Result<(), CoordError> {
-        if deltas.is_empty() {
-            return Ok(());
+        let mut by_service: std::collections::BTreeMap<&str, Vec<&LiveDelta>> = Default::default();
+        for d in deltas {
+            by_service.entry(d.service.as_str()).or_default().push(d);
         }
+        let groups: Vec<(&str, Vec<&LiveDelta>)> = by_service.into_iter().collect();
+        for batch in groups.chunks(FAN_OUT) {
+            let mut futs = Vec::with_capacity(batch.len());
+            for (service, ds) in batch {
+                futs.push(self.add_live_of(service, ds));
+            }
+            futures::future::try_join_all(futs).await?;
+        }
+        Ok(())
+    }
+
+    async fn add_live_of(&self, service: &str, ds: &[&LiveDelta]) -> Result<(), CoordError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for d in deltas {
-            let m = self.live_minute(&d.service, d.sec.div_euclid(60));
-            let day = self.live_day(&d.service, d.sec.div_euclid(DAY_SECS));
+        for d in ds {
+            let m = self.live_minute(service, d.sec.div_euclid(60));
+            let day = self.live_day(service, d.sec.div_euclid(DAY_SECS));
             pipe.hincr(&m, format!("r:{}", d.sec), d.requests).ignore();
             pipe.hincr(&m, format!("t:{}", d.sec), d.tokens).ignore();
             pipe.expire(&m, 180).ignore();
@@ -434,58 +790,62 @@ impl RedisStore {
     }
 
     pub async fn live(&self, services: &[String], now: i64) -> Result<LiveCounts, CoordError> {
+        // One pipeline per service (its slot), a few at once.
+        let mut rows: Vec<LiveRow> = Vec::with_capacity(services.len());
+        for batch in services.chunks(FAN_OUT) {
+            let mut futs = Vec::with_capacity(batch.len());
+            for svc in batch {
+                futs.push(self.live_of(svc, now));
+            }
+            rows.extend(futures::future::try_join_all(futs).await?);
+        }
         let mut out = LiveCounts::default();
-        let mut conn = self.conn.clone();
-        for chunk in services.chunks(256) {
-            let mut pipe = redis::pipe();
-            for svc in chunk {
-                let minute = now.div_euclid(60);
-                pipe.hgetall(self.live_minute(svc, minute - 1))
-                    .hgetall(self.live_minute(svc, minute))
-                    .hmget(self.live_day(svc, now.div_euclid(DAY_SECS)), &["r", "t"]);
-            }
-            let rows: Vec<LiveRow> = {
-                let flat: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-                flat.chunks(3)
-                    .map(|c| {
-                        Ok((
-                            redis::from_redis_value(c[0].clone())?,
-                            redis::from_redis_value(c[1].clone())?,
-                            redis::from_redis_value(c[2].clone())?,
-                        ))
-                    })
-                    .collect::<Result<_, redis::RedisError>>()?
-            };
-            for (prev, cur, (rpd, tpd)) in rows {
-                for (field, n) in prev.iter().chain(cur.iter()) {
-                    let Some((kind, sec)) = field.split_once(':') else {
-                        continue;
-                    };
-                    if !sec.parse::<i64>().is_ok_and(|s| s > now - 60 && s <= now) {
-                        continue;
-                    }
-                    match kind {
-                        "r" => out.rpm += n,
-                        "t" => out.tpm += n,
-                        _ => {}
-                    }
+        for (prev, cur, (rpd, tpd)) in rows {
+            for (field, n) in prev.iter().chain(cur.iter()) {
+                let Some((kind, sec)) = field.split_once(':') else {
+                    continue;
+                };
+                if !sec.parse::<i64>().is_ok_and(|s| s > now - 60 && s <= now) {
+                    continue;
                 }
-                out.rpd += rpd.unwrap_or(0);
-                out.tpd += tpd.unwrap_or(0);
+                match kind {
+                    "r" => out.rpm += n,
+                    "t" => out.tpm += n,
+                    _ => {}
+                }
             }
+            out.rpd += rpd.unwrap_or(0);
+            out.tpd += tpd.unwrap_or(0);
         }
         Ok(out)
     }
 
-    pub async fn set_balance(&self, key_id: i64, balance: Option<i64>) -> Result<(), CoordError> {
+    /// One service's live hashes, in one pipeline (one slot).
+    async fn live_of(&self, svc: &str, now: i64) -> Result<LiveRow, CoordError> {
+        let minute = now.div_euclid(60);
         let mut conn = self.conn.clone();
+        Ok(redis::pipe()
+            .hgetall(self.live_minute(svc, minute - 1))
+            .hgetall(self.live_minute(svc, minute))
+            .hmget(self.live_day(svc, now.div_euclid(DAY_SECS)), &["r", "t"])
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    pub async fn set_balance(&self, key: KeyRef, balance: Option<i64>) -> Result<(), CoordError> {
+        let mut conn = self.conn.clone();
+        let (service_id, key_id) = (key.service_id, key.key_id);
         // `bal_micros`: the integer field the v3 scripts debit with HINCRBY.
         match balance {
             Some(b) => {
-                let _: i64 = conn.hset(self.key(key_id), "bal_micros", b).await?;
+                let _: i64 = conn
+                    .hset(self.key(service_id, key_id), "bal_micros", b)
+                    .await?;
             }
             None => {
-                let _: i64 = conn.hdel(self.key(key_id), "bal_micros").await?;
+                let _: i64 = conn
+                    .hdel(self.key(service_id, key_id), "bal_micros")
+                    .await?;
             }
         }
         Ok(())
@@ -603,7 +963,7 @@ impl RedisStore {
 }
 
 /// The outage probe's call: a PING on the shared connection (which reconnects by itself).
-struct Ping(redis::aio::ConnectionManager);
+struct Ping(Conn);
 
 impl Prober for Ping {
     async fn ping(&self) -> bool {

@@ -339,11 +339,12 @@ pub async fn statuses(db: &DatabaseConnection) -> Result<Vec<(i64, i64, String)>
         .await
 }
 
-/// Every key id, for the statistics flush.
-pub async fn all_ids(db: &DatabaseConnection) -> Result<Vec<i64>, DbErr> {
+/// Every key as (key id, service id), by id, for the statistics flush.
+pub async fn all_ids(db: &DatabaseConnection) -> Result<Vec<(i64, i64)>, DbErr> {
     upstream_key::Entity::find()
         .select_only()
         .column(upstream_key::Column::Id)
+        .column(upstream_key::Column::ServiceId)
         .order_by_asc(upstream_key::Column::Id)
         .into_tuple()
         .all(db)

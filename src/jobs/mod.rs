@@ -55,7 +55,10 @@ pub async fn with_status(
     state: &AppState,
     rows: Vec<upstream_key::Model>,
 ) -> Result<Vec<Candidate>, Error> {
-    let ids: Vec<i64> = rows.iter().map(|k| k.id).collect();
+    let ids: Vec<crate::coord::KeyRef> = rows
+        .iter()
+        .map(|k| crate::coord::KeyRef::new(k.service_id, k.id))
+        .collect();
     let live = state.coord.live_states(&ids).await?;
     let now = now_ms();
     Ok(rows
@@ -244,6 +247,8 @@ where
     Fut: Future<Output = Result<Option<Done<R>>, Error>>,
 {
     use futures::StreamExt;
+    let service_of: std::collections::HashMap<i64, i64> =
+        keys.iter().map(|c| (c.key.id, c.key.service_id)).collect();
     let done: Vec<Result<Option<Done<R>>, Error>> = futures::stream::iter(keys)
         .map(one)
         .buffered(at_once.max(1))
@@ -259,7 +264,12 @@ where
     if done.iter().any(|d| d.reload) {
         state.config_changed().await.map_err(Error::Reload)?;
     }
-    let ids: Vec<i64> = done.iter().map(|d| d.key_id).collect();
+    let ids: Vec<crate::coord::KeyRef> = done
+        .iter()
+        .map(|d| {
+            crate::coord::KeyRef::new(service_of.get(&d.key_id).copied().unwrap_or(0), d.key_id)
+        })
+        .collect();
     let live = state.coord.live_states(&ids).await?;
     let now = now_ms();
     Ok(done

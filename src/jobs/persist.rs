@@ -32,9 +32,17 @@ pub async fn run(state: AppState) {
 /// which the WARN says).
 pub async fn flush(state: &AppState) {
     match db::keys::all_ids(&state.db).await {
-        Ok(ids) => match state.coord.take_stats(&ids).await {
+        Ok(ids) => match state
+            .coord
+            .take_stats(
+                &ids.iter()
+                    .map(|(key, service)| crate::coord::KeyRef::new(*service, *key))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+        {
             Ok(stats) => {
-                for (id, s) in ids.iter().zip(stats) {
+                for ((id, _), s) in ids.iter().zip(stats) {
                     if s.is_empty() && s.balance.is_none() && s.last_used == 0 {
                         continue;
                     }

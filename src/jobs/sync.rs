@@ -235,7 +235,10 @@ async fn record(
     if sync_error.is_none()
         && let Some(b) = balance
     {
-        state.coord.set_balance(key.id, Some(b)).await?;
+        state
+            .coord
+            .set_balance(crate::coord::KeyRef::new(key.service_id, key.id), Some(b))
+            .await?;
     }
     Ok(super::Done {
         key_id: key.id,

@@ -1,20 +1,21 @@
-//! The coordination store contract: one scenario, every backend. Each test runs on the memory store
-//! and on Redis as two replicas (two separate connection pools sharing one key prefix), with calls
-//! alternating between the two, so anything kept per process would show.
+//! The coordination store contract: one scenario, every backend. Each test runs on the memory store,
+//! on Redis and on a 3-primary Redis Cluster, the last two as two replicas (two separate
+//! connections sharing one key prefix), with calls alternating between the two, so anything kept
+//! per process would show.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use keygate::coord::memory::MemoryStore;
-use keygate::coord::redis::RedisStore;
+use keygate::coord::redis::{RedisStore, Topology};
 use keygate::coord::{
-    Acquire, AcquireReq, ClientLimits, Coord, Fault, KeySet, KeySpec, Lease, Policy, Session,
-    Strategy, Usage,
+    Acquire, AcquireReq, ClientLimits, Coord, Fault, KeyRef, KeySet, KeySpec, Lease, Policy,
+    Session, Strategy, Usage,
 };
 
 use crate::harness::eventually;
-use crate::servers::servers;
+use crate::servers::{redis_cluster, servers};
 
 pub fn policy() -> Policy {
     Policy {
@@ -47,24 +48,27 @@ pub async fn memory() -> Pair {
 }
 
 pub async fn redis() -> Pair {
-    let url = &servers().redis_url;
+    redis_on(&servers().redis_url, Topology::Single).await
+}
+
+/// Two replicas on the 3-primary Redis Cluster.
+pub async fn cluster() -> Pair {
+    redis_on(redis_cluster(), Topology::Cluster).await
+}
+
+async fn redis_on(url: &str, topology: Topology) -> Pair {
     let prefix = format!("c{}:", uuid::Uuid::new_v4().simple());
-    let a = RedisStore::connect(
-        url,
-        &prefix,
-        policy(),
-        keygate::coord::outage::OnOutage::Degrade,
-    )
-    .await
-    .unwrap();
-    let b = RedisStore::connect(
-        url,
-        &prefix,
-        policy(),
-        keygate::coord::outage::OnOutage::Degrade,
-    )
-    .await
-    .unwrap();
+    let connect = || {
+        RedisStore::connect(
+            url,
+            topology,
+            &prefix,
+            policy(),
+            keygate::coord::outage::OnOutage::Degrade,
+        )
+    };
+    let a = connect().await.unwrap();
+    let b = connect().await.unwrap();
     Pair {
         a: Coord::Redis(a),
         b: Coord::Redis(b),
@@ -83,8 +87,17 @@ macro_rules! contract {
             async fn on_redis_from_two_replicas() {
                 ($body)(redis().await).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_a_redis_cluster_from_two_replicas() {
+                ($body)(cluster().await).await
+            }
         }
     };
+}
+
+/// Keys of the service `req` names (service 1).
+fn refs(ids: &[i64]) -> Vec<KeyRef> {
+    ids.iter().map(|id| KeyRef::new(1, *id)).collect()
 }
 
 fn keys(weights: &[u32]) -> KeySet {
@@ -307,7 +320,7 @@ contract!(
             Acquire::NoKey,
             "0.1 + 0.15 + 0.05 spent 0.3 to the micro"
         );
-        let live = &p.a.live_states(&[100]).await.unwrap()[0];
+        let live = &p.a.live_states(&refs(&[100])).await.unwrap()[0];
         assert_eq!(
             (live.until, live.reason.as_deref()),
             (-1, Some("exhausted")),
@@ -315,7 +328,7 @@ contract!(
         );
         // An operator top-up (the key re-enabled, a new live balance) brings it back.
         p.a.report(1, 100, None, Fault::Clear, 1).await.unwrap();
-        p.a.set_balance(100, Some(1)).await.unwrap();
+        p.a.set_balance(KeyRef::new(1, 100), Some(1)).await.unwrap();
         assert!(matches!(
             p.b.acquire(&r).await.unwrap(),
             Acquire::Granted { .. }
@@ -366,7 +379,7 @@ contract!(
             peaks.iter().any(|p| *p == 2),
             "the cap was reached: {peaks:?}"
         );
-        let live = p.a.live_states(&[100, 101, 102]).await.unwrap();
+        let live = p.a.live_states(&refs(&[100, 101, 102])).await.unwrap();
         assert!(
             live.iter().all(|l| l.inflight == 0),
             "every lease released: {live:?}"
@@ -462,6 +475,105 @@ contract!(
             p.b.acquire(&r).await.unwrap(),
             Acquire::Granted { .. }
         ));
+    }
+);
+
+contract!(
+    a_refusal_by_the_client_or_by_the_keys_costs_the_other_side_nothing,
+    |p: Pair| async move {
+        // On Redis the client's limits and the key choice are two calls on two slots; whichever
+        // side refuses, the other's charge is given back.
+        let ks = keys(&[1, 1, 1]);
+        let all: Vec<i64> = ks.iter().map(|k| k.id).collect();
+        let limits = |id, rpm, budget| ClientLimits {
+            access_key_id: id,
+            rpm,
+            rpd: None,
+            tpm: None,
+            budget,
+            spent: 0,
+        };
+        let mut r = req(Strategy::RoundRobin, &ks);
+        r.client = Some(limits(9, Some(3), None));
+        for (i, want) in [0, 1, 2].into_iter().enumerate() {
+            let (idx, lease, _) = take(p.at(i), &r).await;
+            assert_eq!(idx, want);
+            ok(p.at(i), &lease).await;
+        }
+        assert!(matches!(
+            p.a.acquire(&r).await.unwrap(),
+            Acquire::ClientLimited { .. }
+        ));
+        // The refused request left no lease behind and did not move the rotation.
+        let live = p.b.live_states(&refs(&all)).await.unwrap();
+        assert!(live.iter().all(|l| l.inflight == 0), "{live:?}");
+        let (idx, lease, _) = take(&p.b, &req(Strategy::RoundRobin, &ks)).await;
+        assert_eq!(idx, 0, "the rotation goes on where it was");
+        ok(&p.b, &lease).await;
+
+        // No usable key: the client's rpm and budget reserve are given back.
+        let mut none = req(Strategy::RoundRobin, &ks);
+        none.excluded = &all;
+        none.client = Some(limits(10, Some(2), Some(units(5))));
+        none.reserve = units(1);
+        for i in 0..6 {
+            assert_eq!(p.at(i).acquire(&none).await.unwrap(), Acquire::NoKey);
+        }
+        let mut r = req(Strategy::RoundRobin, &ks);
+        r.client = none.client;
+        r.reserve = units(1);
+        for i in 0..2 {
+            let (_, lease, _) = take(p.at(i), &r).await;
+            p.at(i)
+                .release(
+                    &lease,
+                    &Usage {
+                        success: true,
+                        client: r.client,
+                        cost: units(1),
+                        reserved: units(1),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            p.a.acquire(&r).await.unwrap(),
+            Acquire::ClientLimited { .. }
+        ));
+        assert_eq!(p.b.spent(&[10]).await.unwrap(), vec![Some(units(2))]);
+    }
+);
+
+contract!(
+    a_budget_admits_exactly_what_it_covers_under_concurrent_requests_on_two_replicas,
+    |p: Pair| async move {
+        let ks = keys(&[1, 1]);
+        let mut r = req(Strategy::RoundRobin, &ks);
+        r.client = Some(ClientLimits {
+            access_key_id: 11,
+            rpm: None,
+            rpd: None,
+            tpm: None,
+            budget: Some(units(5)),
+            spent: 0,
+        });
+        r.reserve = units(1);
+        let results = futures::future::join_all((0..12).map(|i| p.at(i).acquire(&r))).await;
+        let granted = results
+            .iter()
+            .filter(|a| matches!(a, Ok(Acquire::Granted { .. })))
+            .count();
+        let over = results
+            .iter()
+            .filter(|a| matches!(a, Ok(Acquire::OverBudget { .. })))
+            .count();
+        println!(
+            "budget of 5 requests, 12 at once on two replicas: {granted} granted, {over} over budget"
+        );
+        assert_eq!((granted, over), (5, 7), "{results:?}");
+        assert_eq!(p.a.spent(&[11]).await.unwrap(), vec![Some(units(5))]);
     }
 );
 
@@ -585,7 +697,7 @@ contract!(
             (second.until - before) >= 400 && (second.until - after) <= 400,
             "{second:?}"
         );
-        let live = p.a.live_states(&[ks[0].id]).await.unwrap();
+        let live = p.a.live_states(&refs(&[ks[0].id])).await.unwrap();
         assert_eq!(live[0].status(keygate::coord::now_ms()), Some("cooling"));
     }
 );
@@ -651,7 +763,7 @@ contract!(
         // The trial succeeds: back in full rotation.
         ok(&p.b, &trial).await;
         assert_eq!(spread(&p, &r, 6).await, vec![3, 3]);
-        let live = p.a.live_states(&[100]).await.unwrap();
+        let live = p.a.live_states(&refs(&[100])).await.unwrap();
         assert_eq!((live[0].fails, live[0].inflight), (0, 0));
     }
 );
@@ -681,7 +793,7 @@ contract!(
         p.a.report(1, 100, None, Fault::Invalid, 3).await.unwrap();
         p.b.report(1, 101, None, Fault::Exhausted, 3).await.unwrap();
         assert_eq!(spread(&p, &r, 9).await, vec![0, 0, 9]);
-        let live = p.a.live_states(&[100, 101]).await.unwrap();
+        let live = p.a.live_states(&refs(&[100, 101])).await.unwrap();
         let now = keygate::coord::now_ms();
         assert_eq!(live[0].status(now), Some("invalid"));
         assert_eq!(live[1].status(now), Some("exhausted"));
@@ -739,7 +851,7 @@ contract!(
             })
             .await
         );
-        let live = p.a.live_states(&[100, 101]).await.unwrap();
+        let live = p.a.live_states(&refs(&[100, 101])).await.unwrap();
         let now = keygate::coord::now_ms();
         assert_eq!(live[0].status(now), Some("cooling"));
         assert_eq!(live[1].status(now), None);

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::harness::{Backend, Shared, TestApp, eventually};
 use crate::mock;
-use crate::servers::{OwnPostgres, OwnRedis};
+use crate::servers::{OwnPostgres, OwnRedis, OwnRedisCluster};
 
 async fn ready(app: &TestApp) -> (u16, serde_json::Value) {
     let r = app.http.get(app.url("/readyz")).send().await.unwrap();
@@ -254,4 +254,70 @@ async fn with_postgres_down_the_admin_api_and_readyz_say_so_at_once_while_the_da
     );
     let (s, _) = app.admin("GET", "/admin/services", None).await;
     assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_a_redis_cluster_keeps_serving_while_the_cluster_is_down_and_returns_to_it() {
+    let up = mock::start().await;
+    let mut cluster = OwnRedisCluster::start();
+    let mut shared = Shared::new(Backend::Postgres).await;
+    shared.config.redis.url = Some(SecretString::from(cluster.url()));
+    shared.config.redis.cluster = true;
+    let app = TestApp::spawn_with(&shared.config).await;
+    let ak = app
+        .with_service(
+            "clu-out",
+            &up.base,
+            &["sk-clu-out-key-0001", "sk-clu-out-key-0002"],
+        )
+        .await;
+    for _ in 0..5 {
+        assert_eq!(app.chat("clu-out", &ak).await.status(), 200);
+    }
+    assert!(!app.state.coord.degraded());
+
+    cluster.down();
+    let t0 = std::time::Instant::now();
+    let during = std::sync::Mutex::new(Vec::new());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let s = app.chat("clu-out", &ak).await.status().as_u16();
+            during.lock().unwrap().push(s);
+            app.state.coord.degraded()
+        })
+        .await,
+        "the replica notices the cluster is gone"
+    );
+    let mut statuses = during.into_inner().unwrap();
+    for _ in 0..10 {
+        statuses.push(app.chat("clu-out", &ak).await.status().as_u16());
+    }
+    println!(
+        "redis cluster down: degraded after {:?}, statuses during the outage {statuses:?}",
+        t0.elapsed()
+    );
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    cluster.up();
+    let t1 = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            assert_eq!(app.chat("clu-out", &ak).await.status(), 200);
+            !app.state.coord.degraded()
+        })
+        .await,
+        "the replica goes back to the cluster by itself"
+    );
+    println!(
+        "redis cluster back: coordinating in it again after {:?}",
+        t1.elapsed()
+    );
+    for _ in 0..5 {
+        assert_eq!(app.chat("clu-out", &ak).await.status(), 200);
+    }
+    assert!(!app.state.coord.degraded());
+    assert!(
+        cluster.keys().await > 0,
+        "requests coordinate in the cluster again"
+    );
 }

@@ -81,7 +81,9 @@ both!(
         let key_id = row.upstream_key_id.expect("the key is recorded");
         assert!(
             eventually(Duration::from_secs(5), || async {
-                let live = app.state.coord.live_states(&[key_id]).await.unwrap();
+                let service_id = app.state.snapshot.load().services["cancel"].id;
+                let key = keygate::coord::KeyRef::new(service_id, key_id);
+                let live = app.state.coord.live_states(&[key]).await.unwrap();
                 live[0].inflight == 0
             })
             .await,

@@ -174,6 +174,60 @@ rm -rf "{d}"
     (format!("redis://127.0.0.1:{port}"), child)
 }
 
+static CLUSTER: OnceLock<(String, Mutex<Child>)> = OnceLock::new();
+
+/// A real Redis Cluster of 3 primaries (no replicas) on loopback, started once per test process
+/// and stopped with it: its seed nodes as `redis://127.0.0.1:P1,redis://127.0.0.1:P2,...`.
+pub fn redis_cluster() -> &'static str {
+    &CLUSTER.get_or_init(start_redis_cluster).0
+}
+
+fn start_redis_cluster() -> (String, Mutex<Child>) {
+    let dir = tempfile::Builder::new()
+        .prefix("keygate-redis-cluster-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    let ports = [free_port(), free_port(), free_port()];
+    let d = dir.display();
+    let list = ports.map(|p| p.to_string()).join(" ");
+    let nodes = ports.map(|p| format!("127.0.0.1:{p}")).join(" ");
+    // Each node in its own directory (its nodes.conf), then `redis-cli --cluster create` assigns
+    // the 16384 slots; ready once every node reports cluster_state:ok (the create command
+    // returns before gossip has spread the slot map to every node).
+    let script = format!(
+        r#"pids=""
+for p in {list}; do
+  mkdir -p "{d}/$p"
+  redis-server --port $p --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "nodes-$p.conf" --save '' --appendonly no --dir "{d}/$p" --logfile "{d}/$p/server.log" &
+  pids="$pids $!"
+done
+for p in {list}; do
+  i=0
+  until (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || [ $i -ge 200 ]; do i=$((i+1)); sleep 0.05; done
+done
+redis-cli --cluster create {nodes} --cluster-replicas 0 --cluster-yes > "{d}/server.log" 2>&1
+for p in {list}; do
+  i=0
+  until redis-cli -p $p cluster info 2>/dev/null | grep -q cluster_state:ok || [ $i -ge 400 ]; do i=$((i+1)); sleep 0.05; done
+done
+echo ready
+read _ || true
+kill $pids 2>/dev/null
+wait $pids 2>/dev/null
+rm -rf "{d}"
+"#
+    );
+    let script = format!("exec bash -c {}", shell_quote(&script));
+    let child = spawn_watchdog(&script, &dir, false);
+    let url = ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (url, Mutex::new(child))
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -332,6 +386,126 @@ impl OwnRedis {
 }
 
 impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A 3-primary Redis Cluster of one test's own, which the test may stop and start again on the
+/// same ports (each node keeps its `nodes.conf`, so the cluster comes back as it was, empty).
+/// Stopped and removed when dropped.
+pub struct OwnRedisCluster {
+    ports: [u16; 3],
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl OwnRedisCluster {
+    pub fn start() -> Self {
+        let mut c = Self {
+            ports: [free_port(), free_port(), free_port()],
+            children: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        c.spawn_nodes();
+        let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        c.wait_ok();
+        c
+    }
+
+    fn spawn_nodes(&mut self) {
+        for p in self.ports {
+            let dir = self.dir.path().join(p.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{p}.conf")])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            self.children.push(child);
+        }
+        for p in self.ports {
+            wait_for_port(p);
+        }
+    }
+
+    /// Until every node says cluster_state:ok (gossip spreads the slot map after a create or a
+    /// restart).
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for p in self.ports {
+            loop {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {p} did not reach cluster_state:ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn down(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn up(&mut self) {
+        self.spawn_nodes();
+        self.wait_ok();
+    }
+
+    /// Seed nodes, comma-separated.
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Keys stored across the primaries.
+    pub async fn keys(&self) -> usize {
+        let mut n = 0;
+        for p in self.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{p}")).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            n += redis::cmd("DBSIZE")
+                .query_async::<usize>(&mut c)
+                .await
+                .unwrap();
+        }
+        n
+    }
+}
+
+impl Drop for OwnRedisCluster {
     fn drop(&mut self) {
         self.down();
     }

@@ -1,19 +1,18 @@
--- keygate release v4: the end of a request that got an answer from its key. Off the client's path.
--- KEYS[1] service leases zset, KEYS[2] key hash, KEYS[3] client hash (see acquire_v4.lua)
+-- keygate release v5: the end of a request that got an answer from its key. Off the client's path.
+-- On the service's slot; the client's tokens and spend go to its own slot (client_release_v1.lua).
+-- KEYS[1] service leases zset, KEYS[2] key hash (see acquire_v5.lua)
 -- ARGV[1] lease member ("<key id>:<lease id>")
 -- ARGV[2] success: 1 resets the key's failure count, backoff step and half-open state
 -- ARGV[3] tokens used (0 = unknown)
 -- ARGV[4] cost in integer micros (0 = unknown), taken from the key's live balance with HINCRBY
--- ARGV[5] key tpm limit (0 = none), ARGV[6] client tpm limit (0 = none)
--- ARGV[7] key's balance in the database, integer micros ('' = none): seeds the live balance on
+-- ARGV[5] key tpm limit (0 = none)
+-- ARGV[6] key's balance in the database, integer micros ('' = none): seeds the live balance on
 --         first use
--- ARGV[8] ms from sending to the answer's head ('' = the key was not observed: nothing counted)
--- ARGV[9] latency time constant ms, ARGV[10] success-rate time constant ms
--- ARGV[11] micros to add to the client's spend (cost minus what acquire set aside; '' = none),
--- ARGV[12] what the database says the client spent (seeds spent_micros when absent)
--- ARGV[13] the answer's HTTP status ('' = unknown): an answer that was not a success counts as
+-- ARGV[7] ms from sending to the answer's head ('' = the key was not observed: nothing counted)
+-- ARGV[8] latency time constant ms, ARGV[9] success-rate time constant ms
+-- ARGV[10] the answer's HTTP status ('' = unknown): an answer that was not a success counts as
 --         `sc:<status>`
--- Statistics (taken by take_stats_v1): st_req, st_ok, st_f4 (an answer that was not a success),
+-- Statistics (taken by take_stats_v2): st_req, st_ok, st_f4 (an answer that was not a success),
 -- st_tok, st_cost. A debit that takes the live balance to zero or below puts the key out as
 -- `exhausted` in the same step.
 -- Returns {released, live balance in micros or -1, exhausted 1|0}. Read by
@@ -51,15 +50,15 @@ if ARGV[2] == '1' then
   local u = tonumber(redis.call('HGET', KEYS[2], 'until') or '0') or 0
   if u > 0 and u <= now then redis.call('HSET', KEYS[2], 'until', 0) end
 end
-if ARGV[8] ~= '' then
+if ARGV[7] ~= '' then
   -- The key answered: a good answer for its success rate, whatever the status it passed on.
-  observe(KEYS[2], tonumber(ARGV[8]), true, tonumber(ARGV[9]), tonumber(ARGV[10]))
+  observe(KEYS[2], tonumber(ARGV[7]), true, tonumber(ARGV[8]), tonumber(ARGV[9]))
   redis.call('HINCRBY', KEYS[2], 'st_req', 1)
   if ARGV[2] == '1' then
     redis.call('HINCRBY', KEYS[2], 'st_ok', 1)
   else
     redis.call('HINCRBY', KEYS[2], 'st_f4', 1)
-    if ARGV[13] and ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[2], 'sc:' .. ARGV[13], 1) end
+    if ARGV[10] and ARGV[10] ~= '' then redis.call('HINCRBY', KEYS[2], 'sc:' .. ARGV[10], 1) end
   end
 end
 local tokens = tonumber(ARGV[3])
@@ -71,14 +70,13 @@ local function add_tokens(h, limit)
   end
 end
 add_tokens(KEYS[2], tonumber(ARGV[5]))
-add_tokens(KEYS[3], tonumber(ARGV[6]))
 if tokens > 0 then redis.call('HINCRBY', KEYS[2], 'st_tok', ARGV[3]) end
 local bal = -1
 local exhausted = 0
 local cost = tonumber(ARGV[4])
 if cost > 0 then redis.call('HINCRBY', KEYS[2], 'st_cost', ARGV[4]) end
-if cost > 0 and ARGV[7] ~= '' then
-  redis.call('HSETNX', KEYS[2], 'bal_micros', ARGV[7])
+if cost > 0 and ARGV[6] ~= '' then
+  redis.call('HSETNX', KEYS[2], 'bal_micros', ARGV[6])
   -- The decrement goes as the caller's digits, not as a Lua number, which Redis would format
   -- with %.14g (and an exponent) past 14 digits.
   bal = redis.call('HINCRBY', KEYS[2], 'bal_micros', '-' .. ARGV[4])
@@ -86,9 +84,5 @@ if cost > 0 and ARGV[7] ~= '' then
     redis.call('HSET', KEYS[2], 'until', -1, 'reason', 'exhausted')
     exhausted = 1
   end
-end
-if ARGV[11] ~= '' and ARGV[11] ~= '0' then
-  redis.call('HSETNX', KEYS[3], 'spent_micros', ARGV[12])
-  redis.call('HINCRBY', KEYS[3], 'spent_micros', ARGV[11])
 end
 return {released, tostring(bal), exhausted}

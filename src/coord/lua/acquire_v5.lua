@@ -1,59 +1,59 @@
--- keygate acquire v4: one call per attempt. Checks the client's rate limits, picks a key of the
--- service (by session affinity when the request has a session, else by the strategy) among the
--- usable ones, charges the limits and takes a lease on the key.
+-- keygate acquire v5: one call per attempt, on the service's slot. Picks a key of the service (by
+-- session affinity when the request has a session, else by the strategy) among the usable ones,
+-- and takes a lease on it. The client's limits and budget live in another slot (client_v1.lua):
+-- a request whose access key has any is checked there concurrently (coord::redis).
 --
+-- Every key touched is declared and shares the hash tag `{s<service id>}`, so the call is valid on
+-- Redis Cluster (one slot) and the same on a single Redis.
 -- KEYS[1]      service hash      {rr = cursor, backoff = ms epoch of an upstream-wide backoff}
 -- KEYS[2]      service leases    zset, member "<key id>:<lease id>", score = lease expiry (ms)
--- KEYS[3]      client hash       {tat_rpm, tat_rpd, tat_tpm} of the access key (unused if no client)
--- KEYS[4]      session binding   string: the key id a session is bound to (unused if no session)
--- <prefix>k:<key id>             key hashes {until, reason, fails, cool_n, inflight, last, cw,
---                                 probe, halfopen, bal_micros, tat_rpm, tat_tpm, lat, lat_t, sr_ok,
---                                 sr_n}; until: 0 = in rotation, -1 = out until re-enabled, else ms
---                                 epoch. lat is the peak-EWMA latency (ms) at lat_t; sr_ok/sr_n are
---                                 decayed counts of answers and attempts (release_v4, report_v3).
---                                 Named from ARGV, so Redis Cluster is not supported (one primary).
+-- KEYS[3]      session binding   string: the key id a session is bound to (unused if no session)
+-- KEYS[3 + i]  key hash of the i-th key of the service (list order, i = 1..n):
+--              {until, reason, fails, cool_n, inflight, last, cw, probe, halfopen, bal_micros,
+--              tat_rpm, tat_tpm, lat, lat_t, sr_ok, sr_n}; until: 0 = in rotation, -1 = out until
+--              re-enabled, else ms epoch. lat is the peak-EWMA latency (ms) at lat_t; sr_ok/sr_n
+--              are decayed counts of answers and attempts (release_v5, report_v4).
 -- Money is integer micro-units (1 unit = 1000000) everywhere here; amounts stay below 2^53, so
 -- Lua numbers hold them exactly.
 -- ARGV[1]  strategy: rr | weighted | least_used | random | balance | latency | success_rate | cost
 -- ARGV[2]  per-key concurrency cap (0 = none)
 -- ARGV[3]  lease ttl ms
 -- ARGV[4]  lease id
--- ARGV[5]  charge client limits: 1 | 0 (0 on retries of the same request)
--- ARGV[6..8] client rpm, rpd, tpm (0 = no limit)
--- ARGV[9]  request price in micros (0 = unknown)
--- ARGV[10] random integer in [0, 2^32) (random, latency and success_rate strategies)
--- ARGV[11] half-open probe lock ms
--- ARGV[12] key prefix
--- ARGV[13] key ids of the service, comma-separated, in list order (built once per config load)
--- ARGV[14] keys with settings other than the defaults (weight 1, no rpm/tpm, no balance, cost
+-- ARGV[5]  request price in micros (0 = unknown)
+-- ARGV[6]  random integer in [0, 2^32) (random, latency and success_rate strategies)
+-- ARGV[7]  half-open probe lock ms
+-- ARGV[8]  key ids of the service, comma-separated, in list order (the same order as KEYS[4..])
+-- ARGV[9]  keys with settings other than the defaults (weight 1, no rpm/tpm, no balance, cost
 --          factor 1): ";index:weight:rpm:tpm:balance:cost;..." (1-based index, 0 = no limit,
 --          balance in micros or '' = none, cost factor in millionths or '' = 1000000)
--- ARGV[15] key ids this request already tried, comma-separated
--- ARGV[16] session: 1 = bind by KEYS[4], 0 = no session
--- ARGV[17] where an unbound session starts scanning (0-based index, from a hash of the session)
--- ARGV[18] session binding ttl ms
--- ARGV[19] latency decay time constant ms (peak-EWMA)
--- ARGV[20] client budget in micros ('' = none); KEYS[3] field spent_micros is what it spent
--- ARGV[21] what the database says the client spent (seeds spent_micros when absent)
--- ARGV[22] micros set aside from the budget for this request (its estimated price; 0 = none)
+-- ARGV[10] key ids this request already tried, comma-separated
+-- ARGV[11] session: 1 = bind by KEYS[3], 0 = no session
+-- ARGV[12] where an unbound session starts scanning (0-based index, from a hash of the session)
+-- ARGV[13] session binding ttl ms
+-- ARGV[14] latency decay time constant ms (peak-EWMA)
 --
--- Returns {code, index, fails, probe, retry_after_ms, rpm_remaining, rpd_remaining, tpm_remaining}
--- Round robin takes the first usable key from the cursor on and moves the cursor past it.
+-- Returns {code, index, fails, probe, retry_after_ms, cursor_before}
+-- Round robin takes the first usable key from the cursor on and moves the cursor past it
+-- (cursor_before: where it was, so a grant undone because the client was refused can put it
+-- back; -1 when the call did not move it).
 -- A session keeps its key while the key is usable; otherwise the first usable key after it (in
 -- list order) takes over, so every replica moves it to the same key.
---   code 1 granted (index 1-based), 2 client over a limit, 3 every usable key at its cap,
---   4 service backing off (upstream-wide 429), 5 the client's budget does not cover the request
---   (retry_after_ms then carries what it spent), 0 no usable key. Remaining: -1 = no limit.
+--   code 1 granted (index 1-based), 3 every usable key at its cap, 4 service backing off
+--   (upstream-wide 429), 0 no usable key.
 -- Read by coord::redis::RedisStore::acquire into coord::Acquire.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local MIN, DAY = 60000, 86400000
 local ids = {}
-for id in string.gmatch(ARGV[13], '[^,]+') do ids[#ids + 1] = id end
+local index_of = {}
+for id in string.gmatch(ARGV[8], '[^,]+') do
+  ids[#ids + 1] = id
+  index_of[id] = #ids
+end
 local n = #ids
-if n == 0 then return {0, 0, 0, 0, 0, -1, -1, -1} end
+if n == 0 then return {0, 0, 0, 0, 0, -1} end
 local DEFAULT = {w = 1, rpm = 0, tpm = 0, cf = 1000000}
-local OV = ARGV[14]
+local OV = ARGV[9]
 local function to_spec(w, rpm, tpm, bal, cf)
   return {w = tonumber(w), rpm = tonumber(rpm), tpm = tonumber(tpm), bal = tonumber(bal),
     cf = tonumber(cf) or 1000000}
@@ -62,7 +62,7 @@ end
 -- C over the string), not parsed for all n keys on every call. Strategies that read every key
 -- parse them all once.
 local spec = {}
-local lazy = ARGV[1] == 'rr' or ARGV[16] == '1'
+local lazy = ARGV[1] == 'rr' or ARGV[11] == '1'
 if not lazy then
   for idx, w, rpm, tpm, bal, cf in string.gmatch(OV, ';(%d+):(%d+):(%d+):(%d+):(%-?%d*):(%d*)') do
     spec[tonumber(idx)] = to_spec(w, rpm, tpm, bal, cf)
@@ -78,8 +78,8 @@ local function spec_of(i)
   return sp or DEFAULT
 end
 local excluded = {}
-for id in string.gmatch(ARGV[15], '[^,]+') do excluded[id] = true end
-local function key_hash(i) return ARGV[12] .. 'k:' .. ids[i] end
+for id in string.gmatch(ARGV[10], '[^,]+') do excluded[id] = true end
+local function key_hash(i) return KEYS[3 + i] end
 
 local function gcra(tat, period, limit, cost)
   -- Generic cell rate: `limit` per `period`. Returns allowed, new tat, retry after, remaining.
@@ -101,15 +101,17 @@ end
 
 local backoff = tonumber(redis.call('HGET', KEYS[1], 'backoff') or '0') or 0
 if backoff > now then
-  return {4, 0, 0, 0, backoff - now, -1, -1, -1}
+  return {4, 0, 0, 0, backoff - now, -1}
 end
 
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 if #expired > 0 then
   for _, m in ipairs(expired) do
-    local kid = string.match(m, '^(%d+):')
-    if kid then
-      local h = ARGV[12] .. 'k:' .. kid
+    -- A lease of a key no longer in the service's list is just dropped (the key's state no
+    -- longer matters to anyone).
+    local i = index_of[string.match(m, '^(%d+):') or '']
+    if i then
+      local h = key_hash(i)
       if (tonumber(redis.call('HGET', h, 'inflight') or '0') or 0) > 0 then
         redis.call('HINCRBY', h, 'inflight', -1)
       end
@@ -118,48 +120,11 @@ if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 end
 
-local charge = ARGV[5] == '1'
-local c_rpm, c_rpd, c_tpm = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local rem_rpm, rem_rpd, rem_tpm = -1, -1, -1
-local new_rpm, new_rpd
-if charge then
-  local cl = redis.call('HMGET', KEYS[3], 'tat_rpm', 'tat_rpd', 'tat_tpm')
-  local worst = 0
-  local ok, ra
-  if c_rpm > 0 then
-    ok, new_rpm, ra, rem_rpm = gcra(cl[1], MIN, c_rpm, 1)
-    if not ok then worst = math.max(worst, ra) end
-  end
-  if c_rpd > 0 then
-    ok, new_rpd, ra, rem_rpd = gcra(cl[2], DAY, c_rpd, 1)
-    if not ok then worst = math.max(worst, ra) end
-  end
-  if c_tpm > 0 then
-    local _
-    ok, _, ra, rem_tpm = gcra(cl[3], MIN, c_tpm, 0)
-    if not ok then worst = math.max(worst, ra) end
-  end
-  if worst > 0 then
-    return {2, 0, 0, 0, worst, rem_rpm, rem_rpd, rem_tpm}
-  end
-end
-local reserve = tonumber(ARGV[22]) or 0
-if charge and ARGV[20] ~= '' then
-  -- A budget admits a request while what was spent plus what this one is expected to cost fits
-  -- (a spent budget, or one of 0, admits nothing). The reserve is taken below with the key, so
-  -- concurrent requests cannot all squeeze into the same remainder.
-  redis.call('HSETNX', KEYS[3], 'spent_micros', ARGV[21])
-  local spent = tonumber(redis.call('HGET', KEYS[3], 'spent_micros')) or 0
-  local budget = tonumber(ARGV[20])
-  if spent + reserve > budget or spent >= budget then
-    return {5, 0, 0, 0, spent, rem_rpm, rem_rpd, rem_tpm}
-  end
-end
-
 local strategy = ARGV[1]
 local cap = tonumber(ARGV[2])
-local price = tonumber(ARGV[9])
+local price = tonumber(ARGV[5])
 local at_cap = false
+local cursor_before = -1
 
 -- Evaluates key i: a candidate table when it is usable now, else nil.
 local function eval(i)
@@ -196,7 +161,7 @@ local function eval(i)
     sr_ok = tonumber(f[13]) or 0, sr_n = tonumber(f[14]) or 0}
 end
 
-local rnd = tonumber(ARGV[10])
+local rnd = tonumber(ARGV[6])
 -- First usable key scanning from 0-based index `start`, or nil.
 local function first_from(start)
   for j = 0, n - 1 do
@@ -207,9 +172,9 @@ local function first_from(start)
 end
 
 local pick
-local session = ARGV[16] == '1'
+local session = ARGV[11] == '1'
 if session then
-  local bound = redis.call('GET', KEYS[4])
+  local bound = redis.call('GET', KEYS[3])
   local at = nil
   if bound then
     for i = 1, n do if ids[i] == bound then at = i break end end
@@ -218,16 +183,19 @@ if session then
     pick = eval(at)
     if pick == nil then pick = first_from(at) end
   else
-    pick = first_from(tonumber(ARGV[17]) % n)
+    pick = first_from(tonumber(ARGV[12]) % n)
   end
-  if pick then redis.call('SET', KEYS[4], ids[pick.i], 'PX', tonumber(ARGV[18])) end
+  if pick then redis.call('SET', KEYS[3], ids[pick.i], 'PX', tonumber(ARGV[13])) end
 elseif strategy == 'rr' then
   -- Scan from the cursor and stop at the first usable key: one key read in the common case. The
   -- cursor then moves just past the key taken, so the rotation is exact, and fair among the
   -- usable keys while others are out.
   local start = tonumber(redis.call('HGET', KEYS[1], 'rr') or '0') or 0
   pick = first_from(start)
-  if pick then redis.call('HSET', KEYS[1], 'rr', pick.i % n) end
+  if pick then
+    cursor_before = start
+    redis.call('HSET', KEYS[1], 'rr', pick.i % n)
+  end
 else
   local cand = {}
   for i = 1, n do
@@ -263,7 +231,7 @@ else
     elseif m > 1 then
       local a = rnd % m
       local b = (a + 1 + math.floor(rnd / m) % (m - 1)) % m
-      local tau = tonumber(ARGV[19])
+      local tau = tonumber(ARGV[14])
       local function cost(c)
         return c.lat * math.exp(-math.max(now - c.lat_t, 0) / tau) * (c.inflight + 1)
       end
@@ -299,6 +267,7 @@ else
         pick = cheapest[(start + j) % n + 1]
         if pick then break end
       end
+      cursor_before = start
       redis.call('HSET', KEYS[1], 'rr', pick.i % n)
     end
   else
@@ -310,21 +279,15 @@ else
 end
 
 if pick == nil then
-  if at_cap then return {3, 0, 0, 0, 0, rem_rpm, rem_rpd, rem_tpm} end
-  return {0, 0, 0, 0, 0, rem_rpm, rem_rpd, rem_tpm}
+  if at_cap then return {3, 0, 0, 0, 0, -1} end
+  return {0, 0, 0, 0, 0, -1}
 end
 
-if charge then
-  if reserve > 0 and ARGV[20] ~= '' then redis.call('HINCRBY', KEYS[3], 'spent_micros', reserve) end
-  if new_rpm then redis.call('HSET', KEYS[3], 'tat_rpm', new_rpm) end
-  if new_rpd then redis.call('HSET', KEYS[3], 'tat_rpd', new_rpd) end
-  redis.call('PEXPIRE', KEYS[3], DAY * 2)
-end
 local kh = key_hash(pick.i)
 local kid = ids[pick.i]
 if pick.new_krpm then redis.call('HSET', kh, 'tat_rpm', pick.new_krpm) end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), kid .. ':' .. ARGV[4])
 redis.call('HINCRBY', kh, 'inflight', 1)
 redis.call('HSET', kh, 'last', now)
-if pick.probe then redis.call('HSET', kh, 'probe', now + tonumber(ARGV[11])) end
-return {1, pick.i, pick.fails, pick.probe and 1 or 0, 0, rem_rpm, rem_rpd, rem_tpm}
+if pick.probe then redis.call('HSET', kh, 'probe', now + tonumber(ARGV[7])) end
+return {1, pick.i, pick.fails, pick.probe and 1 or 0, 0, cursor_before}
