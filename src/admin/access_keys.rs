@@ -131,7 +131,7 @@ async fn find(state: &AppState, user: &AuthUser, id: i64) -> ApiResult<access_ke
 }
 
 /// List access keys (prefix only).
-#[utoipa::path(get, path = "/admin/access-keys", tag = "access-keys", params(Page),
+#[utoipa::path(get, operation_id = "listAccessKeys", path = "/admin/access-keys", tag = "access-keys", params(Page),
     security(("bearer" = [])), responses((status = 200, body = List<AccessKeyView>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -149,7 +149,7 @@ pub async fn list(
 }
 
 /// Create an access key; the response carries the full key, the only time it is shown.
-#[utoipa::path(post, path = "/admin/access-keys", tag = "access-keys", request_body = CreateAccessKey,
+#[utoipa::path(post, operation_id = "createAccessKey", path = "/admin/access-keys", tag = "access-keys", request_body = CreateAccessKey,
     security(("bearer" = [])),
     responses((status = 201, body = CreatedAccessKey), (status = 400, body = Problem)))]
 pub async fn create(
@@ -192,7 +192,7 @@ pub async fn create(
 }
 
 /// Get an access key.
-#[utoipa::path(get, path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
+#[utoipa::path(get, operation_id = "getAccessKey", path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
     security(("bearer" = [])),
     responses((status = 200, body = AccessKeyView), (status = 404, body = Problem)))]
 pub async fn get(
@@ -204,7 +204,7 @@ pub async fn get(
 }
 
 /// Update an access key.
-#[utoipa::path(patch, path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
+#[utoipa::path(patch, operation_id = "updateAccessKey", path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
     request_body = PatchAccessKey, security(("bearer" = [])),
     responses((status = 200, body = AccessKeyView), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn patch(
@@ -250,7 +250,7 @@ pub async fn patch(
 }
 
 /// Delete an access key; it stops working on every replica within the refresh interval.
-#[utoipa::path(delete, path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
+#[utoipa::path(delete, operation_id = "deleteAccessKey", path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
     security(("bearer" = [])), responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete(
     State(state): State<AppState>,

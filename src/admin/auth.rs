@@ -61,9 +61,10 @@ impl FromRequestParts<AppState> for AuthUser {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
+            // Auth schemes are case-insensitive (RFC 9110 §11.1): `BEARER` is `Bearer`.
+            .and_then(|v| match v.trim().split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token),
+                _ => None,
             })
             .ok_or(ApiError::Unauthorized("missing bearer token"))?;
         let mut v = Validation::new(Algorithm::HS256);
@@ -139,7 +140,7 @@ impl IntoResponse for LoginError {
 ///
 /// Failed logins back off exponentially per username and per client address; an attempt during
 /// a backoff is refused with 429 and `Retry-After` without checking the password.
-#[utoipa::path(post, path = "/admin/auth/login", tag = "auth",
+#[utoipa::path(post, operation_id = "login", path = "/admin/auth/login", tag = "auth",
     request_body = LoginRequest,
     responses(
         (status = 200, body = LoginResponse),
@@ -201,7 +202,7 @@ pub struct Me {
 
 /// The user the bearer token belongs to: what a client (the web console) shows and which
 /// actions it offers.
-#[utoipa::path(get, path = "/admin/auth/me", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "getCurrentUser", path = "/admin/auth/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = Me), (status = 401, body = super::error::Problem)))]
 pub async fn me(user: AuthUser) -> axum::Json<Me> {
     axum::Json(Me {

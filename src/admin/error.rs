@@ -113,9 +113,7 @@ impl IntoResponse for ApiError {
         };
         let p = Problem {
             kind: format!("https://keygate.dev/problems/{}", self.slug()),
-            title: status.canonical_reason().unwrap_or("Error").to_string(),
-            status: status.as_u16(),
-            detail,
+            ..problem(status, detail)
         };
         let mut resp = (status, axum::Json(p)).into_response();
         resp.headers_mut().insert(
@@ -154,8 +152,91 @@ where
                     .unwrap_or(&text);
                 Err(ApiError::BadRequest(detail.to_string()))
             }
-            Err(rej) => Err(ApiError::BadRequest(rej.body_text())),
+            // axum gives a missing or wrong Content-Type 415 and a body over `DefaultBodyLimit`
+            // 413; those statuses are kept, everything else (bad JSON) is a 400.
+            Err(rej) => Err(match rej.status() {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::Unsupported(rej.body_text()),
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(rej.body_text()),
+                _ => ApiError::BadRequest(rej.body_text()),
+            }),
         }
+    }
+}
+
+/// The one error contract of the admin API: any error response that is not problem+json yet
+/// (a `Path` or `Query` rejection's text/plain, the router's empty 405, any other extractor's
+/// rejection) is rewritten as one, keeping its status and headers (`Allow` on a 405). Handlers'
+/// own errors are `ApiError`s already and pass through untouched.
+pub async fn problem_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if is_problem {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Rejection texts are a line; anything larger is not one and is not echoed.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let detail = if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), detail = %text, "admin request failed outside a handler");
+        "internal error; see the server log".to_string()
+    } else if text.is_empty() {
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                "this path does not take this method; see Allow".into()
+            }
+            StatusCode::NOT_FOUND => "no such admin API path".into(),
+            s => s.canonical_reason().unwrap_or("error").to_string(),
+        }
+    } else {
+        text
+    };
+    let p = problem(status, detail);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    let body = serde_json::to_vec(&p).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// A path under `/admin` that no route matches.
+pub async fn no_route() -> ApiError {
+    ApiError::NotFound("no such admin API path".into())
+}
+
+fn problem(status: StatusCode, detail: String) -> Problem {
+    let slug = match status {
+        StatusCode::BAD_REQUEST => "validation",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::TOO_MANY_REQUESTS => "too-many-requests",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    Problem {
+        kind: format!("https://keygate.dev/problems/{slug}"),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+        status: status.as_u16(),
+        detail,
     }
 }
 

@@ -237,7 +237,7 @@ pub struct PatchKey {
 }
 
 /// List a service's upstream keys (masked).
-#[utoipa::path(get, path = "/admin/services/{slug}/keys", tag = "keys", params(("slug" = String, Path), Page),
+#[utoipa::path(get, operation_id = "listKeys", path = "/admin/services/{slug}/keys", tag = "keys", params(("slug" = String, Path), Page),
     security(("bearer" = [])), responses((status = 200, body = List<KeyView>), (status = 404, body = Problem)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -301,7 +301,7 @@ fn bad_lines(errs: Vec<String>) -> ApiError {
 }
 
 /// Add keys to a service (JSON).
-#[utoipa::path(post, path = "/admin/services/{slug}/keys", tag = "keys", request_body = AddKeys,
+#[utoipa::path(post, operation_id = "addKeys", path = "/admin/services/{slug}/keys", tag = "keys", request_body = AddKeys,
     params(("slug" = String, Path)), security(("bearer" = [])),
     responses((status = 200, body = AddKeysResult), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn add(
@@ -319,7 +319,7 @@ pub async fn add(
 /// Import keys: JSON, CSV (`key,balance`) or plain text (one key a line; blank lines and `#`
 /// comments skipped), by Content-Type, or a multipart upload of such a file. All or nothing;
 /// `?dry_run=true` reports every bad line and the count of new and duplicate keys first.
-#[utoipa::path(post, path = "/admin/services/{slug}/keys/import", tag = "keys",
+#[utoipa::path(post, operation_id = "importKeys", path = "/admin/services/{slug}/keys/import", tag = "keys",
     params(("slug" = String, Path), ImportOptions), security(("bearer" = [])),
     request_body(content(
         (String = "text/plain"), (String = "text/csv"), (AddKeys = "application/json"),
@@ -404,7 +404,7 @@ pub async fn import(
 
 /// Export a service's keys as CSV (masked: `id,key,label,status,balance,weight`; balance in
 /// currency units, exact decimal text), all of them or those in the given statuses.
-#[utoipa::path(get, path = "/admin/services/{slug}/keys/export", tag = "keys",
+#[utoipa::path(get, operation_id = "exportKeys", path = "/admin/services/{slug}/keys/export", tag = "keys",
     params(("slug" = String, Path), StatusFilter), security(("bearer" = [])),
     responses((status = 200, content_type = "text/csv", body = String),
         (status = 400, body = Problem), (status = 404, body = Problem)))]
@@ -448,7 +448,7 @@ pub async fn export(
 }
 
 /// Change a key's label, weight, balance or status (`active` re-enables it).
-#[utoipa::path(patch, path = "/admin/services/{slug}/keys/{id}", tag = "keys", request_body = PatchKey,
+#[utoipa::path(patch, operation_id = "updateKey", path = "/admin/services/{slug}/keys/{id}", tag = "keys", request_body = PatchKey,
     params(("slug" = String, Path), ("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = KeyView), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn patch(
@@ -545,7 +545,7 @@ pub async fn patch(
 }
 
 /// Delete a key.
-#[utoipa::path(delete, path = "/admin/services/{slug}/keys/{id}", tag = "keys",
+#[utoipa::path(delete, operation_id = "deleteKey", path = "/admin/services/{slug}/keys/{id}", tag = "keys",
     params(("slug" = String, Path), ("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete(
@@ -646,7 +646,7 @@ async fn batch_keys(
 
 /// Enable, disable or delete many keys at once: those with the given ids, or every key in a
 /// status (`{"action": "enable", "status": "invalid"}` puts back every invalid key).
-#[utoipa::path(post, path = "/admin/services/{slug}/keys/batch", tag = "keys",
+#[utoipa::path(post, operation_id = "batchKeys", path = "/admin/services/{slug}/keys/batch", tag = "keys",
     request_body = KeyBatch, params(("slug" = String, Path)), security(("bearer" = [])),
     responses((status = 200, body = KeyBatchResult), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem)))]

@@ -320,7 +320,7 @@ fn view(r: request_log::Model, keys: &HashMap<i64, String>) -> LogView {
 }
 
 /// List request logs, newest first.
-#[utoipa::path(get, path = "/admin/logs", tag = "logs", params(LogQuery, LogPaging),
+#[utoipa::path(get, operation_id = "listLogs", path = "/admin/logs", tag = "logs", params(LogQuery, LogPaging),
     security(("bearer" = [])),
     responses((status = 200, body = LogPage), (status = 400, body = Problem)))]
 pub async fn list(
@@ -343,7 +343,7 @@ pub async fn list(
 }
 
 /// Get one request log row.
-#[utoipa::path(get, path = "/admin/logs/{id}", tag = "logs", params(("id" = String, Path)),
+#[utoipa::path(get, operation_id = "getLog", path = "/admin/logs/{id}", tag = "logs", params(("id" = String, Path)),
     security(("bearer" = [])),
     responses((status = 200, body = LogView), (status = 404, body = Problem)))]
 pub async fn get(
@@ -524,7 +524,7 @@ impl ExportState {
 
 /// Export the filtered request log as CSV or NDJSON, newest first, streamed from the database
 /// in chunks (`limit` and `cursor` do not apply: the whole filtered range is exported).
-#[utoipa::path(get, path = "/admin/logs/export", tag = "logs", params(ExportQuery, LogQuery),
+#[utoipa::path(get, operation_id = "exportLogs", path = "/admin/logs/export", tag = "logs", params(ExportQuery, LogQuery),
     security(("bearer" = [])),
     responses((status = 200, content_type = "text/csv", body = String),
         (status = 200, content_type = "application/x-ndjson", body = String),

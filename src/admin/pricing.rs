@@ -192,7 +192,7 @@ async fn visible_rule(
 }
 
 /// List pricing rules (global ones and those on your tenant's slugs).
-#[utoipa::path(get, path = "/admin/pricing", tag = "pricing", params(Page),
+#[utoipa::path(get, operation_id = "listPricingRules", path = "/admin/pricing", tag = "pricing", params(Page),
     security(("bearer" = [])), responses((status = 200, body = List<PricingRuleView>),
         (status = 400, body = Problem)))]
 pub async fn list(
@@ -212,7 +212,7 @@ pub async fn list(
 }
 
 /// Create a pricing rule. It applies at once, on every replica, over the built-in defaults.
-#[utoipa::path(post, path = "/admin/pricing", tag = "pricing", request_body = PricingRuleBody,
+#[utoipa::path(post, operation_id = "createPricingRule", path = "/admin/pricing", tag = "pricing", request_body = PricingRuleBody,
     security(("bearer" = [])),
     responses((status = 201, body = PricingRuleView), (status = 400, body = Problem),
         (status = 403, body = Problem)))]
@@ -232,7 +232,7 @@ pub async fn create(
 
 /// Replace a pricing rule whole (an absent amount becomes 0, or "priced as input" for the cache
 /// amounts; an absent slug makes it global).
-#[utoipa::path(put, path = "/admin/pricing/{id}", tag = "pricing", request_body = PricingRuleBody,
+#[utoipa::path(put, operation_id = "replacePricingRule", path = "/admin/pricing/{id}", tag = "pricing", request_body = PricingRuleBody,
     params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = PricingRuleView), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem)))]
@@ -254,7 +254,7 @@ pub async fn replace(
 }
 
 /// Delete a pricing rule; the model falls back to the next rule, or the built-in default.
-#[utoipa::path(delete, path = "/admin/pricing/{id}", tag = "pricing",
+#[utoipa::path(delete, operation_id = "deletePricingRule", path = "/admin/pricing/{id}", tag = "pricing",
     params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn delete(
@@ -330,7 +330,7 @@ pub struct PriceCheck {
 
 /// Explain which price the gateway applies to a model: the stored rule or default entry that
 /// matched, its prices, and an example cost. 404 when nothing prices the model.
-#[utoipa::path(get, path = "/admin/pricing/check", tag = "pricing", params(CheckQuery),
+#[utoipa::path(get, operation_id = "checkPrice", path = "/admin/pricing/check", tag = "pricing", params(CheckQuery),
     security(("bearer" = [])),
     responses((status = 200, body = PriceCheck), (status = 400, body = Problem),
         (status = 404, body = Problem)))]

@@ -701,7 +701,7 @@ pub async fn find(state: &AppState, user: &AuthUser, slug: &str) -> ApiResult<se
 }
 
 /// List services.
-#[utoipa::path(get, path = "/admin/services", tag = "services", params(Page),
+#[utoipa::path(get, operation_id = "listServices", path = "/admin/services", tag = "services", params(Page),
     security(("bearer" = [])), responses((status = 200, body = List<ServiceView>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -721,7 +721,7 @@ pub async fn list(
 }
 
 /// Create a service (a slug).
-#[utoipa::path(post, path = "/admin/services", tag = "services", request_body = CreateService,
+#[utoipa::path(post, operation_id = "createService", path = "/admin/services", tag = "services", request_body = CreateService,
     security(("bearer" = [])),
     responses((status = 201, body = ServiceView), (status = 400, body = Problem),
         (status = 409, body = Problem)))]
@@ -829,7 +829,7 @@ pub async fn create(
 }
 
 /// Get a service.
-#[utoipa::path(get, path = "/admin/services/{slug}", tag = "services", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "getService", path = "/admin/services/{slug}", tag = "services", security(("bearer" = [])),
     params(("slug" = String, Path)),
     responses((status = 200, body = ServiceView), (status = 404, body = Problem)))]
 pub async fn get(
@@ -842,7 +842,7 @@ pub async fn get(
 }
 
 /// Update a service.
-#[utoipa::path(patch, path = "/admin/services/{slug}", tag = "services",
+#[utoipa::path(patch, operation_id = "updateService", path = "/admin/services/{slug}", tag = "services",
     request_body = PatchService, security(("bearer" = [])), params(("slug" = String, Path)),
     responses((status = 200, body = ServiceView), (status = 400, body = Problem),
         (status = 404, body = Problem)))]
@@ -954,7 +954,7 @@ pub async fn patch(
 }
 
 /// Delete a service, its keys and the pricing rules on its slug.
-#[utoipa::path(delete, path = "/admin/services/{slug}", tag = "services",
+#[utoipa::path(delete, operation_id = "deleteService", path = "/admin/services/{slug}", tag = "services",
     security(("bearer" = [])), params(("slug" = String, Path)),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn delete(

@@ -167,7 +167,7 @@ pub struct StatsResponse {
 }
 
 /// Request statistics: totals and series per group, and live figures.
-#[utoipa::path(get, path = "/admin/stats", tag = "stats", params(StatsQuery),
+#[utoipa::path(get, operation_id = "getStats", path = "/admin/stats", tag = "stats", params(StatsQuery),
     security(("bearer" = [])),
     responses((status = 200, body = StatsResponse),
         (status = 400, description = "A parameter is invalid (named in `detail`)", body = Problem),

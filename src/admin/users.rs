@@ -66,7 +66,7 @@ fn check_password(p: &str) -> ApiResult<()> {
 }
 
 /// List users.
-#[utoipa::path(get, path = "/admin/users", tag = "users", params(Page),
+#[utoipa::path(get, operation_id = "listUsers", path = "/admin/users", tag = "users", params(Page),
     security(("bearer" = [])),
     responses((status = 200, body = List<UserView>), (status = 403, body = Problem)))]
 pub async fn list(
@@ -88,7 +88,7 @@ pub async fn list(
 }
 
 /// Create a user.
-#[utoipa::path(post, path = "/admin/users", tag = "users", request_body = CreateUser,
+#[utoipa::path(post, operation_id = "createUser", path = "/admin/users", tag = "users", request_body = CreateUser,
     security(("bearer" = [])),
     responses((status = 201, body = UserView), (status = 400, body = Problem),
         (status = 409, body = Problem)))]
@@ -134,7 +134,7 @@ async fn find(state: &AppState, caller: &AuthUser, id: i64) -> ApiResult<user::M
 }
 
 /// Get a user.
-#[utoipa::path(get, path = "/admin/users/{id}", tag = "users", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "getUser", path = "/admin/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = i64, Path)),
     responses((status = 200, body = UserView), (status = 404, body = Problem)))]
 pub async fn get(
@@ -149,7 +149,7 @@ pub async fn get(
 }
 
 /// Change a user's password, role or disabled flag.
-#[utoipa::path(patch, path = "/admin/users/{id}", tag = "users", request_body = PatchUser,
+#[utoipa::path(patch, operation_id = "updateUser", path = "/admin/users/{id}", tag = "users", request_body = PatchUser,
     security(("bearer" = [])), params(("id" = i64, Path)),
     responses((status = 200, body = UserView), (status = 400, body = Problem),
         (status = 404, body = Problem)))]
@@ -192,7 +192,7 @@ pub async fn patch(
 }
 
 /// Delete a user.
-#[utoipa::path(delete, path = "/admin/users/{id}", tag = "users", security(("bearer" = [])),
+#[utoipa::path(delete, operation_id = "deleteUser", path = "/admin/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = i64, Path)),
     responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn delete(
