@@ -68,15 +68,26 @@ pub struct CreatedAccessKey {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "team-a", "slugs": ["openai"], "rpm": 600, "budget": 50}))]
 pub struct CreateAccessKey {
+    /// 1 to 128 characters, not only spaces.
+    #[schema(max_length = 128, pattern = "\\S")]
     pub name: String,
+    /// The slugs this key may call (empty or absent: every slug of its tenant).
+    #[schema(value_type = Option<Vec<super::spec::Slug>>)]
     pub slugs: Option<Vec<String>>,
+    /// Requests per minute at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub rpm: Option<i32>,
+    /// Tokens per minute at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub tpm: Option<i32>,
+    /// Requests per day at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub rpd: Option<i32>,
     /// In currency units (a decimal string is accepted too); stored exactly, to 0.000001.
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub budget: Option<i64>,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -84,14 +95,24 @@ pub struct CreateAccessKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchAccessKey {
+    /// 1 to 128 characters, not only spaces.
+    #[schema(max_length = 128, pattern = "\\S")]
     pub name: Option<String>,
+    /// The slugs this key may call (empty or absent: every slug of its tenant).
+    #[schema(value_type = Option<Vec<super::spec::Slug>>)]
     pub slugs: Option<Vec<String>>,
+    /// Requests per minute at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub rpm: Option<i32>,
+    /// Tokens per minute at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub tpm: Option<i32>,
+    /// Requests per day at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub rpd: Option<i32>,
     /// In currency units (a decimal string is accepted too); stored exactly, to 0.000001.
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub budget: Option<i64>,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub enabled: Option<bool>,
@@ -103,7 +124,7 @@ fn check(
     limits: [(&str, Option<i32>); 3],
 ) -> ApiResult<()> {
     if let Some(n) = name
-        && (n.trim().is_empty() || n.len() > 128)
+        && (n.trim().is_empty() || n.chars().count() > 128)
     {
         return Err(ApiError::BadRequest(
             "name: must be 1 to 128 characters".into(),

@@ -95,6 +95,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
 /// No `Debug`: it carries a password.
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"username": "admin", "password": "correct-horse-battery"}))]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,

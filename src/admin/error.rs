@@ -140,18 +140,28 @@ where
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         use axum::extract::rejection::JsonRejection;
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            // A body of the wrong shape: serde's message leads with the field's path and, for an
-            // enum, lists the allowed values (`kind: unknown variant `cohere`, expected one of
-            // `openai`, ...`). The generic prefix would push the field name out of the lead.
-            Err(JsonRejection::JsonDataError(e)) => {
-                let text = e.body_text();
-                let detail = text
-                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
-                    .unwrap_or(&text);
-                Err(ApiError::BadRequest(detail.to_string()))
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::Unsupported(
+                "Expected request with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::TooLarge(rej.body_text()));
             }
+            Err(rej) => return Err(ApiError::BadRequest(rej.body_text())),
+        };
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            // JSON has one number type: `3.0` is the integer 3 to JSON Schema (and to the
+            // clients generated from this API's document), so an integer field takes it.
+            Err(JsonRejection::JsonDataError(e)) => match integral_floats(&bytes) {
+                Some(v) => serde_json::from_value(v)
+                    .map(Json)
+                    .map_err(|_| data_error(e)),
+                None => Err(data_error(e)),
+            },
             // axum gives a missing or wrong Content-Type 415 and a body over `DefaultBodyLimit`
             // 413; those statuses are kept, everything else (bad JSON) is a 400.
             Err(rej) => Err(match rej.status() {
@@ -161,6 +171,57 @@ where
             }),
         }
     }
+}
+
+/// A body of the wrong shape: serde's message leads with the field's path and, for an enum,
+/// lists the allowed values (`kind: unknown variant `cohere`, expected one of `openai`, ...`).
+/// The generic prefix would push the field name out of the lead.
+fn data_error(e: axum::extract::rejection::JsonDataError) -> ApiError {
+    let text = e.body_text();
+    let detail = text
+        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+        .unwrap_or(&text);
+    ApiError::BadRequest(detail.to_string())
+}
+
+/// `application/json` or any `application/*+json`, parameters aside (what `axum::Json` takes).
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// The body with every integral float (`3.0`) made an integer, or None when it has none (or
+/// is not JSON): then the first error stands as it was.
+fn integral_floats(bytes: &[u8]) -> Option<serde_json::Value> {
+    fn fix(v: &mut serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    *v = serde_json::Value::from(f as i64);
+                    true
+                } else {
+                    false
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().fold(false, |c, x| fix(x) | c),
+            serde_json::Value::Object(o) => o.values_mut().fold(false, |c, x| fix(x) | c),
+            _ => false,
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    fix(&mut v).then_some(v)
 }
 
 /// The one error contract of the admin API: any error response that is not problem+json yet
@@ -243,9 +304,11 @@ fn problem(status: StatusCode, detail: String) -> Problem {
 /// Cursor pagination: `?cursor=<last id>&limit=<n>` (default 100, at most 1000).
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 pub struct Page {
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (the last id it held).
+    #[param(value_type = Option<i64>)]
     pub cursor: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
 }
 

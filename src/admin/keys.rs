@@ -162,6 +162,9 @@ async fn views(state: &AppState, rows: Vec<upstream_key::Model>) -> ApiResult<Ve
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct StatusFilter {
     /// Only keys in these statuses, comma-separated (`invalid,cooling`); every key when absent.
+    #[param(
+        pattern = "^ *(active|cooling|exhausted|invalid|disabled) *(, *(active|cooling|exhausted|invalid|disabled) *)*$"
+    )]
     pub status: Option<String>,
 }
 
@@ -182,12 +185,40 @@ impl StatusFilter {
 
 /// No `Debug`: it carries upstream keys.
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"keys": [{"key": "sk-example-1", "label": "primary", "weight": 2}, {"key": "sk-example-2", "balance": 10}]}))]
 pub struct AddKeys {
     /// Each item: `{"key", "label"?, "weight"?, "balance"?, "egress_proxy"?}` (or a bare
     /// string); `egress_proxy` is this key's own outbound proxy, as the service's.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<KeyItem>)]
     pub keys: Vec<serde_json::Value>,
 }
+
+/// One key to add, as `AddKeys` documents it (the import parser reads the JSON itself, to report
+/// every bad item at once rather than the first).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum KeyItem {
+    Bare(KeySecret),
+    Full {
+        key: KeySecret,
+        label: Option<String>,
+        /// Share of the `weighted` strategy's picks (default 1).
+        #[schema(minimum = 1, maximum = 1000)]
+        weight: Option<i32>,
+        /// In currency units.
+        #[schema(minimum = 0, maximum = 1_000_000_000)]
+        balance: Option<f64>,
+        /// This key's own outbound proxy, as the service's `egress_proxy`.
+        egress_proxy: Option<String>,
+    },
+}
+
+/// An upstream key: 4 to 1024 visible ASCII characters (it travels in a header), no `,` or `;`.
+#[derive(Serialize, ToSchema)]
+#[schema(pattern = "^[!-+\\--:<-~]{4,1024}$", example = "sk-example-1")]
+#[allow(dead_code)]
+struct KeySecret(String);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AddKeysResult {
@@ -213,17 +244,22 @@ pub struct ImportOptions {
 #[serde(deny_unknown_fields)]
 pub struct PatchKey {
     pub label: Option<String>,
+    /// Share of the `weighted` strategy's picks, 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i32>,
     /// Relative price of this key, 0 to 1000 (1 = list price, 0.5 = half): the `cost`
     /// strategy picks the lowest.
+    #[schema(minimum = 0, maximum = 1000)]
     pub cost_factor: Option<f64>,
     /// In currency units (a decimal string is accepted too); stored exactly, to 0.000001.
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub balance: Option<i64>,
     /// Requests per minute for this key (0 = unlimited).
+    #[schema(minimum = 0)]
     pub rpm: Option<i32>,
     /// Tokens per minute for this key (0 = unlimited).
+    #[schema(minimum = 0)]
     pub tpm: Option<i32>,
     /// `active` (re-enable, clears cooldowns and failure counts) or `disabled`; the other
     /// statuses are the gateway's to set.
@@ -588,6 +624,7 @@ const MAX_BATCH_IDS: usize = 10_000;
 pub struct KeyBatch {
     pub action: BatchAction,
     /// These keys of the service (at most 10000); an id that is not one refuses the batch.
+    #[schema(max_items = 10000)]
     pub ids: Option<Vec<i64>>,
     /// Every key of the service whose status, as the key list shows it, is this one.
     pub status: Option<KeyStatus>,

@@ -78,36 +78,38 @@ impl From<pricing_rule::Model> for PricingRuleView {
 #[serde(deny_unknown_fields)]
 pub struct PricingRuleBody {
     /// Glob on the model name: `*`, `?` and `[...]`, at most 200 characters.
+    #[schema(min_length = 1, max_length = 200, example = "gpt-4o*")]
     pub pattern: String,
     /// -1000 to 1000 (default 0); the highest matching priority wins. On a tie a slug's own rule
     /// beats a global one, a stored rule beats the built-in table, then the more specific
     /// pattern (fewer wildcards, then longer) wins.
     #[serde(default)]
+    #[schema(minimum = -1000, maximum = 1000)]
     pub priority: i32,
     /// An existing slug of your tenant; absent: every slug (admins of no tenant only).
     #[serde(default)]
     pub slug: Option<String>,
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub input_per_mtok: Option<Micros>,
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub output_per_mtok: Option<Micros>,
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub cache_read_per_mtok: Option<Micros>,
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub cache_write_per_mtok: Option<Micros>,
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub per_request: Option<Micros>,
 }
 
 impl PricingRuleBody {
     /// Checks what needs no database, and fills `am` with every field (a full replace).
     fn apply(self, am: &mut pricing_rule::ActiveModel) -> ApiResult<()> {
-        if self.pattern.len() > MAX_PATTERN {
+        if self.pattern.chars().count() > MAX_PATTERN {
             return Err(ApiError::BadRequest(format!(
                 "pattern: at most {MAX_PATTERN} characters"
             )));
@@ -274,7 +276,7 @@ pub async fn delete(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct CheckQuery {
     /// The model name to price, e.g. `gpt-4o-mini`.
-    #[param(required = true)]
+    #[param(required = true, value_type = String, pattern = "\\S")]
     pub model: Option<String>,
     /// Price it as this slug would (its own rules first); absent: global rules and defaults only.
     pub slug: Option<String>,

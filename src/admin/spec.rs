@@ -6,6 +6,12 @@
 use serde_json::{Map, Value, json};
 use utoipa::Modify;
 
+/// A slug as the API takes it (documentation only: the handlers check it themselves).
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "openai")]
+#[allow(dead_code)]
+pub struct Slug(String);
+
 /// Applied to the finished document (after every route has added its operation).
 pub struct ErrorContract;
 

@@ -41,7 +41,11 @@ impl TryFrom<user::Model> for UserView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// 1 to 64 characters, not only spaces (leading and trailing spaces are dropped).
+    #[schema(max_length = 64, pattern = "\\S", example = "ops-alice")]
     pub username: String,
+    /// At least 8 characters.
+    #[schema(min_length = 8, example = "correct-horse-battery")]
     pub password: String,
     pub role: Role,
     pub tenant_id: Option<i64>,
@@ -51,6 +55,8 @@ pub struct CreateUser {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUser {
+    /// At least 8 characters.
+    #[schema(min_length = 8)]
     pub password: Option<String>,
     pub role: Option<Role>,
     pub disabled: Option<bool>,
