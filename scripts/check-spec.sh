@@ -77,7 +77,7 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 password="spec-$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
 base="http://127.0.0.1:$port"
 ADMIN_USERNAME=admin ADMIN_PASSWORD="$password" KEYGATE__DATABASE__DATA_DIR="$work/data" \
-  KEYGATE__SERVER__LISTEN="127.0.0.1:$port" "$bin" >"$work/keygate.log" 2>&1 &
+  KEYGATE__SERVER__LISTEN="127.0.0.1:$port" NO_COLOR=1 RUST_BACKTRACE=0 "$bin" >"$work/keygate.log" 2>&1 &
 pid=$!
 deadline=$((SECONDS + 60))
 until curl -sf "$base/healthz" >/dev/null 2>&1; do
@@ -134,8 +134,9 @@ PYTHONPATH="$py" timeout 300 "$py/bin/schemathesis" --config-file tests/spec/sch
 st=${PIPESTATUS[0]}
 set -e
 if [ "$st" != 0 ]; then
-  echo "check-spec: schemathesis failed (exit $st); the keygate log's last lines:" >&2
-  tail -20 "$work/keygate.log" >&2
+  cp "$work/schemathesis.txt" "$work/keygate.log" "$cache/"
+  echo "check-spec: schemathesis failed (exit $st); its whole report and the keygate log are in $cache" >&2
+  grep -a -A3 ' ERROR ' "$work/keygate.log" | grep -av '^ *[0-9]*: \|^ *at ' | tail -20 >&2 || true
 fi
 result schemathesis_all_checks_pass "$st"
 
