@@ -56,6 +56,10 @@ impl From<DbErr> for ApiError {
             Self::BadRequest("a referenced record (e.g. tenant_id) does not exist".into())
         } else if matches!(e, DbErr::RecordNotFound(_)) {
             Self::NotFound("record not found".into())
+        } else if matches!(e, DbErr::RecordNotUpdated) {
+            // The row was there when the handler read it and gone when it wrote: deleted by a
+            // request in between. To the caller it is simply not found (any more).
+            Self::NotFound("record not found (deleted meanwhile)".into())
         } else if crate::db::is_pool_exhausted(&e) {
             tracing::warn!(error = %e, "database unavailable");
             Self::Unavailable
