@@ -144,8 +144,8 @@ impl IntoResponse for LoginError {
 #[utoipa::path(post, operation_id = "login", path = "/admin/auth/login", tag = "auth",
     request_body = LoginRequest,
     responses(
-        (status = 200, body = LoginResponse),
-        (status = 401, body = super::error::Problem),
+        (status = 200, description = "A bearer token for the admin API", body = LoginResponse),
+        (status = 401, description = "Wrong username or password, or the user is disabled", body = super::error::Problem),
         (status = 429, description = "Too many failed logins for this username or address",
             body = super::error::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds until the next attempt is considered")))))]

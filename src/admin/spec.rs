@@ -28,6 +28,10 @@ fn standard(status: &str) -> &'static str {
         "404" => "No such resource (or not one of your tenant's)",
         "413" => "The body is larger than the admin API accepts (16 MiB)",
         "415" => "The body is not `application/json`",
+        "409" => {
+            "A conflict with what is stored: a value that must be unique is taken, or the resource is in use"
+        }
+        "429" => "Too many requests: retry after `Retry-After` seconds",
         "503" => {
             "The database is unreachable or busy: the admin API is unavailable until it answers (see `Retry-After` and /readyz)"
         }
