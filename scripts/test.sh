@@ -2,7 +2,8 @@
 # Runs the whole keygate test suite. The integration tests start their own Postgres and Redis from
 # the server binaries on free loopback ports, so those binaries must be installed: as root on Debian
 # this script installs them; otherwise it says what is missing and stops. Then the console's browser
-# tests (scripts/e2e.sh: node, Debian's chromium, npm packages into .cache/e2e).
+# tests (scripts/e2e.sh: node, Debian's chromium, npm packages into .cache/e2e) and the OpenAPI checks
+# (scripts/check-spec.sh: redocly, a generated client, schemathesis; into .cache/spec).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +39,12 @@ status=${PIPESTATUS[0]}
 # whole suite (no test filter given) and not when KEYGATE_SKIP_E2E is set.
 if [ "$status" = 0 ] && [ $# -eq 0 ] && [ -z "${KEYGATE_SKIP_E2E:-}" ]; then
   scripts/e2e.sh 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+fi
+# The admin API's OpenAPI document against the binary cargo test just built: redocly lint, a
+# generated client's round trip, schemathesis with every check; only for the whole suite.
+if [ "$status" = 0 ] && [ $# -eq 0 ] && [ -z "${KEYGATE_SKIP_SPEC:-}" ]; then
+  scripts/check-spec.sh 2>&1 | tee -a "$log"
   status=${PIPESTATUS[0]}
 fi
 # The deploy files (Dockerfile build context, compose, Helm chart, Prometheus rules): no Docker or

@@ -17,7 +17,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
@@ -43,14 +43,18 @@ pub struct App {
 
 /// The OpenAPI document of the control plane (what `/openapi.json` serves).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    control_routes().split_for_parts().1
+    control_routes().1
 }
 
-fn control_routes() -> OpenApiRouter<AppState> {
-    admin::routes()
+fn control_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::Modify;
+    let (router, mut api) = admin::routes()
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
+        .split_for_parts();
+    admin::spec::ErrorContract.modify(&mut api);
+    (router, api)
 }
 
 impl App {
@@ -178,7 +182,7 @@ impl App {
             tokio::spawn(state.db_health.clone().run(state.db.clone())),
         ];
 
-        let (control, api) = control_routes().split_for_parts();
+        let (control, api) = control_routes();
         // A client trickling an admin body would hold a connection and a handler open; the data
         // plane is left out on purpose (LLM uploads may be slow and it bounds bodies itself).
         let control = control
@@ -209,9 +213,14 @@ impl App {
                     .route("/healthz", axum::routing::get(ops::healthz))
                     .route("/readyz", axum::routing::get(ops::readyz))
                     .with_state(state.clone());
-                (layers(data.merge(probes)), Some(layers(control)), Some(l))
+                let data = data.merge(probes).fallback(proxy::no_route);
+                (layers(data), Some(layers(control)), Some(l))
             }
-            None => (layers(data.merge(control)), None, None),
+            None => (
+                layers(data.merge(control).fallback(proxy::no_route)),
+                None,
+                None,
+            ),
         };
         Ok(Self {
             listener,

@@ -21,7 +21,7 @@ pub struct Health {
 }
 
 /// Liveness: the process is up and serving.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+#[utoipa::path(get, operation_id = "getHealth", path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
 pub async fn healthz() -> axum::Json<Health> {
     axum::Json(Health {
         status: "ok",
@@ -31,7 +31,7 @@ pub async fn healthz() -> axum::Json<Health> {
 }
 
 /// Readiness: the database and the coordination store (Redis) answer, and no shutdown has begun.
-#[utoipa::path(get, path = "/readyz", tag = "ops",
+#[utoipa::path(get, operation_id = "getReadiness", path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
     // Draining first, without probing the stores: the answer must not depend on them, and a
@@ -74,7 +74,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<He
 }
 
 /// Prometheus metrics in text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "ops",
+#[utoipa::path(get, operation_id = "getMetrics", path = "/metrics", tag = "ops",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (

@@ -68,15 +68,26 @@ pub struct CreatedAccessKey {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "team-a", "slugs": ["openai"], "rpm": 600, "budget": 50}))]
 pub struct CreateAccessKey {
+    /// 1 to 128 characters, not only spaces.
+    #[schema(max_length = 128, pattern = "\\S")]
     pub name: String,
+    /// The slugs this key may call (empty or absent: every slug of its tenant).
+    #[schema(value_type = Option<Vec<super::spec::Slug>>)]
     pub slugs: Option<Vec<String>>,
+    /// Requests per minute at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub rpm: Option<i32>,
+    /// Tokens per minute at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub tpm: Option<i32>,
+    /// Requests per day at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub rpd: Option<i32>,
     /// In currency units (a decimal string is accepted too); stored exactly, to 0.000001.
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub budget: Option<i64>,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -84,14 +95,24 @@ pub struct CreateAccessKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchAccessKey {
+    /// 1 to 128 characters, not only spaces.
+    #[schema(max_length = 128, pattern = "\\S")]
     pub name: Option<String>,
+    /// The slugs this key may call (empty or absent: every slug of its tenant).
+    #[schema(value_type = Option<Vec<super::spec::Slug>>)]
     pub slugs: Option<Vec<String>>,
+    /// Requests per minute at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub rpm: Option<i32>,
+    /// Tokens per minute at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub tpm: Option<i32>,
+    /// Requests per day at most (absent: unlimited).
+    #[schema(minimum = 1)]
     pub rpd: Option<i32>,
     /// In currency units (a decimal string is accepted too); stored exactly, to 0.000001.
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub budget: Option<i64>,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub enabled: Option<bool>,
@@ -103,7 +124,7 @@ fn check(
     limits: [(&str, Option<i32>); 3],
 ) -> ApiResult<()> {
     if let Some(n) = name
-        && (n.trim().is_empty() || n.len() > 128)
+        && (n.trim().is_empty() || n.chars().count() > 128)
     {
         return Err(ApiError::BadRequest(
             "name: must be 1 to 128 characters".into(),
@@ -131,7 +152,7 @@ async fn find(state: &AppState, user: &AuthUser, id: i64) -> ApiResult<access_ke
 }
 
 /// List access keys (prefix only).
-#[utoipa::path(get, path = "/admin/access-keys", tag = "access-keys", params(Page),
+#[utoipa::path(get, operation_id = "listAccessKeys", path = "/admin/access-keys", tag = "access-keys", params(Page),
     security(("bearer" = [])), responses((status = 200, body = List<AccessKeyView>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -149,7 +170,7 @@ pub async fn list(
 }
 
 /// Create an access key; the response carries the full key, the only time it is shown.
-#[utoipa::path(post, path = "/admin/access-keys", tag = "access-keys", request_body = CreateAccessKey,
+#[utoipa::path(post, operation_id = "createAccessKey", path = "/admin/access-keys", tag = "access-keys", request_body = CreateAccessKey,
     security(("bearer" = [])),
     responses((status = 201, body = CreatedAccessKey), (status = 400, body = Problem)))]
 pub async fn create(
@@ -192,7 +213,7 @@ pub async fn create(
 }
 
 /// Get an access key.
-#[utoipa::path(get, path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
+#[utoipa::path(get, operation_id = "getAccessKey", path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
     security(("bearer" = [])),
     responses((status = 200, body = AccessKeyView), (status = 404, body = Problem)))]
 pub async fn get(
@@ -204,7 +225,7 @@ pub async fn get(
 }
 
 /// Update an access key.
-#[utoipa::path(patch, path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
+#[utoipa::path(patch, operation_id = "updateAccessKey", path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
     request_body = PatchAccessKey, security(("bearer" = [])),
     responses((status = 200, body = AccessKeyView), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn patch(
@@ -250,7 +271,7 @@ pub async fn patch(
 }
 
 /// Delete an access key; it stops working on every replica within the refresh interval.
-#[utoipa::path(delete, path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
+#[utoipa::path(delete, operation_id = "deleteAccessKey", path = "/admin/access-keys/{id}", tag = "access-keys", params(("id" = i64, Path)),
     security(("bearer" = [])), responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete(
     State(state): State<AppState>,

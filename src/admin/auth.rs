@@ -65,9 +65,10 @@ impl FromRequestParts<AppState> for AuthUser {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
+            // Auth schemes are case-insensitive (RFC 9110 §11.1): `BEARER` is `Bearer`.
+            .and_then(|v| match v.trim().split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token),
+                _ => None,
             })
             .ok_or(ApiError::Unauthorized("missing bearer token"))?;
         let mut v = Validation::new(Algorithm::HS256);
@@ -103,6 +104,7 @@ impl FromRequestParts<AppState> for AuthUser {
 
 /// No `Debug`: it carries a password.
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"username": "admin", "password": "correct-horse-battery"}))]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
@@ -148,11 +150,11 @@ impl IntoResponse for LoginError {
 ///
 /// Failed logins back off exponentially per username and per client address; an attempt during
 /// a backoff is refused with 429 and `Retry-After` without checking the password.
-#[utoipa::path(post, path = "/admin/auth/login", tag = "auth",
+#[utoipa::path(post, operation_id = "login", path = "/admin/auth/login", tag = "auth",
     request_body = LoginRequest,
     responses(
-        (status = 200, body = LoginResponse),
-        (status = 401, body = super::error::Problem),
+        (status = 200, description = "A bearer token for the admin API", body = LoginResponse),
+        (status = 401, description = "Wrong username or password, or the user is disabled", body = super::error::Problem),
         (status = 429, description = "Too many failed logins for this username or address",
             body = super::error::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds until the next attempt is considered")))))]
@@ -244,7 +246,7 @@ pub struct Me {
 
 /// The user the bearer token belongs to: what a client (the web console) shows and which
 /// actions it offers.
-#[utoipa::path(get, path = "/admin/auth/me", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "getCurrentUser", path = "/admin/auth/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = Me), (status = 401, body = super::error::Problem)))]
 pub async fn me(user: AuthUser) -> axum::Json<Me> {
     axum::Json(Me {

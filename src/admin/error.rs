@@ -56,6 +56,10 @@ impl From<DbErr> for ApiError {
             Self::BadRequest("a referenced record (e.g. tenant_id) does not exist".into())
         } else if matches!(e, DbErr::RecordNotFound(_)) {
             Self::NotFound("record not found".into())
+        } else if matches!(e, DbErr::RecordNotUpdated) {
+            // The row was there when the handler read it and gone when it wrote: deleted by a
+            // request in between. To the caller it is simply not found (any more).
+            Self::NotFound("record not found (deleted meanwhile)".into())
         } else if crate::db::is_pool_exhausted(&e) {
             tracing::warn!(error = %e, "database unavailable");
             Self::Unavailable
@@ -113,9 +117,7 @@ impl IntoResponse for ApiError {
         };
         let p = Problem {
             kind: format!("https://keygate.dev/problems/{}", self.slug()),
-            title: status.canonical_reason().unwrap_or("Error").to_string(),
-            status: status.as_u16(),
-            detail,
+            ..problem(status, detail)
         };
         let mut resp = (status, axum::Json(p)).into_response();
         resp.headers_mut().insert(
@@ -142,29 +144,175 @@ where
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         use axum::extract::rejection::JsonRejection;
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            // A body of the wrong shape: serde's message leads with the field's path and, for an
-            // enum, lists the allowed values (`kind: unknown variant `cohere`, expected one of
-            // `openai`, ...`). The generic prefix would push the field name out of the lead.
-            Err(JsonRejection::JsonDataError(e)) => {
-                let text = e.body_text();
-                let detail = text
-                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
-                    .unwrap_or(&text);
-                Err(ApiError::BadRequest(detail.to_string()))
-            }
-            Err(rej) => Err(ApiError::BadRequest(rej.body_text())),
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::Unsupported(
+                "Expected request with `Content-Type: application/json`".into(),
+            ));
         }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::TooLarge(rej.body_text()));
+            }
+            Err(rej) => return Err(ApiError::BadRequest(rej.body_text())),
+        };
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            // JSON has one number type: `3.0` is the integer 3 to JSON Schema (and to the
+            // clients generated from this API's document), so an integer field takes it.
+            Err(JsonRejection::JsonDataError(e)) => match integral_floats(&bytes) {
+                Some(v) => serde_json::from_value(v)
+                    .map(Json)
+                    .map_err(|_| data_error(e)),
+                None => Err(data_error(e)),
+            },
+            // axum gives a missing or wrong Content-Type 415 and a body over `DefaultBodyLimit`
+            // 413; those statuses are kept, everything else (bad JSON) is a 400.
+            Err(rej) => Err(match rej.status() {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::Unsupported(rej.body_text()),
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(rej.body_text()),
+                _ => ApiError::BadRequest(rej.body_text()),
+            }),
+        }
+    }
+}
+
+/// A body of the wrong shape: serde's message leads with the field's path and, for an enum,
+/// lists the allowed values (`kind: unknown variant `cohere`, expected one of `openai`, ...`).
+/// The generic prefix would push the field name out of the lead.
+fn data_error(e: axum::extract::rejection::JsonDataError) -> ApiError {
+    let text = e.body_text();
+    let detail = text
+        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+        .unwrap_or(&text);
+    ApiError::BadRequest(detail.to_string())
+}
+
+/// `application/json` or any `application/*+json`, parameters aside (what `axum::Json` takes).
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// The body with every integral float (`3.0`) made an integer, or None when it has none (or
+/// is not JSON): then the first error stands as it was.
+fn integral_floats(bytes: &[u8]) -> Option<serde_json::Value> {
+    fn fix(v: &mut serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    *v = serde_json::Value::from(f as i64);
+                    true
+                } else {
+                    false
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().fold(false, |c, x| fix(x) | c),
+            serde_json::Value::Object(o) => o.values_mut().fold(false, |c, x| fix(x) | c),
+            _ => false,
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    fix(&mut v).then_some(v)
+}
+
+/// The one error contract of the admin API: any error response that is not problem+json yet
+/// (a `Path` or `Query` rejection's text/plain, the router's empty 405, any other extractor's
+/// rejection) is rewritten as one, keeping its status and headers (`Allow` on a 405). Handlers'
+/// own errors are `ApiError`s already and pass through untouched.
+pub async fn problem_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if is_problem {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Rejection texts are a line; anything larger is not one and is not echoed.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let detail = if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), detail = %text, "admin request failed outside a handler");
+        "internal error; see the server log".to_string()
+    } else if text.is_empty() {
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                "this path does not take this method; see Allow".into()
+            }
+            StatusCode::NOT_FOUND => "no such admin API path".into(),
+            s => s.canonical_reason().unwrap_or("error").to_string(),
+        }
+    } else {
+        text
+    };
+    let p = problem(status, detail);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    let body = serde_json::to_vec(&p).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// A path under `/admin` that no route matches.
+pub async fn no_route() -> ApiError {
+    ApiError::NotFound("no such admin API path".into())
+}
+
+fn problem(status: StatusCode, detail: String) -> Problem {
+    let slug = match status {
+        StatusCode::BAD_REQUEST => "validation",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::TOO_MANY_REQUESTS => "too-many-requests",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    Problem {
+        kind: format!("https://keygate.dev/problems/{slug}"),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+        status: status.as_u16(),
+        detail,
     }
 }
 
 /// Cursor pagination: `?cursor=<last id>&limit=<n>` (default 100, at most 1000).
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 pub struct Page {
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (the last id it held).
+    #[param(value_type = Option<i64>)]
     pub cursor: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
 }
 

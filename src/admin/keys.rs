@@ -166,6 +166,9 @@ async fn views(state: &AppState, rows: Vec<upstream_key::Model>) -> ApiResult<Ve
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct StatusFilter {
     /// Only keys in these statuses, comma-separated (`invalid,cooling`); every key when absent.
+    #[param(
+        pattern = "^ *(active|cooling|exhausted|invalid|disabled) *(, *(active|cooling|exhausted|invalid|disabled) *)*$"
+    )]
     pub status: Option<String>,
 }
 
@@ -186,12 +189,40 @@ impl StatusFilter {
 
 /// No `Debug`: it carries upstream keys.
 #[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"keys": [{"key": "sk-example-1", "label": "primary", "weight": 2}, {"key": "sk-example-2", "balance": 10}]}))]
 pub struct AddKeys {
     /// Each item: `{"key", "label"?, "weight"?, "balance"?, "egress_proxy"?}` (or a bare
     /// string); `egress_proxy` is this key's own outbound proxy, as the service's.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<KeyItem>)]
     pub keys: Vec<serde_json::Value>,
 }
+
+/// One key to add, as `AddKeys` documents it (the import parser reads the JSON itself, to report
+/// every bad item at once rather than the first).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum KeyItem {
+    Bare(KeySecret),
+    Full {
+        key: KeySecret,
+        label: Option<String>,
+        /// Share of the `weighted` strategy's picks (default 1).
+        #[schema(minimum = 1, maximum = 1000)]
+        weight: Option<i32>,
+        /// In currency units.
+        #[schema(minimum = 0, maximum = 1_000_000_000)]
+        balance: Option<f64>,
+        /// This key's own outbound proxy, as the service's `egress_proxy`.
+        egress_proxy: Option<String>,
+    },
+}
+
+/// An upstream key: 4 to 1024 visible ASCII characters (it travels in a header), no `,` or `;`.
+#[derive(Serialize, ToSchema)]
+#[schema(pattern = "^[!-+\\--:<-~]{4,1024}$", example = "sk-example-1")]
+#[allow(dead_code)]
+struct KeySecret(String);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AddKeysResult {
@@ -217,17 +248,22 @@ pub struct ImportOptions {
 #[serde(deny_unknown_fields)]
 pub struct PatchKey {
     pub label: Option<String>,
+    /// Share of the `weighted` strategy's picks, 1 to 1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i32>,
     /// Relative price of this key, 0 to 1000 (1 = list price, 0.5 = half): the `cost`
     /// strategy picks the lowest.
+    #[schema(minimum = 0, maximum = 1000)]
     pub cost_factor: Option<f64>,
     /// In currency units (a decimal string is accepted too); stored exactly, to 0.000001.
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub balance: Option<i64>,
     /// Requests per minute for this key (0 = unlimited).
+    #[schema(minimum = 0)]
     pub rpm: Option<i32>,
     /// Tokens per minute for this key (0 = unlimited).
+    #[schema(minimum = 0)]
     pub tpm: Option<i32>,
     /// `active` (re-enable, clears cooldowns and failure counts) or `disabled`; the other
     /// statuses are the gateway's to set.
@@ -241,7 +277,7 @@ pub struct PatchKey {
 }
 
 /// List a service's upstream keys (masked).
-#[utoipa::path(get, path = "/admin/services/{slug}/keys", tag = "keys", params(("slug" = String, Path), Page),
+#[utoipa::path(get, operation_id = "listKeys", path = "/admin/services/{slug}/keys", tag = "keys", params(("slug" = String, Path), Page),
     security(("bearer" = [])), responses((status = 200, body = List<KeyView>), (status = 404, body = Problem)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -305,7 +341,7 @@ fn bad_lines(errs: Vec<String>) -> ApiError {
 }
 
 /// Add keys to a service (JSON).
-#[utoipa::path(post, path = "/admin/services/{slug}/keys", tag = "keys", request_body = AddKeys,
+#[utoipa::path(post, operation_id = "addKeys", path = "/admin/services/{slug}/keys", tag = "keys", request_body = AddKeys,
     params(("slug" = String, Path)), security(("bearer" = [])),
     responses((status = 200, body = AddKeysResult), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn add(
@@ -323,7 +359,7 @@ pub async fn add(
 /// Import keys: JSON, CSV (`key,balance`) or plain text (one key a line; blank lines and `#`
 /// comments skipped), by Content-Type, or a multipart upload of such a file. All or nothing;
 /// `?dry_run=true` reports every bad line and the count of new and duplicate keys first.
-#[utoipa::path(post, path = "/admin/services/{slug}/keys/import", tag = "keys",
+#[utoipa::path(post, operation_id = "importKeys", path = "/admin/services/{slug}/keys/import", tag = "keys",
     params(("slug" = String, Path), ImportOptions), security(("bearer" = [])),
     request_body(content(
         (String = "text/plain"), (String = "text/csv"), (AddKeys = "application/json"),
@@ -411,7 +447,7 @@ pub async fn import(
 
 /// Export a service's keys as CSV (masked: `id,key,label,status,balance,weight`; balance in
 /// currency units, exact decimal text), all of them or those in the given statuses.
-#[utoipa::path(get, path = "/admin/services/{slug}/keys/export", tag = "keys",
+#[utoipa::path(get, operation_id = "exportKeys", path = "/admin/services/{slug}/keys/export", tag = "keys",
     params(("slug" = String, Path), StatusFilter), security(("bearer" = [])),
     responses((status = 200, content_type = "text/csv", body = String),
         (status = 400, body = Problem), (status = 404, body = Problem)))]
@@ -455,7 +491,7 @@ pub async fn export(
 }
 
 /// Change a key's label, weight, balance or status (`active` re-enables it).
-#[utoipa::path(patch, path = "/admin/services/{slug}/keys/{id}", tag = "keys", request_body = PatchKey,
+#[utoipa::path(patch, operation_id = "updateKey", path = "/admin/services/{slug}/keys/{id}", tag = "keys", request_body = PatchKey,
     params(("slug" = String, Path), ("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = KeyView), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn patch(
@@ -558,7 +594,7 @@ pub async fn patch(
 }
 
 /// Delete a key.
-#[utoipa::path(delete, path = "/admin/services/{slug}/keys/{id}", tag = "keys",
+#[utoipa::path(delete, operation_id = "deleteKey", path = "/admin/services/{slug}/keys/{id}", tag = "keys",
     params(("slug" = String, Path), ("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete(
@@ -601,6 +637,7 @@ const MAX_BATCH_IDS: usize = 10_000;
 pub struct KeyBatch {
     pub action: BatchAction,
     /// These keys of the service (at most 10000); an id that is not one refuses the batch.
+    #[schema(max_items = 10000)]
     pub ids: Option<Vec<i64>>,
     /// Every key of the service whose status, as the key list shows it, is this one.
     pub status: Option<KeyStatus>,
@@ -659,7 +696,7 @@ async fn batch_keys(
 
 /// Enable, disable or delete many keys at once: those with the given ids, or every key in a
 /// status (`{"action": "enable", "status": "invalid"}` puts back every invalid key).
-#[utoipa::path(post, path = "/admin/services/{slug}/keys/batch", tag = "keys",
+#[utoipa::path(post, operation_id = "batchKeys", path = "/admin/services/{slug}/keys/batch", tag = "keys",
     request_body = KeyBatch, params(("slug" = String, Path)), security(("bearer" = [])),
     responses((status = 200, body = KeyBatchResult), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem)))]

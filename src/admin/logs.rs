@@ -91,25 +91,32 @@ pub struct LogQuery {
     /// Service slug.
     pub service: Option<String>,
     /// Access key id.
+    #[param(value_type = Option<i64>)]
     pub access_key: Option<String>,
     /// Upstream key id.
+    #[param(value_type = Option<i64>)]
     pub key: Option<String>,
     /// Model name, matching the client's or the upstream's.
     pub model: Option<String>,
     /// Model name sent upstream.
     pub upstream_model: Option<String>,
     /// Exact status (`429`) or a class (`4xx`).
+    #[param(pattern = "^([1-5]xx|[1-5][0-9][0-9])$")]
     pub status: Option<String>,
     pub error_kind: Option<String>,
     /// `true` or `false`.
+    #[param(value_type = Option<bool>)]
     pub streamed: Option<String>,
     /// `true` or `false`: token counts estimated rather than reported.
+    #[param(value_type = Option<bool>)]
     pub estimated: Option<String>,
     /// Router target slug.
     pub target: Option<String>,
     /// Oldest time included, RFC 3339.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     pub from: Option<String>,
-    /// Newest time, excluded, RFC 3339.
+    /// Newest time, excluded, RFC 3339; not before `from`.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     pub to: Option<String>,
 }
 
@@ -120,6 +127,7 @@ pub struct LogPaging {
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
 }
 
@@ -127,6 +135,7 @@ pub struct LogPaging {
 #[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `csv` (default) or `ndjson`.
+    #[param(value_type = Option<ExportFormat>, inline)]
     pub format: Option<String>,
 }
 
@@ -320,7 +329,7 @@ fn view(r: request_log::Model, keys: &HashMap<i64, String>) -> LogView {
 }
 
 /// List request logs, newest first.
-#[utoipa::path(get, path = "/admin/logs", tag = "logs", params(LogQuery, LogPaging),
+#[utoipa::path(get, operation_id = "listLogs", path = "/admin/logs", tag = "logs", params(LogQuery, LogPaging),
     security(("bearer" = [])),
     responses((status = 200, body = LogPage), (status = 400, body = Problem)))]
 pub async fn list(
@@ -343,7 +352,7 @@ pub async fn list(
 }
 
 /// Get one request log row.
-#[utoipa::path(get, path = "/admin/logs/{id}", tag = "logs", params(("id" = String, Path)),
+#[utoipa::path(get, operation_id = "getLog", path = "/admin/logs/{id}", tag = "logs", params(("id" = String, Path)),
     security(("bearer" = [])),
     responses((status = 200, body = LogView), (status = 404, body = Problem)))]
 pub async fn get(
@@ -364,7 +373,8 @@ pub async fn get(
     Ok(axum::Json(v))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "lowercase")]
 enum ExportFormat {
     Csv,
     Ndjson,
@@ -524,10 +534,10 @@ impl ExportState {
 
 /// Export the filtered request log as CSV or NDJSON, newest first, streamed from the database
 /// in chunks (`limit` and `cursor` do not apply: the whole filtered range is exported).
-#[utoipa::path(get, path = "/admin/logs/export", tag = "logs", params(ExportQuery, LogQuery),
+#[utoipa::path(get, operation_id = "exportLogs", path = "/admin/logs/export", tag = "logs", params(ExportQuery, LogQuery),
     security(("bearer" = [])),
-    responses((status = 200, content_type = "text/csv", body = String),
-        (status = 200, content_type = "application/x-ndjson", body = String),
+    responses((status = 200, description = "The matching rows, oldest first, in the asked format",
+            content((String = "text/csv"), (String = "application/x-ndjson"))),
         (status = 400, body = Problem)))]
 pub async fn export(
     State(state): State<AppState>,

@@ -8,6 +8,7 @@ pub mod login_guard;
 mod logs;
 mod pricing;
 mod services;
+pub mod spec;
 mod stats;
 mod sync;
 mod users;
@@ -87,7 +88,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(logs::export))
         .routes(routes!(logs::get))
         .routes(routes!(stats::get))
+        // Below the static routes in matching priority: any other path under /admin is a 404
+        // problem, not the data plane's or an empty one.
+        .route("/admin", axum::routing::any(error::no_route))
+        .route("/admin/{*rest}", axum::routing::any(error::no_route))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+        .layer(axum::middleware::from_fn(error::problem_errors))
 }
 
 /// Admin requests while the database is down get 503 at once (problem+json) instead of waiting

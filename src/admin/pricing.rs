@@ -78,36 +78,38 @@ impl From<pricing_rule::Model> for PricingRuleView {
 #[serde(deny_unknown_fields)]
 pub struct PricingRuleBody {
     /// Glob on the model name: `*`, `?` and `[...]`, at most 200 characters.
+    #[schema(min_length = 1, max_length = 200, example = "gpt-4o*")]
     pub pattern: String,
     /// -1000 to 1000 (default 0); the highest matching priority wins. On a tie a slug's own rule
     /// beats a global one, a stored rule beats the built-in table, then the more specific
     /// pattern (fewer wildcards, then longer) wins.
     #[serde(default)]
+    #[schema(minimum = -1000, maximum = 1000)]
     pub priority: i32,
     /// An existing slug of your tenant; absent: every slug (admins of no tenant only).
     #[serde(default)]
     pub slug: Option<String>,
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub input_per_mtok: Option<Micros>,
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub output_per_mtok: Option<Micros>,
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub cache_read_per_mtok: Option<Micros>,
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub cache_write_per_mtok: Option<Micros>,
     #[serde(default, with = "crate::money::units_opt")]
-    #[schema(value_type = Option<f64>)]
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub per_request: Option<Micros>,
 }
 
 impl PricingRuleBody {
     /// Checks what needs no database, and fills `am` with every field (a full replace).
     fn apply(self, am: &mut pricing_rule::ActiveModel) -> ApiResult<()> {
-        if self.pattern.len() > MAX_PATTERN {
+        if self.pattern.chars().count() > MAX_PATTERN {
             return Err(ApiError::BadRequest(format!(
                 "pattern: at most {MAX_PATTERN} characters"
             )));
@@ -192,7 +194,7 @@ async fn visible_rule(
 }
 
 /// List pricing rules (global ones and those on your tenant's slugs).
-#[utoipa::path(get, path = "/admin/pricing", tag = "pricing", params(Page),
+#[utoipa::path(get, operation_id = "listPricingRules", path = "/admin/pricing", tag = "pricing", params(Page),
     security(("bearer" = [])), responses((status = 200, body = List<PricingRuleView>),
         (status = 400, body = Problem)))]
 pub async fn list(
@@ -212,7 +214,7 @@ pub async fn list(
 }
 
 /// Create a pricing rule. It applies at once, on every replica, over the built-in defaults.
-#[utoipa::path(post, path = "/admin/pricing", tag = "pricing", request_body = PricingRuleBody,
+#[utoipa::path(post, operation_id = "createPricingRule", path = "/admin/pricing", tag = "pricing", request_body = PricingRuleBody,
     security(("bearer" = [])),
     responses((status = 201, body = PricingRuleView), (status = 400, body = Problem),
         (status = 403, body = Problem)))]
@@ -232,7 +234,7 @@ pub async fn create(
 
 /// Replace a pricing rule whole (an absent amount becomes 0, or "priced as input" for the cache
 /// amounts; an absent slug makes it global).
-#[utoipa::path(put, path = "/admin/pricing/{id}", tag = "pricing", request_body = PricingRuleBody,
+#[utoipa::path(put, operation_id = "replacePricingRule", path = "/admin/pricing/{id}", tag = "pricing", request_body = PricingRuleBody,
     params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = PricingRuleView), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem)))]
@@ -254,7 +256,7 @@ pub async fn replace(
 }
 
 /// Delete a pricing rule; the model falls back to the next rule, or the built-in default.
-#[utoipa::path(delete, path = "/admin/pricing/{id}", tag = "pricing",
+#[utoipa::path(delete, operation_id = "deletePricingRule", path = "/admin/pricing/{id}", tag = "pricing",
     params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn delete(
@@ -274,7 +276,7 @@ pub async fn delete(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct CheckQuery {
     /// The model name to price, e.g. `gpt-4o-mini`.
-    #[param(required = true)]
+    #[param(required = true, value_type = String, pattern = "\\S")]
     pub model: Option<String>,
     /// Price it as this slug would (its own rules first); absent: global rules and defaults only.
     pub slug: Option<String>,
@@ -330,7 +332,7 @@ pub struct PriceCheck {
 
 /// Explain which price the gateway applies to a model: the stored rule or default entry that
 /// matched, its prices, and an example cost. 404 when nothing prices the model.
-#[utoipa::path(get, path = "/admin/pricing/check", tag = "pricing", params(CheckQuery),
+#[utoipa::path(get, operation_id = "checkPrice", path = "/admin/pricing/check", tag = "pricing", params(CheckQuery),
     security(("bearer" = [])),
     responses((status = 200, body = PriceCheck), (status = 400, body = Problem),
         (status = 404, body = Problem)))]

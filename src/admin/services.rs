@@ -160,12 +160,18 @@ impl ServiceView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"slug": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1", "strategy": "round_robin", "name": "OpenAI"}))]
 pub struct CreateService {
     /// `[a-z0-9][a-z0-9-]{0,62}`
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "openai")]
     pub slug: String,
     pub kind: Kind,
     /// For LLM kinds, includes the version segment (`https://api.openai.com/v1`). Required for
     /// every kind but `router`, which has none.
+    #[schema(
+        pattern = "^https?://[^/?#@\\s]+(/[^?#\\s]*)?$",
+        example = "https://api.openai.com/v1"
+    )]
     pub base_url: Option<String>,
     /// Default `round_robin`.
     pub strategy: Option<Strategy>,
@@ -184,23 +190,31 @@ pub struct CreateService {
     /// `session` keeps a client's session on one key while it is usable (default `none`).
     pub affinity: Option<Affinity>,
     /// Header a client names its session in (default `x-session-id`).
+    #[schema(pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")]
     pub affinity_header: Option<String>,
     /// How long a session stays bound to its key after its last request, 1 to 86400 (default
     /// 3600).
+    #[schema(minimum = 1, maximum = 86_400)]
     pub affinity_ttl_s: Option<i32>,
     pub name: Option<String>,
     /// Header that carries the upstream key (default per kind).
+    #[schema(pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
     pub auth_header: Option<String>,
     /// Value template with `{key}` (default per kind, e.g. `Bearer {key}`).
+    #[schema(pattern = "\\{key\\}", example = "Bearer {key}")]
     pub auth_format: Option<String>,
     /// Time to the upstream's response head per attempt (default 60000).
+    #[schema(minimum = 100, maximum = 3_600_000)]
     pub request_timeout_ms: Option<i32>,
     /// Keys tried per request at most (default 3).
+    #[schema(minimum = 1, maximum = 20)]
     pub max_attempts: Option<i32>,
     /// Re-test the keys out of rotation (`invalid`, `exhausted`, `cooling`) every this many
     /// seconds and bring back those that answer; 10 to 86400, 0 = off (the default).
+    #[schema(minimum = 0, maximum = 86_400)]
     pub validate_interval_s: Option<i32>,
     /// Keys a validation tests at once, 1 to 64 (default 4).
+    #[schema(minimum = 1, maximum = 64)]
     pub validate_concurrency: Option<i32>,
     /// Read the keys' balances from the upstream's billing API, on demand
     /// (`POST .../sync`) and every `interval_s` seconds: `{"adapter": "deepseek",
@@ -211,16 +225,20 @@ pub struct CreateService {
     /// ["messages"]}`. Off by default; kept `log.body_retention_days`.
     pub capture: Option<CaptureSettings>,
     /// Deadline for a whole request across attempts, to the response head (default 300000).
+    #[schema(minimum = 100, maximum = 3_600_000)]
     pub total_timeout_ms: Option<i32>,
     /// Failures retried on another key: retry classes and extra statuses, or the older status
     /// string (default: every class).
     #[schema(value_type = Option<crate::domain::RetryOnInput>)]
     pub retry_on: Option<RetryOn>,
     /// Requests in flight per key at most (unset = unlimited; 0 clears it).
+    #[schema(minimum = 0, maximum = 100_000)]
     pub key_concurrency: Option<i32>,
     /// How long a request waits for a key when all are at their cap (default 5000).
+    #[schema(minimum = 0, maximum = 600_000)]
     pub queue_timeout_ms: Option<i32>,
     /// Lease lifetime, renewed while the request lives (default 60000).
+    #[schema(minimum = 1_000, maximum = 3_600_000)]
     pub lease_ttl_ms: Option<i32>,
     /// Outbound proxy for upstream calls: `http://`, `https://`, `socks5://` or `socks5h://`
     /// (names resolved by the proxy), with `user:password@` when it needs them. Stored
@@ -313,6 +331,10 @@ macro_rules! pool_of {
 #[serde(deny_unknown_fields)]
 pub struct PatchService {
     pub name: Option<String>,
+    #[schema(
+        pattern = "^https?://[^/?#@\\s]+(/[^?#\\s]*)?$",
+        example = "https://api.openai.com/v1"
+    )]
     pub base_url: Option<String>,
     pub strategy: Option<Strategy>,
     /// How Responses API calls reach an `openai` upstream (default `auto`).
@@ -330,18 +352,26 @@ pub struct PatchService {
     /// `session` keeps a client's session on one key while it is usable (default `none`).
     pub affinity: Option<Affinity>,
     /// Header a client names its session in (default `x-session-id`).
+    #[schema(pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")]
     pub affinity_header: Option<String>,
     /// How long a session stays bound to its key after its last request, 1 to 86400 (default
     /// 3600).
+    #[schema(minimum = 1, maximum = 86_400)]
     pub affinity_ttl_s: Option<i32>,
+    #[schema(pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
     pub auth_header: Option<String>,
+    #[schema(pattern = "\\{key\\}", example = "Bearer {key}")]
     pub auth_format: Option<String>,
+    #[schema(minimum = 100, maximum = 3_600_000)]
     pub request_timeout_ms: Option<i32>,
+    #[schema(minimum = 1, maximum = 20)]
     pub max_attempts: Option<i32>,
     /// Re-test the keys out of rotation (`invalid`, `exhausted`, `cooling`) every this many
     /// seconds and bring back those that answer; 10 to 86400, 0 = off.
+    #[schema(minimum = 0, maximum = 86_400)]
     pub validate_interval_s: Option<i32>,
     /// Keys a validation tests at once, 1 to 64.
+    #[schema(minimum = 1, maximum = 64)]
     pub validate_concurrency: Option<i32>,
     /// Balance sync settings, replaced whole; `null` turns balance sync off.
     #[serde(default, deserialize_with = "crate::billing::sync::patch")]
@@ -352,16 +382,20 @@ pub struct PatchService {
     #[schema(value_type = Option<CaptureSettings>)]
     pub capture: Option<Option<CaptureSettings>>,
     /// Deadline for a whole request across attempts, to the response head (default 300000).
+    #[schema(minimum = 100, maximum = 3_600_000)]
     pub total_timeout_ms: Option<i32>,
     /// Failures retried on another key: retry classes and extra statuses, or the older status
     /// string.
     #[schema(value_type = Option<crate::domain::RetryOnInput>)]
     pub retry_on: Option<RetryOn>,
     /// Requests in flight per key at most (unset = unlimited; 0 clears it).
+    #[schema(minimum = 0, maximum = 100_000)]
     pub key_concurrency: Option<i32>,
     /// How long a request waits for a key when all are at their cap (default 5000).
+    #[schema(minimum = 0, maximum = 600_000)]
     pub queue_timeout_ms: Option<i32>,
     /// Lease lifetime, renewed while the request lives (default 60000).
+    #[schema(minimum = 1_000, maximum = 3_600_000)]
     pub lease_ttl_ms: Option<i32>,
     /// Outbound proxy for upstream calls: `http://`, `https://`, `socks5://` or `socks5h://`
     /// (names resolved by the proxy), with `user:password@` when it needs them. Stored
@@ -701,7 +735,7 @@ pub async fn find(state: &AppState, user: &AuthUser, slug: &str) -> ApiResult<se
 }
 
 /// List services.
-#[utoipa::path(get, path = "/admin/services", tag = "services", params(Page),
+#[utoipa::path(get, operation_id = "listServices", path = "/admin/services", tag = "services", params(Page),
     security(("bearer" = [])), responses((status = 200, body = List<ServiceView>)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -721,7 +755,7 @@ pub async fn list(
 }
 
 /// Create a service (a slug).
-#[utoipa::path(post, path = "/admin/services", tag = "services", request_body = CreateService,
+#[utoipa::path(post, operation_id = "createService", path = "/admin/services", tag = "services", request_body = CreateService,
     security(("bearer" = [])),
     responses((status = 201, body = ServiceView), (status = 400, body = Problem),
         (status = 409, body = Problem)))]
@@ -829,7 +863,7 @@ pub async fn create(
 }
 
 /// Get a service.
-#[utoipa::path(get, path = "/admin/services/{slug}", tag = "services", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "getService", path = "/admin/services/{slug}", tag = "services", security(("bearer" = [])),
     params(("slug" = String, Path)),
     responses((status = 200, body = ServiceView), (status = 404, body = Problem)))]
 pub async fn get(
@@ -842,7 +876,7 @@ pub async fn get(
 }
 
 /// Update a service.
-#[utoipa::path(patch, path = "/admin/services/{slug}", tag = "services",
+#[utoipa::path(patch, operation_id = "updateService", path = "/admin/services/{slug}", tag = "services",
     request_body = PatchService, security(("bearer" = [])), params(("slug" = String, Path)),
     responses((status = 200, body = ServiceView), (status = 400, body = Problem),
         (status = 404, body = Problem)))]
@@ -954,7 +988,7 @@ pub async fn patch(
 }
 
 /// Delete a service, its keys and the pricing rules on its slug.
-#[utoipa::path(delete, path = "/admin/services/{slug}", tag = "services",
+#[utoipa::path(delete, operation_id = "deleteService", path = "/admin/services/{slug}", tag = "services",
     security(("bearer" = [])), params(("slug" = String, Path)),
     responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn delete(

@@ -30,13 +30,49 @@ pub struct StatsQuery {
     /// Only this service (slug); default: every service you can see.
     pub service: Option<String>,
     /// `service` (default), `key` (upstream key), `access_key` or `model`.
+    #[param(value_type = Option<GroupByName>, inline)]
     pub group_by: Option<String>,
     /// Start of the range: RFC 3339 or unix seconds (default: 60 buckets before `to`).
+    #[param(value_type = Option<TimeParam>, inline)]
     pub from: Option<String>,
     /// End of the range, exclusive: RFC 3339 or unix seconds (default: now).
+    #[param(value_type = Option<TimeParam>, inline)]
     pub to: Option<String>,
     /// Bucket width of the series: `1m` (default), `1h` or `1d`. A range holds at most 1440.
+    #[param(value_type = Option<BucketName>, inline)]
     pub bucket: Option<String>,
+}
+
+/// The closed sets and shapes of the query above, for the document (the handler parses the
+/// strings itself, to name the parameter in its problem).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum GroupByName {
+    Service,
+    Key,
+    AccessKey,
+    Model,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+enum BucketName {
+    #[serde(rename = "1m")]
+    Minute,
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "1d")]
+    Day,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum TimeParam {
+    Rfc3339(DateTime<Utc>),
+    /// Within ±253402300799 (the years RFC 3339 can write).
+    UnixSeconds(i64),
 }
 
 /// What a group is (only the fields of the `group_by` dimension are present).
@@ -167,7 +203,7 @@ pub struct StatsResponse {
 }
 
 /// Request statistics: totals and series per group, and live figures.
-#[utoipa::path(get, path = "/admin/stats", tag = "stats", params(StatsQuery),
+#[utoipa::path(get, operation_id = "getStats", path = "/admin/stats", tag = "stats", params(StatsQuery),
     security(("bearer" = [])),
     responses((status = 200, body = StatsResponse),
         (status = 400, description = "A parameter is invalid (named in `detail`)", body = Problem),
@@ -285,9 +321,18 @@ impl Params {
     }
 }
 
+/// Unix seconds as far as RFC 3339 reaches (year 9999) either way: the bucket arithmetic then
+/// cannot overflow.
+const MAX_UNIX: i64 = 253_402_300_799;
+
 /// RFC 3339 or unix seconds.
 fn time(name: &str, v: &str) -> ApiResult<i64> {
     if let Ok(s) = v.parse::<i64>() {
+        if !(-MAX_UNIX..=MAX_UNIX).contains(&s) {
+            return Err(ApiError::BadRequest(format!(
+                "{name}: unix seconds must be within ±{MAX_UNIX}"
+            )));
+        }
         return Ok(s);
     }
     DateTime::parse_from_rfc3339(v)

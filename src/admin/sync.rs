@@ -24,7 +24,7 @@ fn settings(svc: &service::Model) -> ApiResult<BalanceSync> {
 /// Sync one key's balance now from the upstream's billing API. A key below the service's
 /// `min_balance` goes out as `exhausted`; an exhausted key topped up comes back. When the
 /// balance cannot be read, `sync_error` says why and the balance is kept.
-#[utoipa::path(post, path = "/admin/services/{slug}/keys/{id}/sync", tag = "keys",
+#[utoipa::path(post, operation_id = "syncKey", path = "/admin/services/{slug}/keys/{id}/sync", tag = "keys",
     params(("slug" = String, Path), ("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = KeySync), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem)))]
@@ -46,7 +46,7 @@ pub async fn sync_one(
 
 /// Sync every key of a service now, a few at a time; one result per key, in id order, each
 /// recorded as for a single key.
-#[utoipa::path(post, path = "/admin/services/{slug}/sync", tag = "keys",
+#[utoipa::path(post, operation_id = "syncKeys", path = "/admin/services/{slug}/sync", tag = "keys",
     params(("slug" = String, Path)), security(("bearer" = [])),
     responses((status = 200, body = List<KeySync>), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem)))]

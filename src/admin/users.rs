@@ -41,7 +41,11 @@ impl TryFrom<user::Model> for UserView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// 1 to 64 characters, not only spaces (leading and trailing spaces are dropped).
+    #[schema(max_length = 64, pattern = "\\S", example = "ops-alice")]
     pub username: String,
+    /// At least 8 characters.
+    #[schema(min_length = 8, example = "correct-horse-battery")]
     pub password: String,
     pub role: Role,
     pub tenant_id: Option<i64>,
@@ -51,6 +55,8 @@ pub struct CreateUser {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUser {
+    /// At least 8 characters.
+    #[schema(min_length = 8)]
     pub password: Option<String>,
     /// Required when you change your own password.
     pub current_password: Option<String>,
@@ -68,7 +74,7 @@ fn check_password(p: &str) -> ApiResult<()> {
 }
 
 /// List users.
-#[utoipa::path(get, path = "/admin/users", tag = "users", params(Page),
+#[utoipa::path(get, operation_id = "listUsers", path = "/admin/users", tag = "users", params(Page),
     security(("bearer" = [])),
     responses((status = 200, body = List<UserView>), (status = 403, body = Problem)))]
 pub async fn list(
@@ -90,7 +96,7 @@ pub async fn list(
 }
 
 /// Create a user.
-#[utoipa::path(post, path = "/admin/users", tag = "users", request_body = CreateUser,
+#[utoipa::path(post, operation_id = "createUser", path = "/admin/users", tag = "users", request_body = CreateUser,
     security(("bearer" = [])),
     responses((status = 201, body = UserView), (status = 400, body = Problem),
         (status = 409, body = Problem)))]
@@ -136,7 +142,7 @@ async fn find(state: &AppState, caller: &AuthUser, id: i64) -> ApiResult<user::M
 }
 
 /// Get a user.
-#[utoipa::path(get, path = "/admin/users/{id}", tag = "users", security(("bearer" = [])),
+#[utoipa::path(get, operation_id = "getUser", path = "/admin/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = i64, Path)),
     responses((status = 200, body = UserView), (status = 404, body = Problem)))]
 pub async fn get(
@@ -151,7 +157,7 @@ pub async fn get(
 }
 
 /// Change a user's password, role or disabled flag.
-#[utoipa::path(patch, path = "/admin/users/{id}", tag = "users", request_body = PatchUser,
+#[utoipa::path(patch, operation_id = "updateUser", path = "/admin/users/{id}", tag = "users", request_body = PatchUser,
     security(("bearer" = [])), params(("id" = i64, Path)),
     responses((status = 200, body = UserView), (status = 400, body = Problem),
         (status = 404, body = Problem)))]
@@ -217,7 +223,7 @@ pub async fn patch(
 }
 
 /// Delete a user.
-#[utoipa::path(delete, path = "/admin/users/{id}", tag = "users", security(("bearer" = [])),
+#[utoipa::path(delete, operation_id = "deleteUser", path = "/admin/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = i64, Path)),
     responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn delete(

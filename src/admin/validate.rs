@@ -27,7 +27,7 @@ impl From<jobs::Error> for ApiError {
 /// Test one key now: a cheap upstream request (the model list), with its status, latency and
 /// error. A key out of rotation that answers comes back; one the upstream refuses (401/403,
 /// 402 or quota gone) goes out; a 429, 5xx or timeout changes nothing.
-#[utoipa::path(post, path = "/admin/services/{slug}/keys/{id}/test", tag = "keys",
+#[utoipa::path(post, operation_id = "testKey", path = "/admin/services/{slug}/keys/{id}/test", tag = "keys",
     params(("slug" = String, Path), ("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = KeyTest), (status = 403, body = Problem),
         (status = 404, body = Problem)))]
@@ -48,7 +48,7 @@ pub async fn test_one(
 
 /// Test a service's keys now (all, or those in the given statuses), `validate_concurrency` at a
 /// time; one result per key, in id order. Each result is recorded as for a single key.
-#[utoipa::path(post, path = "/admin/services/{slug}/keys/test", tag = "keys",
+#[utoipa::path(post, operation_id = "testKeys", path = "/admin/services/{slug}/keys/test", tag = "keys",
     params(("slug" = String, Path), StatusFilter), security(("bearer" = [])),
     responses((status = 200, body = List<KeyTest>), (status = 400, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem)))]

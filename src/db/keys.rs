@@ -134,7 +134,8 @@ pub async fn insert_new(
     service_id: i64,
     keys: Vec<NewKey>,
 ) -> Result<(usize, usize), DbErr> {
-    let txn = db.begin().await?;
+    // Reads the existing fingerprints, then inserts: a write transaction from the start.
+    let txn = super::begin_write(db).await?;
     let fps: Vec<String> = keys.iter().map(|k| k.fingerprint.clone()).collect();
     let mut seen: HashSet<String> = HashSet::new();
     for chunk in fps.chunks(500) {

@@ -115,6 +115,19 @@ pub async fn connect_only(cfg: &DatabaseConfig) -> anyhow::Result<DatabaseConnec
     Ok(db)
 }
 
+/// A transaction that reads before it writes. On SQLite it takes the write lock at `BEGIN`
+/// (`IMMEDIATE`), waiting out the busy timeout for it: a deferred one that read first fails at
+/// once with "database is locked" when another connection (the request-log writer) committed
+/// in between, as it cannot upgrade its read snapshot. Postgres ignores the mode.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
 /// True when the error is a unique-constraint violation (both backends).
 pub fn is_unique_violation(e: &DbErr) -> bool {
     matches!(

@@ -46,7 +46,27 @@ pub fn routes() -> Router<AppState> {
         .route("/llm/{slug}", any(llm))
         .route("/llm/{slug}/", any(llm))
         .route("/proxy/{slug}/{*path}", any(rest))
+        // No path at all is still a data-plane request: it gets an answer in the client's
+        // format (unknown slug, missing key, or the REST base URL itself), never an empty 404.
+        .route("/proxy/{slug}", any(rest))
+        .route("/proxy/{slug}/", any(rest))
         .route("/v1/{*path}", any(default_slug))
+        .route("/v1", any(default_slug))
+        .route("/v1/", any(default_slug))
+}
+
+/// Any other path outside the control plane: a 404 in the format the request looks like (the
+/// OpenAI shape when nothing says otherwise), so a client's SDK can read it.
+pub async fn no_route(req: Request) -> Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path().trim_start_matches('/');
+    let (fmt, _) = ingress::client_format(req.headers(), path, Mode::Llm);
+    ProxyError::new(
+        ErrorKind::UnknownSlug,
+        fmt,
+        "no such path: the data plane serves /llm/<slug>/..., /proxy/<slug>/... and /v1/...",
+    )
+    .into_response()
 }
 
 /// A panic on the data plane becomes a 500 in the OpenAI error shape (the format most clients

@@ -14,6 +14,7 @@ mod console;
 mod contract;
 mod edge;
 mod egress;
+mod errors;
 mod formats;
 mod key_list;
 mod logs;
