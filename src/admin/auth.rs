@@ -211,7 +211,7 @@ fn issue(
 
 /// Exchange a valid token for a fresh one (a full `jwt_ttl_secs` from now), so a session can
 /// outlive one token's lifetime without keeping a password; revoked tokens cannot refresh.
-#[utoipa::path(post, path = "/admin/auth/refresh", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "refreshToken", path = "/admin/auth/refresh", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = LoginResponse), (status = 401, body = super::error::Problem)))]
 pub async fn refresh(
     State(state): State<AppState>,
@@ -224,7 +224,7 @@ pub async fn refresh(
 }
 
 /// Log out: every token of this user stops working (on every device).
-#[utoipa::path(post, path = "/admin/auth/logout", tag = "auth", security(("bearer" = [])),
+#[utoipa::path(post, operation_id = "logout", path = "/admin/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = super::error::Problem)))]
 pub async fn logout(
     State(state): State<AppState>,

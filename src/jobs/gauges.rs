@@ -38,8 +38,14 @@ pub async fn run(state: AppState) {
 pub async fn count(state: &AppState) -> anyhow::Result<BTreeMap<(String, &'static str), u64>> {
     let services = db::services::all(&state.db).await?;
     let keys = db::keys::statuses(&state.db).await?;
-    let ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
-    let live = state.coord.live_states(&ids).await?;
+    let refs: Vec<crate::coord::KeyRef> = keys
+        .iter()
+        .map(|k| crate::coord::KeyRef {
+            service_id: k.1,
+            key_id: k.0,
+        })
+        .collect();
+    let live = state.coord.live_states(&refs).await?;
     let now = now_ms();
     let slug_of: BTreeMap<i64, &str> = services.iter().map(|s| (s.id, s.slug.as_str())).collect();
     let mut counts: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
