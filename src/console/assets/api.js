@@ -115,6 +115,16 @@ export async function api(method, path, body, opts = {}) {
   return ct.includes('json') ? r.json() : r.text();
 }
 
+/** Logs out on the server too (every token of this user stops working), then here. */
+export async function logout() {
+  try {
+    await api('POST', '/admin/auth/logout');
+  } catch {
+    // Already expired or revoked: the local session ends all the same.
+  }
+  endSession('');
+}
+
 /** @param {string} username @param {string} password */
 export async function login(username, password) {
   const r = await api('POST', '/admin/auth/login', { username, password });

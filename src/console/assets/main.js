@@ -2,7 +2,7 @@
 /** Entry point: the shell (navigation, language, theme, session) and the hash router. */
 import { h, replace } from './dom.js';
 import { t, lang, setLang } from './i18n.js';
-import { session, restore, endSession, onSessionEnd, can } from './api.js';
+import { session, restore, logout, onSessionEnd, can } from './api.js';
 import { errorBox } from './ui.js';
 import { loginView } from './view-login.js';
 import { dashboardView } from './view-dashboard.js';
@@ -83,7 +83,7 @@ function shell(section) {
     h('div', { class: 'me' },
       langSwitch(), themeButton(),
       me ? h('span', { class: 'who', 'data-testid': 'who' }, me.username, ' ', h('span', { class: 'role' }, t(`role.${me.role}`))) : null,
-      h('button', { type: 'button', class: 'ghost', onclick: () => endSession('') }, t('shell.logout'))));
+      h('button', { type: 'button', class: 'ghost', onclick: () => logout() }, t('shell.logout'))));
 }
 
 let rendering = 0;
