@@ -218,12 +218,12 @@ async fn key_id(app: &TestApp, slug: &str, key: &str) -> i64 {
         .await;
     assert_eq!(s, 200, "{v}");
     let items = v.get("items").unwrap_or(&v).as_array().unwrap().clone();
-    let tail = &key[key.len() - 4..];
+    let masked = keygate::crypto::mask(key);
     items
         .iter()
-        .find(|k| k.to_string().contains(tail))
+        .find(|k| k["key"] == masked.as_str())
         .and_then(|k| k["id"].as_i64())
-        .unwrap_or_else(|| panic!("key {tail} in {v}"))
+        .unwrap_or_else(|| panic!("key {masked} in {v}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -821,7 +821,7 @@ both!(
             .unwrap();
         let stored = row.egress_proxy.unwrap();
         assert!(
-            stored.starts_with("v1:") && !stored.contains("s3cr3t"),
+            stored.starts_with("v2:") && !stored.contains("s3cr3t"),
             "{stored}"
         );
 

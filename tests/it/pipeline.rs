@@ -134,7 +134,7 @@ both!(
         let statuses = app.key_statuses("hung").await;
         let hung = statuses
             .iter()
-            .find(|(k, _)| k.starts_with("sk-hu") && k.ends_with("a-01"))
+            .find(|(k, _)| *k == keygate::crypto::mask("sk-hung-aaaa-01"))
             .map(|(_, s)| s.as_str());
         assert_eq!(hung, Some("cooling"), "{statuses:?}");
         let logged = rows_when(&app, "hung", Duration::from_secs(5), |r| r.len() == 9).await;
