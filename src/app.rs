@@ -80,9 +80,15 @@ impl App {
             Err(e) => tracing::warn!(error = %e, "upstream key fingerprints not recomputed"),
         }
 
+        let redis_ca = match &config.redis.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read redis.ca_file {}: {e}", path.display())
+            })?),
+            None => None,
+        };
         let coord = match config.redis.url.as_ref().map(|u| u.expose_secret()) {
             Some(url) if !url.is_empty() => Coord::Redis(
-                RedisStore::connect(
+                RedisStore::connect_tls(
                     url,
                     if config.redis.cluster {
                         Topology::Cluster
@@ -92,6 +98,7 @@ impl App {
                     &config.redis.prefix,
                     config.policy(),
                     config.redis.on_outage,
+                    redis_ca,
                 )
                 .await
                 .map_err(|e| {

@@ -97,6 +97,9 @@ pub struct RedisConfig {
     /// While Redis is unreachable: `degrade` (serve, coordinating in process with this replica's
     /// share of the limits) or `fail` (refuse with 503).
     pub on_outage: crate::coord::outage::OnOutage,
+    /// PEM file of the CA that signed the Redis server's certificate, for `rediss://` URLs to a
+    /// Redis with a private CA (`REDIS_CA_FILE`). Unset: the system's trust store.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +274,7 @@ impl Config {
             ("KEYGATE_ENCRYPTION_KEY", "crypto.encryption_key"),
             ("KEYGATE_PREVIOUS_ENCRYPTION_KEYS", "crypto.previous_keys"),
             ("KEYGATE_DEFAULT_SLUG", "proxy.default_slug"),
+            ("REDIS_CA_FILE", "redis.ca_file"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "otel.endpoint"),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otel.traces_endpoint"),
             ("OTEL_SERVICE_NAME", "otel.service_name"),

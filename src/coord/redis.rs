@@ -169,6 +169,23 @@ impl RedisStore {
         policy: Policy,
         on_outage: OnOutage,
     ) -> anyhow::Result<Self> {
+        Self::connect_tls(url, topology, prefix, policy, on_outage, None).await
+    }
+
+    /// `connect`, trusting `ca_pem` (a private CA's certificate) for `rediss://` URLs instead of
+    /// the system's trust store.
+    pub async fn connect_tls(
+        url: &str,
+        topology: Topology,
+        prefix: &str,
+        policy: Policy,
+        on_outage: OnOutage,
+        ca_pem: Option<Vec<u8>>,
+    ) -> anyhow::Result<Self> {
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: ca_pem.clone(),
+        };
         anyhow::ensure!(
             !prefix.contains('{'),
             "redis.prefix must not contain '{{' (it would become the hash tag)"
@@ -186,11 +203,11 @@ impl RedisStore {
                     .set_response_timeout(Some(Duration::from_secs(2)))
                     .set_max_delay(Duration::from_secs(2))
                     .set_number_of_retries(1);
-                Conn::Single(
-                    redis::Client::open(url)?
-                        .get_connection_manager_with_config(cfg)
-                        .await?,
-                )
+                let client = match &ca_pem {
+                    Some(_) => redis::Client::build_with_tls(url, certs())?,
+                    None => redis::Client::open(url)?,
+                };
+                Conn::Single(client.get_connection_manager_with_config(cfg).await?)
             }
             Topology::Cluster => {
                 let nodes: Vec<&str> = url
@@ -200,11 +217,14 @@ impl RedisStore {
                     .collect();
                 // Retries cover a slot moving (MOVED/ASK) or a failover; the timeouts bound a
                 // node that stops answering, as for a single Redis.
-                let client = redis::cluster::ClusterClient::builder(nodes)
+                let mut builder = redis::cluster::ClusterClient::builder(nodes)
                     .connection_timeout(Duration::from_secs(2))
                     .response_timeout(Duration::from_secs(2))
-                    .retries(2)
-                    .build()?;
+                    .retries(2);
+                if ca_pem.is_some() {
+                    builder = builder.certs(certs());
+                }
+                let client = builder.build()?;
                 Conn::Cluster(client.get_async_connection().await?)
             }
         };

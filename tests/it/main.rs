@@ -30,6 +30,7 @@ mod pool;
 mod pricing;
 mod procs;
 mod proxy;
+mod redis_tls;
 mod router;
 mod routing;
 mod secrets;
