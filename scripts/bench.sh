@@ -9,6 +9,10 @@
 # percentiles against the direct run at the same concurrency and mode), errors, keygate's CPU
 # time per proxied request (from /proc: user + system time over the run / requests answered),
 # its RSS idle and with BENCH_OPEN_STREAMS streams held open at once, and its peak RSS.
+# Two more Postgres + Redis rows, each on a fresh database: "logging off" (log.requests = false:
+# the cost of request logs and statistics is the ratio to the plain row) and "priced" (a pricing
+# rule on every request, key balances and an access-key budget: the cost of cost accounting).
+# BENCH_SQLITE=0, BENCH_PLAIN=0, BENCH_LOGOFF=0 or BENCH_PRICED=0 leaves a row out.
 # Everything listens on 127.0.0.1 and stops when the script ends.
 #
 #   scripts/bench.sh                 # BENCH_SECS=10 BENCH_CONCURRENCY="1 32 256" by default
