@@ -29,6 +29,7 @@ mod proxy;
 mod router;
 mod routing;
 mod sinks;
+mod ssrf;
 mod stats;
 mod traces;
 mod validation;

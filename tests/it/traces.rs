@@ -84,6 +84,8 @@ async fn gateway(collector: &str) -> Gateway {
         .env("JWT_SECRET", "jwt-secret-for-tests-0123456789")
         .env("KEYGATE_ENCRYPTION_KEY", "ab".repeat(32))
         .env("ADMIN_PASSWORD", PASSWORD)
+        // The mock upstream is on loopback, which the SSRF guard refuses unless allowed.
+        .env("KEYGATE__EGRESS__ALLOW", "127.0.0.0/8,::1/128")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
         .env("OTEL_SERVICE_NAME", "keygate-under-test")
         // Batches every 100 ms instead of 5 s, so the test sees spans quickly.
