@@ -227,7 +227,18 @@ both!(
         let ak = app
             .with_service("redir", &base, &["sk-redirect-key-001"])
             .await;
-        let r = app.chat("redir", &ak).await;
+        // This test's own client must not follow either, or it would be the one connecting.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = client
+            .post(app.url("/llm/redir/v1/chat/completions"))
+            .bearer_auth(&ak)
+            .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 307, "the upstream's answer, as it was");
         assert_eq!(r.headers()["location"], to.as_str());
         // Had keygate followed, its connection would wait in the backlog before it answered.
