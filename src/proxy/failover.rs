@@ -573,6 +573,24 @@ pub async fn read_small(resp: reqwest::Response) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The client's error when the SSRF guard refuses the upstream: the class of address, not the
+/// address itself (a client need not learn the operator's network); the log has it all.
+fn egress_refused(slug: &str, e: &crate::egress::ssrf::UrlError, fmt: Format) -> ProxyError {
+    use crate::egress::ssrf::UrlError;
+    tracing::warn!(slug, reason = %e, "upstream request not sent");
+    metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "slug" => slug.to_string(), "outcome" => "egress_refused")
+        .increment(1);
+    let msg = match e {
+        UrlError::Refused(r) => format!(
+            "the upstream of '{slug}' is {}, which keygate does not call unless an operator \
+             allows it with egress.allow",
+            r.class
+        ),
+        UrlError::Invalid => format!("the upstream URL of '{slug}' is not a valid URL"),
+    };
+    ProxyError::new(ErrorKind::EgressRefused, fmt, msg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,22 +625,4 @@ mod tests {
         assert_eq!(attempt_timeout(s(60), s(2), 3), Duration::from_millis(1000));
         assert_eq!(attempt_timeout(s(60), s(2), 1), s(2));
     }
-}
-
-/// The client's error when the SSRF guard refuses the upstream: the class of address, not the
-/// address itself (a client need not learn the operator's network); the log has it all.
-fn egress_refused(slug: &str, e: &crate::egress::ssrf::UrlError, fmt: Format) -> ProxyError {
-    use crate::egress::ssrf::UrlError;
-    tracing::warn!(slug, reason = %e, "upstream request not sent");
-    metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "slug" => slug.to_string(), "outcome" => "egress_refused")
-        .increment(1);
-    let msg = match e {
-        UrlError::Refused(r) => format!(
-            "the upstream of '{slug}' is {}, which keygate does not call unless an operator \
-             allows it with egress.allow",
-            r.class
-        ),
-        UrlError::Invalid => format!("the upstream URL of '{slug}' is not a valid URL"),
-    };
-    ProxyError::new(ErrorKind::EgressRefused, fmt, msg)
 }
