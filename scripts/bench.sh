@@ -144,7 +144,9 @@ gateway() { # name, then env assignments
   local port; port=$(free_port)
   mkdir -p "$WORK/$name"
   # exec: $! is keygate itself, whose peak RSS is read at the end.
+  # The mock upstream is on loopback, which the SSRF guard refuses unless allowed.
   (cd "$WORK/$name" && exec env "$@" PORT="$port" ADMIN_PASSWORD=bench-password RUST_LOG=warn \
+    KEYGATE__EGRESS__ALLOW=127.0.0.0/8,::1/128 \
     "$BIN/keygate" >/dev/null 2>"$WORK/$name/log") & local pid=$!
   PIDS+=($pid)
   wait_http "http://127.0.0.1:$port/healthz"

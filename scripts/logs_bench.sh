@@ -56,6 +56,8 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --d
 export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT" JWT_SECRET=logs-bench-jwt-secret-0123456789
 export ADMIN_PASSWORD="$PASSWORD" PORT RUST_LOG="${RUST_LOG:-info}"
+# The services point at 127.0.0.1, which the SSRF guard refuses unless allowed.
+export KEYGATE__EGRESS__ALLOW=127.0.0.0/8,::1/128
 KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
 export KEYGATE_ENCRYPTION_KEY
 psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres "$@"; }

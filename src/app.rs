@@ -116,7 +116,10 @@ impl App {
             }
         };
 
-        let http = crate::egress::builder().build()?;
+        let egress = std::sync::Arc::new(
+            crate::egress::Guard::parse(&config.egress.allow).map_err(anyhow::Error::msg)?,
+        );
+        let http = crate::egress::builder(&egress).build()?;
 
         let global_keys: HashSet<String> = config
             .proxy
@@ -134,7 +137,7 @@ impl App {
 
         let (events, receivers) = crate::events::Events::new(config.log.queue_capacity);
         let version = coord.config_version().await?;
-        let snapshot = Snapshot::load(&db, &cipher, version).await?;
+        let snapshot = Snapshot::load(&db, &cipher, &egress, version).await?;
 
         let state = AppState::new(Inner {
             jwt_encoding: EncodingKey::from_secret(jwt.expose_secret().as_bytes()),
@@ -153,6 +156,7 @@ impl App {
             events: events.clone(),
             metrics,
             http,
+            egress,
             cipher,
             coord,
             db: db.clone(),

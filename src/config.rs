@@ -20,6 +20,40 @@ pub struct Config {
     pub jobs: JobsConfig,
     #[serde(default)]
     pub otel: OtelConfig,
+    #[serde(default)]
+    pub egress: EgressConfig,
+}
+
+/// Where keygate may send requests (`crate::egress::ssrf`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Non-public destinations keygate may call anyway: CIDRs, addresses or host names
+    /// (`.internal` admits every name under it). A list in the file, or one comma-separated
+    /// string (`KEYGATE__EGRESS__ALLOW=127.0.0.0/8,::1/128,vllm.internal`). Empty: only public
+    /// addresses are called.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allow: Vec<String>,
+}
+
+/// A list of strings, given as a list or as one comma-separated string.
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Either::deserialize(d)? {
+        Either::One(s) => vec![s],
+        Either::Many(v) => v,
+    };
+    Ok(items
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
 }
 
 /// Trace export (OpenTelemetry, OTLP over HTTP/protobuf). The standard `OTEL_*` variables set
@@ -367,6 +401,25 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("super-secret-jwt"));
         assert!(!dbg.contains("hunter2hunter2"));
+    }
+
+    #[test]
+    fn the_egress_allow_list_is_a_list_or_one_comma_separated_string() {
+        // A string is what `KEYGATE__EGRESS__ALLOW` gives; the binary tests set it for real.
+        let dir = tempfile::tempdir().unwrap();
+        for (i, body) in [
+            r#"allow = "127.0.0.0/8, ::1/128,vllm.internal""#,
+            r#"allow = ["127.0.0.0/8", "::1/128", "vllm.internal"]"#,
+        ]
+        .iter()
+        .enumerate()
+        {
+            let f = dir.path().join(format!("k{i}.toml"));
+            std::fs::write(&f, format!("[egress]\n{body}\n")).unwrap();
+            let c = Config::load_from(Some(f.to_str().unwrap()), |_| None).unwrap();
+            assert_eq!(c.egress.allow, ["127.0.0.0/8", "::1/128", "vllm.internal"]);
+        }
+        assert!(Config::defaults().egress.allow.is_empty());
     }
 
     #[test]

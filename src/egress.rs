@@ -2,8 +2,10 @@
 //! service without egress settings; a service with a proxy or a private CA, and a key with its
 //! own proxy, get clients of their own, built when the snapshot loads and never per request. The
 //! checks the admin API applies to these settings live here too, so the API refuses up front what
-//! a snapshot load could not build.
+//! a snapshot load could not build. Every client resolves names through the SSRF guard
+//! (`ssrf`), which refuses non-public addresses the operator has not allowed.
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
@@ -12,16 +14,32 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::Cipher;
 
+pub mod ssrf;
+pub use ssrf::{Guard, Refused};
+
 /// Proxy URL schemes keygate accepts (`socks5h` resolves names through the proxy).
 pub const PROXY_SCHEMES: [&str; 4] = ["http", "https", "socks5", "socks5h"];
 
 /// The settings every upstream client shares: a bounded connect, pooled connections kept a
-/// while, and redirects never followed (a redirect would carry the key to another host).
-pub fn builder() -> reqwest::ClientBuilder {
+/// while, names resolved through the SSRF guard, and redirects never followed. Not following
+/// is simpler and stricter than a policy that checks each target: a redirect would carry the
+/// key and the body to another host (possibly an internal one), and LLM APIs do not redirect;
+/// a 3xx reaches the client as the upstream's answer.
+pub fn builder(guard: &Arc<Guard>) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(ssrf::Resolver(guard.clone())))
+}
+
+/// Checks a proxy URL (`parse_proxy`) and, when its host is a literal address, the guard too:
+/// a proxy is an upstream hop like any other, so one on 127.0.0.1 or 169.254.169.254 would
+/// reach keygate's own admin API or cloud metadata. A named proxy is checked when resolved.
+pub fn check_proxy(guard: &Guard, raw: &str) -> Result<url::Url, String> {
+    let u = parse_proxy(raw)?;
+    guard.check_url(&u).map_err(|r| r.to_string())?;
+    Ok(u)
 }
 
 /// Checks a proxy URL: one of `PROXY_SCHEMES`, a host, optional `user:password@` and port,
@@ -120,10 +138,14 @@ pub fn ca_fingerprints(pem_text: &str) -> Vec<String> {
 
 /// A client with the shared settings plus a proxy and/or private CA roots (beside the public
 /// ones). Errors name the part at fault, never the proxy URL.
-pub fn client(proxy: Option<&str>, ca_pem: Option<&str>) -> Result<reqwest::Client, String> {
-    let mut b = builder();
+pub fn client(
+    guard: &Arc<Guard>,
+    proxy: Option<&str>,
+    ca_pem: Option<&str>,
+) -> Result<reqwest::Client, String> {
+    let mut b = builder(guard);
     if let Some(p) = proxy {
-        let url = parse_proxy(p).map_err(|e| format!("egress_proxy: {e}"))?;
+        let url = check_proxy(guard, p).map_err(|e| format!("egress_proxy: {e}"))?;
         let proxy = reqwest::Proxy::all(url.as_str())
             .map_err(|_| "egress_proxy: not usable as a proxy".to_string())?;
         b = b.proxy(proxy);
@@ -151,6 +173,7 @@ impl Clients {
     /// The client for these settings; None when there are none (the shared client serves).
     pub fn get(
         &mut self,
+        guard: &Arc<Guard>,
         prev: &Clients,
         proxy: Option<&str>,
         ca_pem: Option<&str>,
@@ -168,7 +191,7 @@ impl Clients {
             self.0.insert(id, c.clone());
             return Ok(Some(c));
         }
-        let c = client(proxy, ca_pem)?;
+        let c = client(guard, proxy, ca_pem)?;
         self.0.insert(id, c.clone());
         Ok(Some(c))
     }
@@ -229,21 +252,29 @@ mod tests {
     #[test]
     fn clients_are_reused_across_loads_by_their_settings() {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let g = Arc::new(Guard::default());
         let prev = Clients::default();
         let mut first = Clients::default();
-        assert!(first.get(&prev, None, None).unwrap().is_none());
-        first.get(&prev, Some("http://p:1"), None).unwrap().unwrap();
+        assert!(first.get(&g, &prev, None, None).unwrap().is_none());
+        first
+            .get(&g, &prev, Some("http://p:1"), None)
+            .unwrap()
+            .unwrap();
         let mut second = Clients::default();
         second
-            .get(&first, Some("http://p:1"), None)
+            .get(&g, &first, Some("http://p:1"), None)
             .unwrap()
             .unwrap();
         second
-            .get(&first, Some("http://p:2"), None)
+            .get(&g, &first, Some("http://p:2"), None)
             .unwrap()
             .unwrap();
         assert_eq!(second.0.len(), 2);
         assert!(first.0.keys().all(|k| second.0.contains_key(k)));
-        assert!(second.get(&first, Some("ftp://p"), None).is_err());
+        assert!(second.get(&g, &first, Some("ftp://p"), None).is_err());
+        let e = second
+            .get(&g, &first, Some("http://169.254.169.254:80"), None)
+            .unwrap_err();
+        assert!(e.contains("link-local"), "{e}");
     }
 }

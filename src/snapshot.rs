@@ -148,6 +148,7 @@ fn egress_of(
     s: &db::entity::service::Model,
     keys: Vec<LoadedKey>,
     cipher: &Cipher,
+    guard: &Arc<egress::Guard>,
     prev: &egress::Clients,
     clients: &mut egress::Clients,
 ) -> (Option<reqwest::Client>, Vec<(KeyRt, KeySpec)>) {
@@ -158,7 +159,7 @@ fn egress_of(
         .filter(|p| !p.is_empty())
         .map(|p| egress::open_proxy(cipher, p).map_err(|e| e.to_string()))
         .transpose();
-    let http = match proxy.and_then(|p| clients.get(prev, p.as_deref(), ca)) {
+    let http = match proxy.and_then(|p| clients.get(guard, prev, p.as_deref(), ca)) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(slug = %s.slug, error = %e, "service egress cannot be built: its keys are left out");
@@ -168,7 +169,7 @@ fn egress_of(
     let mut out = Vec::with_capacity(keys.len());
     for mut k in keys {
         if let Some(p) = &k.proxy {
-            match clients.get(prev, Some(p.expose_secret()), ca) {
+            match clients.get(guard, prev, Some(p.expose_secret()), ca) {
                 Ok(c) => k.rt.http = c,
                 Err(e) => {
                     tracing::error!(slug = %s.slug, key_id = k.rt.id, error = %e, "key egress cannot be built: key left out");
@@ -185,15 +186,17 @@ impl Snapshot {
     pub async fn load(
         db: &DatabaseConnection,
         cipher: &Cipher,
+        guard: &Arc<egress::Guard>,
         version: u64,
     ) -> anyhow::Result<Self> {
-        Self::load_after(db, cipher, version, &Self::default()).await
+        Self::load_after(db, cipher, guard, version, &Self::default()).await
     }
 
     /// Like `load`, reusing `prev`'s egress clients where the settings did not change.
     pub async fn load_after(
         db: &DatabaseConnection,
         cipher: &Cipher,
+        guard: &Arc<egress::Guard>,
         version: u64,
         prev: &Snapshot,
     ) -> anyhow::Result<Self> {
@@ -256,7 +259,7 @@ impl Snapshot {
                 .and_then(|h| HeaderName::try_from(h).ok())
                 .unwrap_or_else(|| HeaderName::from_static(dh));
             let loaded = by_service.remove(&s.id).unwrap_or_default();
-            let (http, usable) = egress_of(&s, loaded, cipher, &prev.clients, &mut clients);
+            let (http, usable) = egress_of(&s, loaded, cipher, guard, &prev.clients, &mut clients);
             let (keys, specs): (Vec<KeyRt>, Vec<KeySpec>) = usable.into_iter().unzip();
             let upstream_headers = upstream_headers(&s, auth_header.as_str());
             let retry_on = RetryOn::from_db(&s.retry_on).unwrap_or_else(|e| {

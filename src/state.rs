@@ -27,6 +27,9 @@ pub struct Inner {
     pub jwt_encoding: EncodingKey,
     pub jwt_decoding: DecodingKey,
     pub http: reqwest::Client,
+    /// The SSRF guard (`egress.allow`): every upstream client resolves through it, and URLs with
+    /// a literal address are checked with it before sending.
+    pub egress: Arc<crate::egress::Guard>,
     /// Hex SHA-256 of each `GLOBAL_PROXY_KEYS` entry.
     pub global_keys: HashSet<String>,
     /// Request and key events, consumed by the sinks in `events` (never the database directly).
@@ -68,8 +71,14 @@ impl AppState {
         if self.snapshot.load().version == version {
             return Ok(());
         }
-        let snap =
-            Snapshot::load_after(&self.db, &self.cipher, version, &self.snapshot.load()).await?;
+        let snap = Snapshot::load_after(
+            &self.db,
+            &self.cipher,
+            &self.egress,
+            version,
+            &self.snapshot.load(),
+        )
+        .await?;
         self.snapshot.store(Arc::new(snap));
         metrics::counter!(crate::telemetry::metrics::SNAPSHOT_RELOADS_TOTAL, "trigger" => trigger)
             .increment(1);

@@ -301,6 +301,13 @@ async fn store(
     service_id: i64,
     keys: Vec<ParsedKey>,
 ) -> ApiResult<AddKeysResult> {
+    // The SSRF guard on each key's proxy (the import parser checked its form only).
+    for (i, k) in keys.iter().enumerate() {
+        if let Some(p) = &k.egress_proxy {
+            egress::check_proxy(&state.egress, p)
+                .map_err(|m| ApiError::BadRequest(format!("keys[{i}].egress_proxy: {m}")))?;
+        }
+    }
     let new: Vec<db::keys::NewKey> = keys
         .into_iter()
         .map(|k| db::keys::NewKey {
@@ -548,7 +555,7 @@ pub async fn patch(
     if let Some(p) = req.egress_proxy {
         let sealed = p
             .map(|url| {
-                egress::parse_proxy(url.expose_secret())
+                egress::check_proxy(&state.egress, url.expose_secret())
                     .map_err(|m| ApiError::BadRequest(format!("egress_proxy: {m}")))?;
                 Ok::<_, ApiError>(egress::seal_proxy(&state.cipher, url.expose_secret()))
             })

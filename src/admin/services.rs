@@ -439,7 +439,9 @@ pub fn valid_slug(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
-fn check_base_url(u: &str) -> ApiResult<String> {
+/// Also the SSRF guard on a literal address (a name is checked when keygate connects:
+/// `egress::ssrf`).
+fn check_base_url(guard: &egress::Guard, u: &str) -> ApiResult<String> {
     let parsed = url::Url::parse(u)
         .map_err(|e| ApiError::BadRequest(format!("base_url: not a URL ({e})")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
@@ -452,6 +454,9 @@ fn check_base_url(u: &str) -> ApiResult<String> {
             "base_url: must not carry a query or credentials".into(),
         ));
     }
+    guard
+        .check_url(&parsed)
+        .map_err(|r| ApiError::BadRequest(format!("base_url: {r}")))?;
     Ok(u.trim_end_matches('/').to_string())
 }
 
@@ -495,12 +500,14 @@ fn apply_egress(
     e: EgressSettings,
     pending_auth_header: Option<&str>,
     cipher: &Cipher,
+    guard: &std::sync::Arc<egress::Guard>,
 ) -> ApiResult<()> {
     let bad = |field: &str, msg: String| ApiError::BadRequest(format!("{field}: {msg}"));
     if let Some(p) = e.egress_proxy {
         let sealed = p
             .map(|url| {
-                egress::parse_proxy(url.expose_secret()).map_err(|m| bad("egress_proxy", m))?;
+                egress::check_proxy(guard, url.expose_secret())
+                    .map_err(|m| bad("egress_proxy", m))?;
                 Ok::<_, ApiError>(egress::seal_proxy(cipher, url.expose_secret()))
             })
             .transpose()?;
@@ -509,7 +516,7 @@ fn apply_egress(
     if let Some(pem) = e.tls_ca_pem {
         if let Some(pem) = &pem {
             // Built once here so a snapshot load never meets a CA reqwest refuses.
-            egress::client(None, Some(pem)).map_err(ApiError::BadRequest)?;
+            egress::client(guard, None, Some(pem)).map_err(ApiError::BadRequest)?;
         }
         am.tls_ca_pem = Set(pem);
     }
@@ -650,8 +657,8 @@ async fn check_routes(
 
 fn check_affinity(header: Option<&str>, ttl_s: Option<i32>) -> ApiResult<()> {
     if let Some(h) = header.filter(|h| !h.is_empty()) {
-        axum::http::HeaderName::try_from(h)
-            .map_err(|_| ApiError::BadRequest("affinity_header: not a valid header name".into()))?;
+        headers::configurable_name(h)
+            .map_err(|m| ApiError::BadRequest(format!("affinity_header: {m}")))?;
     }
     if ttl_s.is_some_and(|t| !(1..=86_400).contains(&t)) {
         return Err(ApiError::BadRequest(
@@ -663,8 +670,8 @@ fn check_affinity(header: Option<&str>, ttl_s: Option<i32>) -> ApiResult<()> {
 
 fn check_auth(header: Option<&str>, format: Option<&str>) -> ApiResult<()> {
     if let Some(h) = header {
-        axum::http::HeaderName::try_from(h)
-            .map_err(|_| ApiError::BadRequest("auth_header: not a valid header name".into()))?;
+        headers::auth_header_name(h)
+            .map_err(|m| ApiError::BadRequest(format!("auth_header: {m}")))?;
     }
     if let Some(f) = format
         && !f.contains("{key}")
@@ -777,7 +784,7 @@ pub async fn create(
                 "base_url: a router has none; it sends requests to its routes' targets".into(),
             ));
         }
-        (_, Some(u)) => check_base_url(u)?,
+        (_, Some(u)) => check_base_url(&state.egress, u)?,
         (_, None) => return Err(ApiError::BadRequest("base_url: required".into())),
     };
     check_models(req.model_aliases.as_ref(), req.model_allow.as_ref())?;
@@ -846,7 +853,7 @@ pub async fn create(
         ..Default::default()
     };
     apply_pool(&mut am, pool);
-    apply_egress(&mut am, egress, None, &state.cipher)?;
+    apply_egress(&mut am, egress, None, &state.cipher, &state.egress)?;
     let s = db::services::insert(&state.db, am)
         .await
         .map_err(|e| match ApiError::from(e) {
@@ -918,12 +925,18 @@ pub async fn patch(
     };
     let mut am: service::ActiveModel = existing.into();
     apply_pool(&mut am, pool);
-    apply_egress(&mut am, egress, req.auth_header.as_deref(), &state.cipher)?;
+    apply_egress(
+        &mut am,
+        egress,
+        req.auth_header.as_deref(),
+        &state.cipher,
+        &state.egress,
+    )?;
     if let Some(n) = req.name {
         am.name = Set(n);
     }
     if let Some(u) = req.base_url {
-        am.base_url = Set(check_base_url(&u)?);
+        am.base_url = Set(check_base_url(&state.egress, &u)?);
     }
     if let Some(s) = req.strategy {
         am.strategy = Set(s.as_str().into());

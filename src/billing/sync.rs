@@ -259,6 +259,8 @@ impl SyncError {
 /// One key's way to its upstream's billing API.
 pub struct Call<'a> {
     pub client: &'a reqwest::Client,
+    /// The SSRF guard, for URLs with a literal address (names meet it in the client's resolver).
+    pub guard: &'a crate::egress::Guard,
     /// Without a trailing slash.
     pub base_url: &'a str,
     /// The key's auth header and the service's extra headers.
@@ -346,9 +348,11 @@ const MAX_ANSWER: usize = 1 << 20;
 
 impl Call<'_> {
     async fn json(&self, method: &Method, url: &str) -> Result<Value, SyncError> {
-        let path = url::Url::parse(url)
-            .map(|u| u.path().to_string())
-            .unwrap_or_default();
+        let url = self
+            .guard
+            .url(url)
+            .map_err(|e| SyncError::Egress(e.to_string()))?;
+        let path = url.path().to_string();
         let resp = self
             .client
             .request(method.clone(), url)
@@ -357,7 +361,9 @@ impl Call<'_> {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() {
+                if let Some(r) = crate::egress::ssrf::refusal(&e) {
+                    SyncError::Egress(format!("upstream address refused: {r}"))
+                } else if e.is_connect() {
                     SyncError::Connect { path: path.clone() }
                 } else {
                     SyncError::Request { path: path.clone() }

@@ -56,6 +56,7 @@ pub fn error_type(kind: ErrorKind) -> &'static str {
         ErrorKind::UpstreamFailed
         | ErrorKind::UpstreamTimeout
         | ErrorKind::LoopDetected
+        | ErrorKind::EgressRefused
         | ErrorKind::Internal => "api_error",
     }
 }

@@ -50,6 +50,7 @@ pub fn status_name(kind: ErrorKind) -> &'static str {
             "RESOURCE_EXHAUSTED"
         }
         ErrorKind::LoopDetected => "ABORTED",
+        ErrorKind::EgressRefused => "FAILED_PRECONDITION",
         ErrorKind::UpstreamFailed | ErrorKind::Internal => "INTERNAL",
     }
 }

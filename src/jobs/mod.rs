@@ -111,7 +111,7 @@ pub fn egress_client(
         Some(stored) => {
             let url = crate::egress::open_proxy(&state.cipher, stored)
                 .map_err(|_| "the key's egress proxy cannot be decrypted".to_string())?;
-            crate::egress::client(Some(&url), None)
+            crate::egress::client(&state.egress, Some(&url), None)
         }
         None => Ok(rt.http.clone().unwrap_or_else(|| state.http.clone())),
     }

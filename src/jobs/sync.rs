@@ -165,6 +165,7 @@ async fn read(
     let client = egress_client(state, rt, key).map_err(SyncError::Egress)?;
     let call = billing::Call {
         client: &client,
+        guard: &state.egress,
         base_url: &rt.base_url,
         headers: crate::proxy::headers::with_service(auth, &rt.upstream_headers),
         timeout,

@@ -117,7 +117,9 @@ async fn test_one(
         Ok(secret) => (
             mask(secret.expose_secret()),
             match egress_client(state, rt, &key) {
-                Ok(client) => probe(&client, rt, secret.expose_secret(), timeout).await,
+                Ok(client) => {
+                    probe(&client, &state.egress, rt, secret.expose_secret(), timeout).await
+                }
                 Err(e) => Probe::inconclusive(None, Duration::ZERO, &e),
             },
         ),
@@ -232,7 +234,13 @@ fn probe_url(rt: &ServiceRt) -> String {
     }
 }
 
-async fn probe(client: &reqwest::Client, rt: &ServiceRt, secret: &str, timeout: Duration) -> Probe {
+async fn probe(
+    client: &reqwest::Client,
+    guard: &crate::egress::Guard,
+    rt: &ServiceRt,
+    secret: &str,
+    timeout: Duration,
+) -> Probe {
     let mut headers = HeaderMap::new();
     if !rt.set_auth(&mut headers, secret) {
         return Probe {
@@ -242,13 +250,23 @@ async fn probe(client: &reqwest::Client, rt: &ServiceRt, secret: &str, timeout: 
             error: Some("key is not a valid header value".into()),
         };
     }
+    // A literal address skips DNS, and so the guard in the resolver: checked here. A refusal
+    // says nothing of the key.
+    let url = match guard.url(&probe_url(rt)) {
+        Ok(u) => u,
+        Err(e) => return Probe::inconclusive(None, Duration::ZERO, e.to_string()),
+    };
     let started = Instant::now();
-    let sent =
-        tokio::time::timeout(timeout, client.get(probe_url(rt)).headers(headers).send()).await;
+    let sent = tokio::time::timeout(timeout, client.get(url).headers(headers).send()).await;
     let latency = started.elapsed();
     let resp = match sent {
         Err(_) => {
             let msg = format!("no answer within {} ms", timeout.as_millis());
+            return Probe::inconclusive(None, latency, msg);
+        }
+        Ok(Err(e)) if crate::egress::ssrf::refusal(&e).is_some() => {
+            let r = crate::egress::ssrf::refusal(&e).map(ToString::to_string);
+            let msg = format!("upstream address refused: {}", r.unwrap_or_default());
             return Probe::inconclusive(None, latency, msg);
         }
         Ok(Err(e)) if e.is_connect() => return Probe::inconclusive(None, latency, "connect error"),

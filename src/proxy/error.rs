@@ -25,6 +25,8 @@ pub enum ErrorKind {
     ModelNotAllowed,
     /// The request already passed through this keygate deployment: a service points back at it.
     LoopDetected,
+    /// The SSRF guard refused the upstream's address (`egress.allow` does not admit it).
+    EgressRefused,
     Internal,
 }
 
@@ -45,6 +47,7 @@ impl ErrorKind {
             Self::NoUsableKey => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::LoopDetected => StatusCode::LOOP_DETECTED,
+            Self::EgressRefused => StatusCode::BAD_GATEWAY,
             Self::ModelNotAllowed => StatusCode::NOT_FOUND,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -66,6 +69,7 @@ impl ErrorKind {
             Self::NoUsableKey => "no_usable_key",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::LoopDetected => "loop_detected",
+            Self::EgressRefused => "egress_refused",
             Self::ModelNotAllowed => "model_not_found",
             Self::Internal => "internal",
         }

@@ -16,6 +16,7 @@ use super::finish::Finish;
 use super::headers;
 use super::ingress::Admitted;
 use crate::coord::{Acquire, AcquireReq, CoordError, Fault, Remaining};
+use crate::egress::ssrf::UrlError;
 use crate::formats::Format;
 use crate::snapshot::ServiceRt;
 use crate::state::AppState;
@@ -251,9 +252,20 @@ pub async fn run(
             status = tracing::field::Empty,
         );
         crate::telemetry::trace::inject(&attempt, &mut headers);
+        // A literal address skips DNS, and so the guard in the resolver: checked here.
+        let url = match state.egress.url(&adm.url) {
+            Ok(u) => u,
+            Err(e) => {
+                fin.release_untried();
+                return Ran {
+                    outcome: Outcome::Error(egress_refused(slug, &e, fmt)),
+                    remaining,
+                };
+            }
+        };
         let send = svc
             .client_for(index, &state.http)
-            .request(method.clone(), &adm.url)
+            .request(method.clone(), url)
             .headers(headers)
             .body(reqwest_body)
             .send()
@@ -312,6 +324,22 @@ pub async fn run(
                 };
                 return Ran {
                     outcome: Outcome::Error(e),
+                    remaining,
+                };
+            }
+            Ok(Err(e)) if crate::egress::ssrf::refusal(&e).is_some() => {
+                // The name resolved to addresses the guard refuses: the service's setup, not
+                // the key's fault, and every key would meet the same.
+                fin.release_untried();
+                let why = crate::egress::ssrf::refusal(&e)
+                    .cloned()
+                    .map(UrlError::Refused);
+                return Ran {
+                    outcome: Outcome::Error(egress_refused(
+                        slug,
+                        &why.unwrap_or(UrlError::Invalid),
+                        fmt,
+                    )),
                     remaining,
                 };
             }
@@ -543,6 +571,24 @@ pub async fn read_small(resp: reqwest::Response) -> String {
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The client's error when the SSRF guard refuses the upstream: the class of address, not the
+/// address itself (a client need not learn the operator's network); the log has it all.
+fn egress_refused(slug: &str, e: &crate::egress::ssrf::UrlError, fmt: Format) -> ProxyError {
+    use crate::egress::ssrf::UrlError;
+    tracing::warn!(slug, reason = %e, "upstream request not sent");
+    metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "slug" => slug.to_string(), "outcome" => "egress_refused")
+        .increment(1);
+    let msg = match e {
+        UrlError::Refused(r) => format!(
+            "the upstream of '{slug}' is {}, which keygate does not call unless an operator \
+             allows it with egress.allow",
+            r.class
+        ),
+        UrlError::Invalid => format!("the upstream URL of '{slug}' is not a valid URL"),
+    };
+    ProxyError::new(ErrorKind::EgressRefused, fmt, msg)
 }
 
 #[cfg(test)]

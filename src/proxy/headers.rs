@@ -91,6 +91,44 @@ const NOT_ADDABLE: [&str; 5] = [
     "x-keygate-hop",
 ];
 
+/// A header name an operator configures (`auth_header`, `affinity_header`, the names of
+/// `upstream_headers`). The HTTP token grammar admits punctuation such as `'`, `*` or `|` that no
+/// API's header uses, so a paste like `admin'--` would be taken and the key sent under a junk
+/// name: letters, digits, `-` and `_` only. Never a header of the connection (hop-by-hop,
+/// `proxy-*`, `host`) or `content-length`, which keygate and the HTTP client own.
+pub fn configurable_name(raw: &str) -> Result<HeaderName, String> {
+    if raw.is_empty()
+        || !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "{raw:?} is not a header name (letters, digits, - and _ only)"
+        ));
+    }
+    let n = HeaderName::try_from(raw).map_err(|_| format!("{raw:?} is not a header name"))?;
+    if HOP_BY_HOP.contains(&n.as_str())
+        || n.as_str().starts_with("proxy-")
+        || n == header::CONTENT_LENGTH
+    {
+        return Err(format!(
+            "'{n}' belongs to the connection (hop-by-hop, host or content-length), not to a service"
+        ));
+    }
+    Ok(n)
+}
+
+/// The auth header's name: a `configurable_name` that keygate does not set itself.
+pub fn auth_header_name(raw: &str) -> Result<HeaderName, String> {
+    let n = configurable_name(raw)?;
+    if NOT_ADDABLE.contains(&n.as_str()) {
+        return Err(format!(
+            "'{n}' is set by keygate per call; it cannot carry the key"
+        ));
+    }
+    Ok(n)
+}
+
 /// A service's extra upstream headers (`{"name": "value"}`) as a header map, or what is wrong
 /// with the first bad one. The message names the header, never its value (it may be a token).
 pub fn service_headers<'a>(
@@ -99,9 +137,8 @@ pub fn service_headers<'a>(
 ) -> Result<HeaderMap, String> {
     let mut out = HeaderMap::new();
     for (name, value) in pairs {
-        let n = HeaderName::try_from(name.trim())
-            .map_err(|_| format!("'{name}' is not a valid header name"))?;
-        if HOP_BY_HOP.contains(&n.as_str()) || NOT_ADDABLE.contains(&n.as_str()) {
+        let n = configurable_name(name.trim())?;
+        if NOT_ADDABLE.contains(&n.as_str()) {
             return Err(format!(
                 "'{n}' is set by keygate or the connection, not by a service"
             ));
@@ -229,6 +266,35 @@ mod tests {
         client.insert("x-org", HeaderValue::from_static("client"));
         let merged = with_service(client, &ok);
         assert_eq!(merged.get("x-org").unwrap(), "acme");
+    }
+
+    #[test]
+    fn configured_header_names_are_plain_tokens_outside_the_connections_own() {
+        for ok in ["Authorization", "x-api-key", "api_key", "X-Session-Id"] {
+            assert!(configurable_name(ok).is_ok(), "{ok}");
+            assert!(auth_header_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "admin'--",
+            "",
+            "a b",
+            "x:y",
+            "connection",
+            "Keep-Alive",
+            "proxy-authorization",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "host",
+            "content-length",
+        ] {
+            assert!(configurable_name(bad).is_err(), "{bad}");
+        }
+        assert!(configurable_name("content-type").is_ok());
+        assert!(auth_header_name("content-type").is_err());
+        assert!(auth_header_name("x-keygate-hop").is_err());
     }
 
     #[test]

@@ -73,6 +73,8 @@ start(join(BIN, 'keygate'), [], {
   KEYGATE__DATABASE__DATA_DIR: join(dataDir, 'data'), KEYGATE__PROXY__REFRESH_INTERVAL_MS: '100',
   // Key totals reach the key list when persisted; often, so the screenshots show them.
   KEYGATE__JOBS__PERSIST_INTERVAL_MS: '200',
+  // The mock upstream is on loopback, which the SSRF guard refuses unless allowed.
+  KEYGATE__EGRESS__ALLOW: '127.0.0.0/8,::1/128',
 }, () => null).catch((e) => { console.error(String(e)); process.exit(1); });
 await until('keygate /healthz', async () => (await fetch(`${base}/healthz`)).ok);
 

@@ -36,6 +36,7 @@ mod routing;
 mod secrets;
 mod sinks;
 mod soak;
+mod ssrf;
 mod stats;
 mod traces;
 mod validation;

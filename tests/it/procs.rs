@@ -52,6 +52,8 @@ pub fn enterprise_env(database: &str, redis: &str, prefix: &str) -> Vec<(String,
         ("KEYGATE_ENCRYPTION_KEY", &"ab".repeat(32)),
         ("ADMIN_PASSWORD", PASSWORD),
         ("RUST_LOG", "info"),
+        // The mock upstream is on loopback, which the SSRF guard refuses unless allowed.
+        ("KEYGATE__EGRESS__ALLOW", "127.0.0.0/8,::1/128"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
