@@ -29,8 +29,13 @@ use crate::coord::Coord;
 use crate::db::entity::request_log;
 use crate::telemetry::metrics as m;
 
-const BATCH: usize = 500;
-const LINGER: Duration = Duration::from_millis(200);
+/// Events per transaction. The statistics are upserted once per transaction, one row per group
+/// and grain whatever the batch's size, so larger batches make them cheaper per request: at 500
+/// events and 200 ms, logging cost 12-18 % of throughput against logging off in the bench.
+const BATCH: usize = 2000;
+/// Rows per INSERT statement: 25 bound values a row stays under SQLite's 32766 parameters.
+const INSERT_ROWS: usize = 500;
+const LINGER: Duration = Duration::from_millis(500);
 /// Quick retries of a batch before it goes to the spool (only while the database looked up).
 const RETRIES: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
 /// One insert may not hold the writer longer than this (a hung database looks like a down one).
@@ -397,21 +402,22 @@ async fn insert_and_roll_up(
         DbBackend::Postgres => &[request_log::Column::Id, request_log::Column::Ts],
         _ => &[request_log::Column::Id],
     };
-    let mut q = request_log::Entity::insert_many(events.iter().map(row))
-        .on_conflict(
-            OnConflict::columns(key.iter().copied())
-                .do_nothing()
-                .to_owned(),
-        )
-        .into_query();
-    // Under DO NOTHING, RETURNING names exactly the rows this statement inserted (both backends).
-    q.returning_col(request_log::Column::Id);
-    let new = txn
-        .query_all(&q)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<uuid::Uuid>("", "id"))
-        .collect::<Result<std::collections::HashSet<_>, _>>()?;
+    let mut new = std::collections::HashSet::with_capacity(events.len());
+    for chunk in events.chunks(INSERT_ROWS) {
+        let mut q = request_log::Entity::insert_many(chunk.iter().map(row))
+            .on_conflict(
+                OnConflict::columns(key.iter().copied())
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .into_query();
+        // Under DO NOTHING, RETURNING names exactly the rows this statement inserted (both
+        // backends).
+        q.returning_col(request_log::Column::Id);
+        for r in txn.query_all(&q).await? {
+            new.insert(r.try_get::<uuid::Uuid>("", "id")?);
+        }
+    }
     rollup::record(&txn, events.iter().filter(|e| new.contains(&e.id))).await?;
     insert_bodies(&txn, events.iter().filter(|e| new.contains(&e.id))).await?;
     txn.commit().await?;
