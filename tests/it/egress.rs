@@ -588,20 +588,8 @@ both!(
 
 /// A CA, and a certificate for 127.0.0.1 that it signed: (CA PEM, leaf DER, leaf key DER).
 fn private_ca() -> (String, Vec<u8>, Vec<u8>) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "keygate test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), leaf.der().to_vec(), leaf_key.serialize_der())
+    let c = crate::servers::private_ca();
+    (c.ca_pem, c.leaf_der, c.key_der)
 }
 
 /// A TLS front for the mock upstream, with a certificate only the private CA vouches for.

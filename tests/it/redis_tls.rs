@@ -8,24 +8,6 @@ use crate::harness::{Backend, Shared, TestApp};
 use crate::mock;
 use crate::servers::{free_port, wait_for_port};
 
-/// A CA, and a certificate for 127.0.0.1 it signed, all as PEM: (CA, leaf, leaf key).
-fn private_ca_pem() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "keygate redis test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
-}
-
 struct Kill(std::process::Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -37,7 +19,12 @@ impl Drop for Kill {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_only_redis_with_a_private_ca_coordinates_requests_over_rediss() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, leaf, key) = private_ca_pem();
+    let crate::servers::PrivateCa {
+        ca_pem: ca,
+        leaf_pem: leaf,
+        key_pem: key,
+        ..
+    } = crate::servers::private_ca();
     let path = |n: &str| dir.path().join(n);
     std::fs::write(path("ca.pem"), &ca).unwrap();
     std::fs::write(path("redis.pem"), &leaf).unwrap();

@@ -510,3 +510,35 @@ impl Drop for OwnRedisCluster {
         self.down();
     }
 }
+
+/// A private CA and a certificate for 127.0.0.1 it signed, in the forms servers and clients take.
+pub struct PrivateCa {
+    pub ca_pem: String,
+    pub leaf_pem: String,
+    pub leaf_der: Vec<u8>,
+    pub key_pem: String,
+    pub key_der: Vec<u8>,
+}
+
+pub fn private_ca() -> PrivateCa {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "keygate test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    PrivateCa {
+        ca_pem: ca_cert.pem(),
+        leaf_pem: leaf.pem(),
+        leaf_der: leaf.der().to_vec(),
+        key_pem: leaf_key.serialize_pem(),
+        key_der: leaf_key.serialize_der(),
+    }
+}
