@@ -7,6 +7,7 @@ pub mod billing;
 pub mod bootstrap;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod coord;
 pub mod crypto;
 pub mod db;

@@ -12,6 +12,7 @@ mod m20261122_000008_rollups;
 mod m20261122_000009_log_partitions;
 mod m20261123_000010_request_stats;
 mod m20261123_000011_token_version;
+mod m20261123_000012_audit_log;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000009_log_partitions::Migration),
             Box::new(m20261123_000010_request_stats::Migration),
             Box::new(m20261123_000011_token_version::Migration),
+            Box::new(m20261123_000012_audit_log::Migration),
         ]
     }
 }

@@ -30,32 +30,8 @@ struct Claims {
     ver: i32,
 }
 
-#[derive(Debug, Clone)]
-pub struct AuthUser {
-    pub id: i64,
-    pub username: String,
-    pub role: Role,
-    pub tenant_id: Option<i64>,
-}
-
-impl AuthUser {
-    pub fn require(&self, min: Role) -> ApiResult<()> {
-        if self.role >= min {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden("your role does not allow this action"))
-        }
-    }
-
-    /// The tenant the user's writes go to and reads are limited to (None = all, for global users).
-    pub fn tenant_scope(&self) -> Option<i64> {
-        self.tenant_id
-    }
-
-    pub fn write_tenant(&self) -> i64 {
-        self.tenant_id.unwrap_or(db::DEFAULT_TENANT)
-    }
-}
+/// The logged-in user, as the control layer's actor.
+pub type AuthUser = crate::control::Actor;
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
@@ -98,6 +74,7 @@ impl FromRequestParts<AppState> for AuthUser {
             username: user.username,
             role,
             tenant_id: user.tenant_id,
+            via: crate::control::Via::Api,
         })
     }
 }

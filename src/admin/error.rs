@@ -3,7 +3,6 @@
 //! else -> an opaque 500 with the cause chain logged.
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sea_orm::DbErr;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -17,63 +16,11 @@ pub struct Problem {
     pub detail: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unauthorized(&'static str),
-    #[error("{0}")]
-    Forbidden(&'static str),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("the database is busy; try again")]
-    Unavailable,
-    #[error(
-        "the database is unreachable: the admin API is unavailable until it answers (the data plane keeps serving); /readyz says when"
-    )]
-    DatabaseDown,
-    #[error(transparent)]
-    Internal(#[from] anyhow::Error),
-}
+/// The control layer's error is the admin API's: each variant maps to one status here.
+pub use crate::control::Error as ApiError;
+pub use crate::control::{List, Page};
 
-pub type ApiResult<T> = Result<T, ApiError>;
-
-impl From<DbErr> for ApiError {
-    fn from(e: DbErr) -> Self {
-        if crate::db::is_unique_violation(&e) {
-            Self::Conflict("a record with the same unique value already exists".into())
-        } else if matches!(
-            e.sql_err(),
-            Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_))
-        ) {
-            Self::BadRequest("a referenced record (e.g. tenant_id) does not exist".into())
-        } else if matches!(e, DbErr::RecordNotFound(_)) {
-            Self::NotFound("record not found".into())
-        } else if matches!(e, DbErr::RecordNotUpdated) {
-            // The row was there when the handler read it and gone when it wrote: deleted by a
-            // request in between. To the caller it is simply not found (any more).
-            Self::NotFound("record not found (deleted meanwhile)".into())
-        } else if crate::db::is_pool_exhausted(&e) {
-            tracing::warn!(error = %e, "database unavailable");
-            Self::Unavailable
-        } else {
-            Self::Internal(e.into())
-        }
-    }
-}
-
-impl From<crate::coord::CoordError> for ApiError {
-    fn from(e: crate::coord::CoordError) -> Self {
-        Self::Internal(e.into())
-    }
-}
+pub type ApiResult<T> = crate::control::Result<T>;
 
 impl ApiError {
     fn status(&self) -> StatusCode {
@@ -302,57 +249,5 @@ fn problem(status: StatusCode, detail: String) -> Problem {
         title: status.canonical_reason().unwrap_or("Error").to_string(),
         status: status.as_u16(),
         detail,
-    }
-}
-
-/// Cursor pagination: `?cursor=<last id>&limit=<n>` (default 100, at most 1000).
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-pub struct Page {
-    /// The `next_cursor` of the previous page (the last id it held).
-    #[param(value_type = Option<i64>)]
-    pub cursor: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<u64>,
-}
-
-impl Page {
-    pub fn after(&self) -> ApiResult<Option<i64>> {
-        self.cursor
-            .as_deref()
-            .map(|c| {
-                c.parse::<i64>()
-                    .map_err(|_| ApiError::BadRequest("cursor: not a cursor from this API".into()))
-            })
-            .transpose()
-    }
-
-    pub fn limit(&self) -> ApiResult<u64> {
-        match self.limit {
-            None => Ok(100),
-            Some(n @ 1..=1000) => Ok(n),
-            Some(_) => Err(ApiError::BadRequest(
-                "limit: must be between 1 and 1000".into(),
-            )),
-        }
-    }
-}
-
-/// `{"items": [...], "next_cursor": "..."}`
-#[derive(Debug, Serialize, ToSchema)]
-pub struct List<T: ToSchema> {
-    pub items: Vec<T>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
-}
-
-impl<T: ToSchema> List<T> {
-    /// Builds a page; `ids` are the ids of `items` in order, `limit` the page size asked for.
-    pub fn page(items: Vec<T>, last_id: Option<i64>, limit: u64) -> Self {
-        let next_cursor = (items.len() as u64 == limit)
-            .then_some(last_id)
-            .flatten()
-            .map(|i| i.to_string());
-        Self { items, next_cursor }
     }
 }

@@ -7,7 +7,7 @@ mod keys;
 pub mod login_guard;
 mod logs;
 mod pricing;
-mod services;
+pub(crate) mod services;
 pub mod spec;
 mod stats;
 mod sync;

@@ -1,5 +1,5 @@
 //! Access keys: what clients send. Only the SHA-256 hash is stored.
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr};
 use sea_orm::{EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entity::access_key;
@@ -27,25 +27,28 @@ pub async fn list(
     q.limit(limit).all(db).await
 }
 
-pub async fn by_id(db: &DatabaseConnection, id: i64) -> Result<Option<access_key::Model>, DbErr> {
+pub async fn by_id<C: ConnectionTrait>(
+    db: &C,
+    id: i64,
+) -> Result<Option<access_key::Model>, DbErr> {
     access_key::Entity::find_by_id(id).one(db).await
 }
 
-pub async fn insert(
-    db: &DatabaseConnection,
+pub async fn insert<C: ConnectionTrait>(
+    db: &C,
     am: access_key::ActiveModel,
 ) -> Result<access_key::Model, DbErr> {
     am.insert(db).await
 }
 
-pub async fn update(
-    db: &DatabaseConnection,
+pub async fn update<C: ConnectionTrait>(
+    db: &C,
     am: access_key::ActiveModel,
 ) -> Result<access_key::Model, DbErr> {
     am.update(db).await
 }
 
-pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, DbErr> {
+pub async fn delete<C: ConnectionTrait>(db: &C, id: i64) -> Result<bool, DbErr> {
     Ok(access_key::Entity::delete_by_id(id)
         .exec(db)
         .await?

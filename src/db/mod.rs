@@ -1,6 +1,7 @@
 //! Relational store (SeaORM): Postgres in enterprise mode, a SQLite file by default. Handlers call the
 //! per-aggregate query functions here and never build SQL themselves.
 pub mod access_keys;
+pub mod audit;
 pub mod entity;
 pub mod health;
 pub mod keys;
