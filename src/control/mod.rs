@@ -6,6 +6,8 @@
 pub mod access_keys;
 pub mod audit;
 mod error;
+pub mod tenants;
+pub mod users;
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -26,7 +28,8 @@ pub struct Actor {
 }
 
 /// How a write arrived, as the audit log records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Via {
     Api,
     Cli,
