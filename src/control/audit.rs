@@ -239,8 +239,11 @@ fn parse_time(param: &str, v: Option<&str>) -> Result<Option<chrono::DateTime<ch
 }
 
 fn parse_id(param: &str, v: Option<&str>) -> Result<Option<i64>> {
-    v.map(|s| s.parse::<i64>().map_err(|_| bad(param, "must be an integer id")))
-        .transpose()
+    v.map(|s| {
+        s.parse::<i64>()
+            .map_err(|_| bad(param, "must be an integer id"))
+    })
+    .transpose()
 }
 
 impl AuditQuery {

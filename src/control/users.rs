@@ -124,9 +124,7 @@ async fn find_in<C: ConnectionTrait>(db: &C, actor: &Actor, id: i64) -> Result<u
 }
 
 fn visible(actor: &Actor, u: &user::Model) -> bool {
-    actor
-        .tenant_scope()
-        .is_none_or(|t| u.tenant_id == Some(t))
+    actor.tenant_scope().is_none_or(|t| u.tenant_id == Some(t))
 }
 
 /// An enabled admin of no tenant: the kind of user keygate must keep one of.
@@ -273,7 +271,10 @@ pub async fn update(state: &AppState, actor: &Actor, id: i64, req: PatchUser) ->
         actor,
         "update",
         target(&after),
-        Change::updated(&audited(&before, false), &audited(&after, credentials_changed)),
+        Change::updated(
+            &audited(&before, false),
+            &audited(&after, credentials_changed),
+        ),
     )
     .await?;
     txn.commit().await?;

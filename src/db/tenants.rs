@@ -54,7 +54,11 @@ pub async fn update<C: ConnectionTrait>(
 }
 
 pub async fn delete<C: ConnectionTrait>(db: &C, id: i64) -> Result<bool, DbErr> {
-    Ok(tenant::Entity::delete_by_id(id).exec(db).await?.rows_affected > 0)
+    Ok(tenant::Entity::delete_by_id(id)
+        .exec(db)
+        .await?
+        .rows_affected
+        > 0)
 }
 
 /// What a tenant still owns: its deletion would cascade to these rows.
