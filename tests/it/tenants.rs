@@ -180,3 +180,32 @@ both!(
         assert_eq!(s, 409, "{v}");
     }
 );
+
+both!(
+    a_tenant_deleted_while_a_user_is_created_in_it_never_takes_the_new_user_with_it,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        for i in 0..8 {
+            let t = tenant(&app, &format!("race-{i}")).await;
+            let name = format!("racer-{i}");
+            let body = json!({"username": name, "password": "racer-password", "role": "viewer", "tenant_id": t});
+            let path = format!("/admin/tenants/{t}");
+            let (created, deleted) = tokio::join!(
+                app.admin("POST", "/admin/users", Some(body)),
+                app.admin("DELETE", &path, None),
+            );
+            // Either the user was first (the delete is refused) or the tenant was gone first
+            // (the user is refused): never both, which would have cascaded the user away.
+            match (created.0, deleted.0) {
+                (201, 409) => {
+                    let (s, _) = app
+                        .admin("GET", &format!("/admin/users/{}", created.1["id"]), None)
+                        .await;
+                    assert_eq!(s, 200);
+                }
+                (400, 204) => {}
+                other => panic!("round {i}: {other:?}: {created:?} {deleted:?}"),
+            }
+        }
+    }
+);
