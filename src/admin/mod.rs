@@ -2,12 +2,11 @@
 mod access_keys;
 pub mod auth;
 pub mod error;
-mod import;
 mod keys;
 pub mod login_guard;
 mod logs;
 mod pricing;
-pub(crate) mod services;
+mod services;
 pub mod spec;
 mod stats;
 mod sync;

@@ -6,6 +6,11 @@
 pub mod access_keys;
 pub mod audit;
 mod error;
+pub mod import;
+pub mod keys;
+pub mod pricing;
+pub mod services;
+pub mod stats;
 
 use serde::Serialize;
 use utoipa::ToSchema;
