@@ -58,7 +58,11 @@ fn control_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 impl App {
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    /// The shared state over the configured stores, with no task or listener started: the CLI
+    /// runs the control layer on it. `build` starts the sinks on the receivers it returns.
+    pub async fn build_state(
+        config: Config,
+    ) -> anyhow::Result<(AppState, crate::events::Receivers)> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = telemetry::metrics::handle();
 
@@ -159,9 +163,15 @@ impl App {
             egress,
             cipher,
             coord,
-            db: db.clone(),
-            config: config.clone(),
+            db,
+            config,
         });
+        Ok((state, receivers))
+    }
+
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let (state, receivers) = Self::build_state(config.clone()).await?;
+        let (events, db) = (state.events.clone(), state.db.clone());
 
         // With request logging off there is nothing to spool (and an old spool stays unread).
         let spool = config

@@ -207,7 +207,7 @@ pub async fn logout(
     State(state): State<AppState>,
     user: AuthUser,
 ) -> ApiResult<axum::http::StatusCode> {
-    db::users::revoke_tokens(&state.db, user.id).await?;
+    crate::control::users::logout(&state, &user).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 

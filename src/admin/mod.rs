@@ -1,5 +1,6 @@
 //! CONTROL PLANE: the admin route table and the OpenAPI document it produces. No logic here.
 mod access_keys;
+mod audit;
 pub mod auth;
 pub mod error;
 mod keys;
@@ -10,6 +11,7 @@ mod services;
 pub mod spec;
 mod stats;
 mod sync;
+mod tenants;
 mod users;
 mod validate;
 
@@ -27,6 +29,8 @@ use crate::state::AppState;
     tags(
         (name = "auth", description = "Log in for a bearer token"),
         (name = "users", description = "Admin API users (admin role)"),
+        (name = "tenants", description = "Tenants: who owns services, access keys and users"),
+        (name = "audit", description = "The log of admin writes (admin role)"),
         (name = "services", description = "Services: one slug per upstream API"),
         (name = "keys", description = "Upstream keys of a service (always masked)"),
         (name = "access-keys", description = "Keys clients use to call the data plane"),
@@ -63,6 +67,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::me))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::patch, users::delete))
+        .routes(routes!(tenants::list, tenants::create))
+        .routes(routes!(tenants::get, tenants::patch, tenants::delete))
+        .routes(routes!(audit::list))
         .routes(routes!(services::list, services::create))
         .routes(routes!(services::get, services::patch, services::delete))
         .routes(routes!(keys::list, keys::add))

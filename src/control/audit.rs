@@ -6,10 +6,11 @@
 //! dropped before it is stored.
 use sea_orm::ActiveValue::Set;
 use sea_orm::ConnectionTrait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{Actor, Result};
+use super::{Actor, Result, Via};
 use crate::db::{self, entity::audit};
 
 /// What was written: a kind (`service`, `key`, `access_key`, `pricing_rule`, `user`, `tenant`),
@@ -128,6 +129,177 @@ pub async fn record<C: ConnectionTrait>(
     )
     .await?;
     Ok(())
+}
+
+// ---- Reading the log: `GET /admin/audit` ----
+
+/// One audit entry: who wrote what, when, and the target before and after.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub ts: chrono::DateTime<chrono::Utc>,
+    /// The user's name, or `cli:<OS user>` for the offline CLI.
+    pub actor: String,
+    /// The user's id; null for the CLI.
+    pub actor_id: Option<i64>,
+    pub via: Via,
+    /// The tenant the target belongs to; null for global targets (a global user, a global
+    /// pricing rule).
+    pub tenant_id: Option<i64>,
+    /// `create`, `update`, `delete`, or an action's name (`logout`, `reset_password`, a sync...).
+    pub action: String,
+    /// `service`, `key`, `access_key`, `pricing_rule`, `user`, `tenant`...
+    pub target_type: String,
+    /// The target's id as the API names it (a number, a slug).
+    pub target_id: String,
+    /// The target as the API showed it, secrets masked; null for a create or an action.
+    pub before: Option<Value>,
+    /// Likewise after the write; null for a delete.
+    pub after: Option<Value>,
+}
+
+impl TryFrom<audit::Model> for AuditEvent {
+    type Error = super::Error;
+
+    fn try_from(a: audit::Model) -> Result<Self> {
+        let via = match a.via.as_str() {
+            "api" => Via::Api,
+            "cli" => Via::Cli,
+            other => {
+                return Err(super::Error::Internal(anyhow::anyhow!(
+                    "audit entry {} has an unknown via '{other}'",
+                    a.id
+                )));
+            }
+        };
+        Ok(Self {
+            id: a.id,
+            ts: a.ts,
+            actor: a.actor,
+            actor_id: a.actor_id,
+            via,
+            tenant_id: a.tenant_id,
+            action: a.action,
+            target_type: a.target_type,
+            target_id: a.target_id,
+            before: a.before,
+            after: a.after,
+        })
+    }
+}
+
+/// Filters and paging of `GET /admin/audit`; each filter given narrows the entries. Values are
+/// taken as text and checked here, so that a bad one is a 400 naming the parameter.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// The actor's name, exactly (a username, or `cli:<OS user>`).
+    pub actor: Option<String>,
+    /// `create`, `update`, `delete`, or an action's name.
+    pub action: Option<String>,
+    /// `service`, `key`, `access_key`, `pricing_rule`, `user`, `tenant`...
+    pub target_type: Option<String>,
+    /// The target's id as the API names it.
+    pub target_id: Option<String>,
+    /// Entries about this tenant's targets (admins of no tenant; a tenant's admin sees only
+    /// their own tenant's entries anyway).
+    #[param(value_type = Option<i64>)]
+    pub tenant_id: Option<String>,
+    /// Oldest time included, RFC 3339.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    pub since: Option<String>,
+    /// Newest time, excluded, RFC 3339; not before `since`.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    pub until: Option<String>,
+    /// The `next_cursor` of the previous page (the last id it held); pages go newest first.
+    #[param(value_type = Option<i64>)]
+    pub cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 1000)]
+    pub limit: Option<String>,
+}
+
+fn nonempty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+fn bad(param: &str, why: &str) -> super::Error {
+    super::Error::BadRequest(format!("{param}: {why}"))
+}
+
+fn parse_time(param: &str, v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    v.map(|s| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|_| bad(param, "must be an RFC 3339 time (2026-11-22T10:00:00Z)"))
+    })
+    .transpose()
+}
+
+fn parse_id(param: &str, v: Option<&str>) -> Result<Option<i64>> {
+    v.map(|s| {
+        s.parse::<i64>()
+            .map_err(|_| bad(param, "must be an integer id"))
+    })
+    .transpose()
+}
+
+impl AuditQuery {
+    fn filter(&self, actor: &Actor) -> Result<(db::audit::AuditFilter, u64)> {
+        let text = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        let since = parse_time("since", nonempty(&self.since))?;
+        let until = parse_time("until", nonempty(&self.until))?;
+        if let (Some(s), Some(u)) = (since, until)
+            && u < s
+        {
+            return Err(bad("until", "must not be before since"));
+        }
+        let limit = match nonempty(&self.limit) {
+            None => 100,
+            Some(l) => match l.parse::<u64>() {
+                Ok(n @ 1..=1000) => n,
+                _ => return Err(bad("limit", "must be between 1 and 1000")),
+            },
+        };
+        let cursor = nonempty(&self.cursor)
+            .map(|c| {
+                c.parse::<i64>()
+                    .map_err(|_| bad("cursor", "not a cursor from this API"))
+            })
+            .transpose()?;
+        let f = db::audit::AuditFilter {
+            scope: actor.tenant_scope(),
+            tenant_id: parse_id("tenant_id", nonempty(&self.tenant_id))?,
+            actor: text(&self.actor),
+            action: text(&self.action),
+            target_type: text(&self.target_type),
+            target_id: text(&self.target_id),
+            since,
+            until,
+            before_id: cursor,
+        };
+        Ok((f, limit))
+    }
+}
+
+/// The log newest first, for admins: a tenant's admin reads the entries about their tenant's
+/// targets only, an admin of no tenant reads every entry.
+pub async fn list(
+    state: &crate::state::AppState,
+    actor: &Actor,
+    q: &AuditQuery,
+) -> Result<super::List<AuditEvent>> {
+    actor.require(super::Role::Admin)?;
+    let (filter, limit) = q.filter(actor)?;
+    let rows = db::audit::list(&state.db, &filter, limit).await?;
+    let last = rows.last().map(|a| a.id);
+    Ok(super::List::page(
+        rows.into_iter()
+            .map(AuditEvent::try_from)
+            .collect::<Result<_>>()?,
+        last,
+        limit,
+    ))
 }
 
 #[cfg(test)]

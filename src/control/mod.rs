@@ -11,6 +11,8 @@ pub mod keys;
 pub mod pricing;
 pub mod services;
 pub mod stats;
+pub mod tenants;
+pub mod users;
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -31,7 +33,8 @@ pub struct Actor {
 }
 
 /// How a write arrived, as the audit log records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Via {
     Api,
     Cli,

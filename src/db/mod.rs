@@ -11,6 +11,7 @@ pub mod pricing;
 pub mod rekey;
 pub mod rollups;
 pub mod services;
+pub mod tenants;
 pub mod users;
 
 use std::time::Duration;

@@ -1,12 +1,12 @@
 //! Users of the admin API.
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr};
 use sea_orm::{EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entity::user;
 
-pub async fn by_username(
-    db: &DatabaseConnection,
+pub async fn by_username<C: ConnectionTrait>(
+    db: &C,
     name: &str,
 ) -> Result<Option<user::Model>, DbErr> {
     user::Entity::find()
@@ -15,12 +15,12 @@ pub async fn by_username(
         .await
 }
 
-pub async fn by_id(db: &DatabaseConnection, id: i64) -> Result<Option<user::Model>, DbErr> {
+pub async fn by_id<C: ConnectionTrait>(db: &C, id: i64) -> Result<Option<user::Model>, DbErr> {
     user::Entity::find_by_id(id).one(db).await
 }
 
-pub async fn list(
-    db: &DatabaseConnection,
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
     tenant: Option<i64>,
     after: Option<i64>,
     limit: u64,
@@ -35,12 +35,12 @@ pub async fn list(
     q.limit(limit).all(db).await
 }
 
-pub async fn count(db: &DatabaseConnection) -> Result<u64, DbErr> {
+pub async fn count<C: ConnectionTrait>(db: &C) -> Result<u64, DbErr> {
     user::Entity::find().count(db).await
 }
 
-pub async fn create(
-    db: &DatabaseConnection,
+pub async fn create<C: ConnectionTrait>(
+    db: &C,
     tenant_id: Option<i64>,
     username: &str,
     password_hash: String,
@@ -68,8 +68,8 @@ pub struct UserPatch {
     pub revoke_tokens: bool,
 }
 
-pub async fn update(
-    db: &DatabaseConnection,
+pub async fn update<C: ConnectionTrait>(
+    db: &C,
     existing: user::Model,
     p: UserPatch,
 ) -> Result<user::Model, DbErr> {
@@ -91,7 +91,7 @@ pub async fn update(
 }
 
 /// Revokes every token of user `id` (logout, password reset).
-pub async fn revoke_tokens(db: &DatabaseConnection, id: i64) -> Result<(), DbErr> {
+pub async fn revoke_tokens<C: ConnectionTrait>(db: &C, id: i64) -> Result<(), DbErr> {
     use sea_orm::sea_query::{Expr, ExprTrait};
     user::Entity::update_many()
         .col_expr(
@@ -105,23 +105,32 @@ pub async fn revoke_tokens(db: &DatabaseConnection, id: i64) -> Result<(), DbErr
 }
 
 /// Enabled admins of no tenant other than `except`: who would be left to administer keygate.
-pub async fn other_active_admins(db: &DatabaseConnection, except: i64) -> Result<u64, DbErr> {
-    user::Entity::find()
+/// Their rows stay locked until the transaction ends (Postgres; SQLite's write transaction
+/// holds the database), so two admins demoting each other at once cannot both pass: the second
+/// waits, then no longer counts the first. All of them are locked, `except` too, in id order, so
+/// two such transactions wait on each other instead of deadlocking.
+pub async fn other_active_admins<C: ConnectionTrait>(db: &C, except: i64) -> Result<u64, DbErr> {
+    let mut q = user::Entity::find()
+        .select_only()
+        .column(user::Column::Id)
         .filter(user::Column::Role.eq("admin"))
         .filter(user::Column::Disabled.eq(false))
         .filter(user::Column::TenantId.is_null())
-        .filter(user::Column::Id.ne(except))
-        .count(db)
-        .await
+        .order_by_asc(user::Column::Id);
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        q = q.lock_exclusive();
+    }
+    let ids: Vec<i64> = q.into_tuple().all(db).await?;
+    Ok(ids.into_iter().filter(|&id| id != except).count() as u64)
 }
 
-pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, DbErr> {
+pub async fn delete<C: ConnectionTrait>(db: &C, id: i64) -> Result<bool, DbErr> {
     Ok(user::Entity::delete_by_id(id).exec(db).await?.rows_affected > 0)
 }
 
 /// Sets `name`'s password hash (the offline reset); false when there is no such user.
-pub async fn set_password(
-    db: &DatabaseConnection,
+pub async fn set_password<C: ConnectionTrait>(
+    db: &C,
     name: &str,
     password_hash: &str,
 ) -> Result<bool, DbErr> {

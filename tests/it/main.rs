@@ -9,6 +9,7 @@ mod admin;
 mod billing_sync;
 mod binary;
 mod capture;
+mod cli;
 mod cluster;
 mod console;
 mod contract;
