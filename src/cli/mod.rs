@@ -92,6 +92,11 @@ enum Resource {
     Pricing(PricingCmd),
     /// Request statistics.
     Stats(StatsArgs),
+    /// Tenants (global admins write).
+    #[command(subcommand)]
+    Tenants(TenantsCmd),
+    /// The audit log of admin writes, newest first.
+    Audit(AuditArgs),
     /// Re-encrypt every stored secret with KEYGATE_ENCRYPTION_KEY (the keys being rotated out
     /// go in KEYGATE_PREVIOUS_ENCRYPTION_KEYS). Batches commit as they go: run it again to
     /// resume. Against the configured database only.
@@ -423,6 +428,50 @@ impl AdminArgs {
     }
 }
 
+#[derive(Subcommand, Debug)]
+enum TenantsCmd {
+    List,
+    Create { name: String },
+    Rename { id: i64, name: String },
+    /// Delete a tenant that owns nothing any more.
+    Delete { id: i64 },
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    /// A username, or cli:<OS user>.
+    #[arg(long)]
+    actor: Option<String>,
+    /// create, update, delete, or an action's name (import, disable, test...).
+    #[arg(long)]
+    action: Option<String>,
+    /// service, key, keys, access_key, pricing_rule, user, tenant.
+    #[arg(long)]
+    target_type: Option<String>,
+    #[arg(long)]
+    target_id: Option<String>,
+    /// RFC 3339.
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    until: Option<String>,
+    /// Entries to show (1 to 1000).
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+const TENANTS: &[&str] = &["id", "name", "created_at"];
+const AUDIT: &[&str] = &[
+    "id",
+    "ts",
+    "actor",
+    "via",
+    "action",
+    "target_type",
+    "target_id",
+    "tenant_id",
+];
+
 /// What a command does once it has an answer: how to print it.
 struct Plan {
     op: Op,
@@ -614,6 +663,34 @@ async fn run_inner(args: AdminArgs, config: Option<Config>) -> Result<(), Failur
                 }
             }
             plan(Op::Stats(q), None)
+        }
+        Resource::Tenants(c) => match c {
+            TenantsCmd::List => plan(Op::ListTenants, Some(TENANTS)),
+            TenantsCmd::Create { name } => plan(Op::CreateTenant(json!({ "name": name })), None),
+            TenantsCmd::Rename { id, name } => {
+                plan(Op::UpdateTenant(id, json!({ "name": name })), None)
+            }
+            TenantsCmd::Delete { id } => Plan {
+                done: Some(format!("deleted tenant {id}")),
+                op: Op::DeleteTenant(id),
+                columns: None,
+            },
+        },
+        Resource::Audit(a) => {
+            let mut q = vec![("limit".to_string(), a.limit.to_string())];
+            for (k, v) in [
+                ("actor", a.actor),
+                ("action", a.action),
+                ("target_type", a.target_type),
+                ("target_id", a.target_id),
+                ("since", a.since),
+                ("until", a.until),
+            ] {
+                if let Some(v) = v {
+                    q.push((k.to_string(), v));
+                }
+            }
+            plan(Op::Audit(q), Some(AUDIT))
         }
         Resource::RotateEncryptionKey => unreachable!("handled above"),
     };

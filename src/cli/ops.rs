@@ -48,6 +48,12 @@ pub enum Op {
         slug: Option<String>,
     },
     Stats(Vec<(String, String)>),
+    ListTenants,
+    CreateTenant(Value),
+    UpdateTenant(i64, Value),
+    DeleteTenant(i64),
+    /// One page of the audit log (its filters and `limit`), newest first.
+    Audit(Vec<(String, String)>),
 }
 
 /// A failed operation, classified the same way in both modes (see `cli::exit_code`).
@@ -112,6 +118,8 @@ impl Op {
                 | Op::ListPricing
                 | Op::CheckPrice { .. }
                 | Op::Stats(_)
+                | Op::ListTenants
+                | Op::Audit(_)
         ) && !matches!(self, Op::ImportKeys { dry_run: true, .. })
     }
 
@@ -231,6 +239,23 @@ impl Op {
                         .collect(),
                 ))?;
                 json(stats::get(state, actor, &q).await?)?
+            }
+            Op::ListTenants => {
+                all_pages(|p| async move {
+                    let l = tenants::list(state, actor, &p).await?;
+                    Ok((json(&l.items)?, l.next_cursor))
+                })
+                .await?
+            }
+            Op::CreateTenant(b) => json(tenants::create(state, actor, body(b)?).await?)?,
+            Op::UpdateTenant(id, b) => json(tenants::update(state, actor, *id, body(b)?).await?)?,
+            Op::DeleteTenant(id) => {
+                tenants::delete(state, actor, *id).await?;
+                Value::Null
+            }
+            Op::Audit(q) => {
+                let q: audit::AuditQuery = body(&query_object(q))?;
+                json(audit::list(state, actor, &q).await?.items)?
             }
         })
     }
@@ -357,6 +382,11 @@ impl Op {
                 (Method::GET, "/admin/pricing/check".into(), q, None)
             }
             Op::Stats(q) => (Method::GET, "/admin/stats".into(), q.clone(), None),
+            Op::ListTenants => (Method::GET, "/admin/tenants".into(), vec![], None),
+            Op::CreateTenant(b) => (Method::POST, "/admin/tenants".into(), vec![], j(b)),
+            Op::UpdateTenant(id, b) => (Method::PATCH, format!("/admin/tenants/{id}"), vec![], j(b)),
+            Op::DeleteTenant(id) => (Method::DELETE, format!("/admin/tenants/{id}"), vec![], None),
+            Op::Audit(q) => (Method::GET, "/admin/audit".into(), q.clone(), None),
         }
     }
 
@@ -374,6 +404,11 @@ impl Op {
     /// Runs it against a running keygate's admin API.
     pub async fn remote(&self, api: &Remote) -> Result<Value, Failure> {
         let (method, path, mut query, body) = self.http();
+        if let Op::Audit(_) = self {
+            // One page, as in process: its `items`.
+            let page = api.call(method, &path, &query, body).await?;
+            return Ok(page.get("items").cloned().unwrap_or(Value::Array(vec![])));
+        }
         if !self.is_list() {
             return api.call(method, &path, &query, body).await;
         }
@@ -397,6 +432,15 @@ impl Op {
         }
         Ok(Value::Array(items))
     }
+}
+
+/// Query parameters as the JSON object serde reads a query struct from.
+fn query_object(q: &[(String, String)]) -> Value {
+    Value::Object(
+        q.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
 }
 
 /// Collects a list's pages in process (the items of each page as a JSON array).
