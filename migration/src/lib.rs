@@ -13,6 +13,7 @@ mod m20261122_000009_log_partitions;
 mod m20261123_000010_request_stats;
 mod m20261123_000011_token_version;
 mod m20261123_000012_audit_log;
+mod m20261123_000013_tenant_id_sequence;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000010_request_stats::Migration),
             Box::new(m20261123_000011_token_version::Migration),
             Box::new(m20261123_000012_audit_log::Migration),
+            Box::new(m20261123_000013_tenant_id_sequence::Migration),
         ]
     }
 }

@@ -153,8 +153,10 @@ pub struct AuditEvent {
     /// The target's id as the API names it (a number, a slug).
     pub target_id: String,
     /// The target as the API showed it, secrets masked; null for a create or an action.
+    #[schema(value_type = Option<Object>)]
     pub before: Option<Value>,
-    /// Likewise after the write; null for a delete.
+    /// Likewise after the write (an action's parameters and outcome); null for a delete.
+    #[schema(value_type = Option<Object>)]
     pub after: Option<Value>,
 }
 

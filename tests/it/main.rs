@@ -6,6 +6,7 @@ mod servers;
 
 mod accounts;
 mod admin;
+mod audit;
 mod billing_sync;
 mod binary;
 mod capture;
@@ -39,5 +40,6 @@ mod sinks;
 mod soak;
 mod ssrf;
 mod stats;
+mod tenants;
 mod traces;
 mod validation;
