@@ -431,10 +431,17 @@ impl AdminArgs {
 #[derive(Subcommand, Debug)]
 enum TenantsCmd {
     List,
-    Create { name: String },
-    Rename { id: i64, name: String },
+    Create {
+        name: String,
+    },
+    Rename {
+        id: i64,
+        name: String,
+    },
     /// Delete a tenant that owns nothing any more.
-    Delete { id: i64 },
+    Delete {
+        id: i64,
+    },
 }
 
 #[derive(Args, Debug)]

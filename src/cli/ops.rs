@@ -384,7 +384,9 @@ impl Op {
             Op::Stats(q) => (Method::GET, "/admin/stats".into(), q.clone(), None),
             Op::ListTenants => (Method::GET, "/admin/tenants".into(), vec![], None),
             Op::CreateTenant(b) => (Method::POST, "/admin/tenants".into(), vec![], j(b)),
-            Op::UpdateTenant(id, b) => (Method::PATCH, format!("/admin/tenants/{id}"), vec![], j(b)),
+            Op::UpdateTenant(id, b) => {
+                (Method::PATCH, format!("/admin/tenants/{id}"), vec![], j(b))
+            }
             Op::DeleteTenant(id) => (Method::DELETE, format!("/admin/tenants/{id}"), vec![], None),
             Op::Audit(q) => (Method::GET, "/admin/audit".into(), q.clone(), None),
         }

@@ -17,10 +17,16 @@ async fn all(app: &TestApp) -> (Vec<Value>, String) {
 /// The entry the last write left, checking it left exactly one (there were `before` entries).
 async fn one_new(app: &TestApp, before: &[Value]) -> Value {
     let (after, _) = all(app).await;
-    assert_eq!(after.len(), before.len() + 1, "one write, one entry: {after:#?}");
+    assert_eq!(
+        after.len(),
+        before.len() + 1,
+        "one write, one entry: {after:#?}"
+    );
     let newest = after[0].clone();
     assert!(
-        before.first().is_none_or(|b| newest["id"].as_i64() > b["id"].as_i64()),
+        before
+            .first()
+            .is_none_or(|b| newest["id"].as_i64() > b["id"].as_i64()),
         "{newest}"
     );
     newest
@@ -30,7 +36,11 @@ fn assert_entry(e: &Value, actor: &str, action: &str, target_type: &str, target_
     assert_eq!(e["actor"], actor, "{e}");
     assert_eq!(e["action"], action, "{e}");
     assert_eq!(e["target_type"], target_type, "{e}");
-    assert_eq!(e["target_id"], target_id.to_string().trim_matches('"'), "{e}");
+    assert_eq!(
+        e["target_id"],
+        target_id.to_string().trim_matches('"'),
+        "{e}"
+    );
     assert_eq!(e["via"], "api", "{e}");
     assert!(e["ts"].as_str().is_some(), "{e}");
 }
@@ -43,21 +53,31 @@ both!(
         let (p1, p2) = ("first-secret-password-1", "second-secret-password-2");
 
         let n = all(&app).await.0;
-        let (s, tenant) = app.admin("POST", "/admin/tenants", Some(json!({"name": "acme"}))).await;
+        let (s, tenant) = app
+            .admin("POST", "/admin/tenants", Some(json!({"name": "acme"})))
+            .await;
         assert_eq!(s, 201, "{tenant}");
         let e = one_new(&app, &n).await;
         assert_entry(&e, "admin", "create", "tenant", &tenant["id"]);
         assert_eq!(e["actor_id"], me["id"]);
         assert_eq!(e["tenant_id"], tenant["id"]);
-        assert_eq!((e["before"].clone(), e["after"]["name"].clone()), (Value::Null, json!("acme")));
+        assert_eq!(
+            (e["before"].clone(), e["after"]["name"].clone()),
+            (Value::Null, json!("acme"))
+        );
         let tpath = format!("/admin/tenants/{}", tenant["id"]);
 
         let n = all(&app).await.0;
-        let (s, _) = app.admin("PATCH", &tpath, Some(json!({"name": "acme-co"}))).await;
+        let (s, _) = app
+            .admin("PATCH", &tpath, Some(json!({"name": "acme-co"})))
+            .await;
         assert_eq!(s, 200);
         let e = one_new(&app, &n).await;
         assert_entry(&e, "admin", "update", "tenant", &tenant["id"]);
-        assert_eq!((e["before"]["name"].clone(), e["after"]["name"].clone()), (json!("acme"), json!("acme-co")));
+        assert_eq!(
+            (e["before"]["name"].clone(), e["after"]["name"].clone()),
+            (json!("acme"), json!("acme-co"))
+        );
 
         let n = all(&app).await.0;
         let (s, ann) = app
@@ -67,22 +87,35 @@ both!(
         let e = one_new(&app, &n).await;
         assert_entry(&e, "admin", "create", "user", &ann["id"]);
         assert_eq!(e["tenant_id"], tenant["id"]);
-        assert_eq!((e["after"]["username"].clone(), e["after"]["role"].clone()), (json!("ann"), json!("operator")));
+        assert_eq!(
+            (e["after"]["username"].clone(), e["after"]["role"].clone()),
+            (json!("ann"), json!("operator"))
+        );
         let upath = format!("/admin/users/{}", ann["id"]);
 
         let n = all(&app).await.0;
-        let (s, _) = app.admin("PATCH", &upath, Some(json!({"role": "viewer"}))).await;
+        let (s, _) = app
+            .admin("PATCH", &upath, Some(json!({"role": "viewer"})))
+            .await;
         assert_eq!(s, 200);
         let e = one_new(&app, &n).await;
         assert_entry(&e, "admin", "update", "user", &ann["id"]);
-        assert_eq!((e["before"]["role"].clone(), e["after"]["role"].clone()), (json!("operator"), json!("viewer")));
+        assert_eq!(
+            (e["before"]["role"].clone(), e["after"]["role"].clone()),
+            (json!("operator"), json!("viewer"))
+        );
         assert!(e["after"].get("credentials_changed").is_none(), "{e}");
 
         // Ann changes her own password: her entry, saying a password was set (never which).
         let t = app.login("ann", p1).await;
         let n = all(&app).await.0;
         let (s, v) = app
-            .admin_as(&t, "PATCH", &upath, Some(json!({"password": p2, "current_password": p1})))
+            .admin_as(
+                &t,
+                "PATCH",
+                &upath,
+                Some(json!({"password": p2, "current_password": p1})),
+            )
             .await;
         assert_eq!(s, 200, "{v}");
         let e = one_new(&app, &n).await;
@@ -104,7 +137,11 @@ both!(
             .await
             .unwrap();
         let e = one_new(&app, &n).await;
-        assert_eq!((e["via"].clone(), e["action"].clone()), (json!("cli"), json!("reset_password")), "{e}");
+        assert_eq!(
+            (e["via"].clone(), e["action"].clone()),
+            (json!("cli"), json!("reset_password")),
+            "{e}"
+        );
         assert_eq!(e["actor"], cli.username.as_str());
         assert_eq!(e["actor_id"], Value::Null);
         assert_eq!(e["target_id"], ann["id"].to_string());
@@ -115,7 +152,10 @@ both!(
         assert_eq!(s, 204);
         let e = one_new(&app, &n).await;
         assert_entry(&e, "admin", "delete", "user", &ann["id"]);
-        assert_eq!((e["before"]["username"].clone(), e["after"].clone()), (json!("ann"), Value::Null));
+        assert_eq!(
+            (e["before"]["username"].clone(), e["after"].clone()),
+            (json!("ann"), Value::Null)
+        );
 
         let n = all(&app).await.0;
         let (s, _) = app.admin("DELETE", &tpath, None).await;
@@ -127,7 +167,13 @@ both!(
         let (n, _) = all(&app).await;
         let (s, _) = app.admin("DELETE", "/admin/tenants/1", None).await;
         assert_eq!(s, 409);
-        let (s, _) = app.admin("PATCH", &format!("/admin/users/{}", me["id"]), Some(json!({"role": "viewer"}))).await;
+        let (s, _) = app
+            .admin(
+                "PATCH",
+                &format!("/admin/users/{}", me["id"]),
+                Some(json!({"role": "viewer"})),
+            )
+            .await;
         assert_eq!(s, 409);
         assert_eq!(all(&app).await.0.len(), n.len());
 
@@ -142,10 +188,18 @@ both!(
     an_access_key_created_through_the_api_is_audited_with_its_prefix_and_never_the_full_key,
     |b: Backend| async move {
         let app = TestApp::spawn(b).await;
-        let (s, k) = app.admin("POST", "/admin/access-keys", Some(json!({"name": "team-a"}))).await;
+        let (s, k) = app
+            .admin(
+                "POST",
+                "/admin/access-keys",
+                Some(json!({"name": "team-a"})),
+            )
+            .await;
         assert_eq!(s, 201, "{k}");
         let full = k["key"].as_str().unwrap();
-        let (s, v) = app.admin("GET", "/admin/audit?target_type=access_key", None).await;
+        let (s, v) = app
+            .admin("GET", "/admin/audit?target_type=access_key", None)
+            .await;
         assert_eq!(s, 200, "{v}");
         let items = v["items"].as_array().unwrap();
         assert_eq!(items.len(), 1, "{v}");
@@ -153,7 +207,10 @@ both!(
         assert_eq!(items[0]["after"]["prefix"], k["prefix"], "{v}");
         assert!(full.starts_with(k["prefix"].as_str().unwrap()));
         let (_, text) = all(&app).await;
-        assert!(!text.contains(full), "the full key is in the audit log: {text}");
+        assert!(
+            !text.contains(full),
+            "the full key is in the audit log: {text}"
+        );
     }
 );
 
@@ -161,7 +218,9 @@ both!(
     audit_entries_filter_by_actor_action_target_and_time_page_newest_first_and_scope_to_a_tenant,
     |b: Backend| async move {
         let app = TestApp::spawn(b).await;
-        let (_, acme) = app.admin("POST", "/admin/tenants", Some(json!({"name": "acme"}))).await;
+        let (_, acme) = app
+            .admin("POST", "/admin/tenants", Some(json!({"name": "acme"})))
+            .await;
         let acme = acme["id"].as_i64().unwrap();
         let (s, _) = app
             .admin("POST", "/admin/users", Some(json!({"username": "boss", "password": "boss-password", "role": "admin", "tenant_id": acme})))
@@ -169,19 +228,38 @@ both!(
         assert_eq!(s, 201);
         let boss = app.login("boss", "boss-password").await;
         for name in ["a", "b", "c"] {
-            let (s, _) = app.admin("POST", "/admin/tenants", Some(json!({"name": name}))).await;
+            let (s, _) = app
+                .admin("POST", "/admin/tenants", Some(json!({"name": name})))
+                .await;
             assert_eq!(s, 201);
         }
         let (s, v) = app
-            .admin_as(&boss, "POST", "/admin/users", Some(json!({"username": "worker", "password": "worker-password", "role": "viewer"})))
+            .admin_as(
+                &boss,
+                "POST",
+                "/admin/users",
+                Some(
+                    json!({"username": "worker", "password": "worker-password", "role": "viewer"}),
+                ),
+            )
             .await;
         assert_eq!(s, 201, "{v}");
         let worker = v["id"].as_i64().unwrap();
-        let (s, _) = app.admin_as(&boss, "PATCH", &format!("/admin/users/{worker}"), Some(json!({"role": "operator"}))).await;
+        let (s, _) = app
+            .admin_as(
+                &boss,
+                "PATCH",
+                &format!("/admin/users/{worker}"),
+                Some(json!({"role": "operator"})),
+            )
+            .await;
         assert_eq!(s, 200);
         let (everything, _) = all(&app).await;
         assert_eq!(everything.len(), 7, "{everything:#?}");
-        let ids: Vec<i64> = everything.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+        let ids: Vec<i64> = everything
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect();
         assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
 
         let get = |q: &'static str| {
@@ -200,8 +278,19 @@ both!(
         assert_eq!(tenants[0]["after"]["name"], "c", "newest first");
         assert_eq!(get("action=update").await.len(), 1);
         let w = worker.to_string();
-        let on_worker = app.admin("GET", &format!("/admin/audit?target_type=user&target_id={w}"), None).await.1;
-        assert_eq!(on_worker["items"].as_array().unwrap().len(), 2, "{on_worker}");
+        let on_worker = app
+            .admin(
+                "GET",
+                &format!("/admin/audit?target_type=user&target_id={w}"),
+                None,
+            )
+            .await
+            .1;
+        assert_eq!(
+            on_worker["items"].as_array().unwrap().len(),
+            2,
+            "{on_worker}"
+        );
         assert_eq!(get("actor=nobody").await.len(), 0);
 
         // since is inclusive, until exclusive; split at the third entry (oldest first).
@@ -210,10 +299,17 @@ both!(
         let q = |k: &str| format!("/admin/audit?{k}={}", urlencode(ts));
         let (_, since) = app.admin("GET", &q("since"), None).await;
         let (_, until) = app.admin("GET", &q("until"), None).await;
-        let (since, until) = (since["items"].as_array().unwrap(), until["items"].as_array().unwrap());
+        let (since, until) = (
+            since["items"].as_array().unwrap(),
+            until["items"].as_array().unwrap(),
+        );
         assert_eq!(since.last().unwrap()["id"], third["id"], "{since:#?}");
         assert_eq!(since.len() + until.len(), everything.len());
-        assert!(until.iter().all(|e| e["id"].as_i64() < third["id"].as_i64()));
+        assert!(
+            until
+                .iter()
+                .all(|e| e["id"].as_i64() < third["id"].as_i64())
+        );
         assert_eq!(get("since=2999-01-01T00:00:00Z").await.len(), 0);
         assert_eq!(get("until=2000-01-01T00:00:00Z").await.len(), 0);
 
@@ -244,24 +340,50 @@ both!(
         let theirs = v["items"].as_array().unwrap();
         assert_eq!(theirs.len(), 4, "{v}");
         assert!(theirs.iter().all(|e| e["tenant_id"] == acme), "{v}");
-        let (_, v) = app.admin("GET", &format!("/admin/audit?tenant_id={acme}"), None).await;
+        let (_, v) = app
+            .admin("GET", &format!("/admin/audit?tenant_id={acme}"), None)
+            .await;
         assert_eq!(v["items"].as_array().unwrap().len(), 4, "{v}");
-        let (_, v) = app.admin_as(&boss, "GET", "/admin/audit?tenant_id=1", None).await;
+        let (_, v) = app
+            .admin_as(&boss, "GET", "/admin/audit?tenant_id=1", None)
+            .await;
         assert_eq!(v["items"].as_array().unwrap().len(), 0, "{v}");
         let worker_token = app.login("worker", "worker-password").await;
-        let (s, v) = app.admin_as(&worker_token, "GET", "/admin/audit", None).await;
+        let (s, v) = app
+            .admin_as(&worker_token, "GET", "/admin/audit", None)
+            .await;
         assert_eq!(s, 403, "operators do not read the audit log: {v}");
 
-        for bad in ["since=yesterday", "until=2026-13-01T00:00:00Z", "limit=0", "limit=1001", "cursor=abc", "tenant_id=x",
-            "since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z"] {
-            let r = app.http.get(app.url(&format!("/admin/audit?{bad}"))).bearer_auth(&app.token).send().await.unwrap();
+        for bad in [
+            "since=yesterday",
+            "until=2026-13-01T00:00:00Z",
+            "limit=0",
+            "limit=1001",
+            "cursor=abc",
+            "tenant_id=x",
+            "since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z",
+        ] {
+            let r = app
+                .http
+                .get(app.url(&format!("/admin/audit?{bad}")))
+                .bearer_auth(&app.token)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 400, "{bad}");
             let ct = r.headers()["content-type"].to_str().unwrap().to_string();
             assert_eq!(ct, "application/problem+json", "{bad}");
             let v: Value = r.json().await.unwrap();
             let param = bad.split('=').next().unwrap();
-            let named = if bad.contains("&until") { "until" } else { param };
-            assert!(v["detail"].as_str().unwrap().starts_with(named), "{bad}: {v}");
+            let named = if bad.contains("&until") {
+                "until"
+            } else {
+                param
+            };
+            assert!(
+                v["detail"].as_str().unwrap().starts_with(named),
+                "{bad}: {v}"
+            );
         }
     }
 );

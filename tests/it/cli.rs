@@ -236,6 +236,25 @@ both!(
         }
         let text = audit.to_string();
         assert!(!SECRETS.iter().any(|s| text.contains(s)) && !text.contains(&access_key));
+        // The CLI reads the same log.
+        let o = run(vec![
+            "admin",
+            "--json",
+            "audit",
+            "--actor",
+            "cli:ops-tester",
+            "--target-type",
+            "service",
+        ])
+        .await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let entries = o.json();
+        assert!(
+            entries
+                .as_array()
+                .is_some_and(|a| !a.is_empty() && a.iter().all(|e| e["target_type"] == "service")),
+            "{entries}"
+        );
 
         // Exit codes say what went wrong.
         assert_eq!(run(vec!["admin", "services", "get", "nope"]).await.code, 3);
