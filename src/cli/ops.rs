@@ -128,12 +128,11 @@ impl Op {
         use control::*;
         Ok(match self {
             Op::ListServices => {
-                let items = all_pages(|p| async move {
+                all_pages(|p| async move {
                     let l = services::list(state, actor, &p).await?;
                     Ok((json(&l.items)?, l.next_cursor))
                 })
-                .await?;
-                items
+                .await?
             }
             Op::GetService(slug) => json(services::get(state, actor, slug).await?)?,
             Op::CreateService(b) => json(services::create(state, actor, body(b)?).await?)?,
