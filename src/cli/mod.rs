@@ -702,14 +702,6 @@ async fn run_inner(args: AdminArgs, config: Option<Config>) -> Result<(), Failur
         Resource::RotateEncryptionKey => unreachable!("handled above"),
     };
     let value = target.run(&plan.op, &actor).await?;
-    if let Target::Local(state) = &target
-        && plan.op.writes()
-        && state.coord.backend() == "memory"
-    {
-        eprintln!(
-            "note: no REDIS_URL: a keygate already running on this database sees the change after a restart; use --url to change a running one"
-        );
-    }
     let out = if args.json {
         output::json(&value)
     } else {

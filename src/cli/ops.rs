@@ -105,24 +105,6 @@ fn json(v: impl serde::Serialize) -> Result<Value, Failure> {
 const PAGE: u64 = 1000;
 
 impl Op {
-    /// True when the operation writes (a running replica needs the change announced).
-    pub fn writes(&self) -> bool {
-        !matches!(
-            self,
-            Op::ListServices
-                | Op::GetService(_)
-                | Op::ListKeys(_)
-                | Op::ListAccessKeys
-                | Op::GetAccessKey(_)
-                | Op::ListUsers
-                | Op::ListPricing
-                | Op::CheckPrice { .. }
-                | Op::Stats(_)
-                | Op::ListTenants
-                | Op::Audit(_)
-        ) && !matches!(self, Op::ImportKeys { dry_run: true, .. })
-    }
-
     /// Runs it in process, as `actor`, through the control layer.
     pub async fn local(&self, state: &AppState, actor: &Actor) -> Result<Value, Failure> {
         use control::*;
