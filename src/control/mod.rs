@@ -8,6 +8,7 @@ pub mod audit;
 mod error;
 pub mod import;
 pub mod keys;
+pub mod logs;
 pub mod pricing;
 pub mod services;
 pub mod stats;
