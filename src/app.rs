@@ -58,7 +58,11 @@ fn control_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 impl App {
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    /// The shared state over the configured stores, with no task or listener started: the CLI
+    /// runs the control layer on it. `build` starts the sinks on the receivers it returns.
+    pub async fn build_state(
+        config: Config,
+    ) -> anyhow::Result<(AppState, crate::events::Receivers)> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = telemetry::metrics::handle();
 
@@ -159,9 +163,15 @@ impl App {
             egress,
             cipher,
             coord,
-            db: db.clone(),
-            config: config.clone(),
+            db,
+            config,
         });
+        Ok((state, receivers))
+    }
+
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let (state, receivers) = Self::build_state(config.clone()).await?;
+        let (events, db) = (state.events.clone(), state.db.clone());
 
         // With request logging off there is nothing to spool (and an old spool stays unread).
         let spool = config
@@ -337,14 +347,37 @@ fn hop_id(jwt: &secrecy::SecretString) -> axum::http::HeaderValue {
 }
 
 /// Every replica checks the shared config version and reloads its snapshot when it moved.
+///
+/// With in-process coordination there is no shared version: another process writing to the same
+/// database (`keygate admin` on the server, or another replica without Redis) would go unseen
+/// until a restart. Every admin write appends to the audit log in its own transaction, so the
+/// log's newest id moving is the signal instead (one indexed read per tick, off the hot path).
 async fn refresh_loop(state: AppState) {
     let every = Duration::from_millis(state.config.proxy.refresh_interval_ms.max(50));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let replica = crate::coord::new_lease_id();
     let mut next_heartbeat = tokio::time::Instant::now();
+    let watch_db = matches!(state.coord, Coord::Memory(_));
+    let mut last_write = if watch_db {
+        db::audit::latest_id(&state.db).await.ok().flatten()
+    } else {
+        None
+    };
     loop {
         tick.tick().await;
+        if watch_db {
+            match db::audit::latest_id(&state.db).await {
+                Ok(id) if id != last_write => {
+                    last_write = id;
+                    if let Err(e) = state.config_changed().await {
+                        tracing::warn!(error = %e, "snapshot reload failed; serving the previous one");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot read the audit log's newest id"),
+            }
+        }
         // While Redis is down the outage probe watches it; asking here would log every tick.
         if state.coord.degraded() {
             continue;

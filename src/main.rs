@@ -17,29 +17,9 @@ enum Command {
     Migrate,
     /// Print the admin API's OpenAPI document (JSON) and exit.
     Openapi,
-    /// Administration against the configured database (offline: no running gateway needed).
-    Admin {
-        #[command(subcommand)]
-        command: AdminCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum AdminCommand {
-    /// Re-encrypt every stored secret with KEYGATE_ENCRYPTION_KEY (the keys being rotated out go
-    /// in KEYGATE_PREVIOUS_ENCRYPTION_KEYS). Batches commit as they go: run it again to resume.
-    RotateEncryptionKey,
-    /// Users.
-    Users {
-        #[command(subcommand)]
-        command: UsersCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum UsersCommand {
-    /// Set a new generated password for NAME and print it once.
-    ResetPassword { name: String },
+    /// Manage services, keys, access keys, users, pricing and statistics, against the configured
+    /// database or a running keygate (--url).
+    Admin(keygate::cli::AdminArgs),
 }
 
 #[tokio::main]
@@ -50,6 +30,25 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Openapi) = cli.command {
         println!("{}", keygate::app::openapi().to_pretty_json()?);
         return Ok(());
+    }
+    if let Some(Command::Admin(args)) = cli.command {
+        // A remote command (--url) needs no configuration, so one that cannot be read is only
+        // an error for a local one.
+        let config = Config::load();
+        let format = config
+            .as_ref()
+            .map(|c| c.log.format.clone())
+            .unwrap_or_default();
+        keygate::telemetry::init_cli(&format);
+        let config = match config {
+            Ok(c) => Some(c),
+            Err(e) if args.is_remote() => {
+                tracing::debug!(error = %e, "configuration not read (not needed with --url)");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        std::process::exit(keygate::cli::run(args, config).await);
     }
     let config = Config::load()?;
     let telemetry = keygate::telemetry::init(&config.log.format, &config.otel);
@@ -73,45 +72,7 @@ async fn main() -> anyhow::Result<()> {
             );
             app.run_until(shutdown_signal()).await?;
         }
-        Command::Admin { command } => {
-            let db = keygate::db::connect(&config.database).await?;
-            match command {
-                AdminCommand::RotateEncryptionKey => {
-                    let cipher = keygate::bootstrap::cipher(&config)?;
-                    let r = keygate::db::rekey::rotate(&db, &cipher).await?;
-                    println!(
-                        "re-encrypted {} key secrets and {} proxy URLs with key {}; {} fingerprints recomputed; {} undecryptable",
-                        r.secrets,
-                        r.proxies,
-                        cipher.key_id(),
-                        r.fingerprints,
-                        r.undecryptable
-                    );
-                    if r.undecryptable > 0 {
-                        anyhow::bail!(
-                            "{} secrets open with no configured key: add the key that sealed them to KEYGATE_PREVIOUS_ENCRYPTION_KEYS",
-                            r.undecryptable
-                        );
-                    }
-                }
-                AdminCommand::Users {
-                    command: UsersCommand::ResetPassword { name },
-                } => {
-                    let password = keygate::crypto::random_token(20);
-                    if !keygate::db::users::set_password(
-                        &db,
-                        &name,
-                        &keygate::crypto::hash_password(&password)?,
-                    )
-                    .await?
-                    {
-                        anyhow::bail!("no user named '{name}'");
-                    }
-                    println!("new password for {name}: {password}");
-                }
-            }
-        }
-        Command::Openapi => unreachable!("handled above"),
+        Command::Openapi | Command::Admin(_) => unreachable!("handled above"),
     }
     // The spans of the last requests are still queued for the collector.
     telemetry.shutdown().await;

@@ -1,25 +1,12 @@
 //! `POST /admin/services/{slug}/keys/{id}/sync` and `POST /admin/services/{slug}/sync`: read
-//! keys' balances from the upstream's billing API now. The adapters live in `billing::sync`,
-//! what a result does to a key in `jobs::sync`, shared with the scheduled sync.
+//! keys' balances from the upstream's billing API now (`control::keys::sync`).
 use axum::extract::{Path, State};
 
-use super::auth::{AuthUser, Role};
-use super::error::{ApiError, ApiResult, List, Problem};
-use super::services::find as find_service;
-use crate::billing::sync::BalanceSync;
-use crate::db::{self, entity::service};
-use crate::jobs::{self, sync::KeySync};
+use super::auth::AuthUser;
+use super::error::{ApiResult, List, Problem};
+use crate::control::keys::{self as control, Which};
+use crate::jobs::sync::KeySync;
 use crate::state::AppState;
-
-/// The service's settings, or a 409 naming the field to set.
-fn settings(svc: &service::Model) -> ApiResult<BalanceSync> {
-    jobs::sync::settings_of(svc).ok_or_else(|| {
-        ApiError::Conflict(format!(
-            "balance_sync: service '{}' has no balance sync settings; set them with PATCH /admin/services/{}",
-            svc.slug, svc.slug
-        ))
-    })
-}
 
 /// Sync one key's balance now from the upstream's billing API. A key below the service's
 /// `min_balance` goes out as `exhausted`; an exhausted key topped up comes back. When the
@@ -33,14 +20,7 @@ pub async fn sync_one(
     user: AuthUser,
     Path((slug, id)): Path<(String, i64)>,
 ) -> ApiResult<axum::Json<KeySync>> {
-    user.require(Role::Operator)?;
-    let svc = find_service(&state, &user, &slug).await?;
-    let settings = settings(&svc)?;
-    let k = db::keys::by_id(&state.db, svc.id, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("key {id} not found in '{slug}'")))?;
-    let keys = jobs::with_status(&state, vec![k]).await?;
-    let mut synced = jobs::sync::sync_keys(&state, &svc, &settings, keys, None).await?;
+    let mut synced = control::sync(&state, &user, &slug, Which::One(id)).await?;
     Ok(axum::Json(synced.remove(0)))
 }
 
@@ -55,11 +35,7 @@ pub async fn sync_all(
     user: AuthUser,
     Path(slug): Path<String>,
 ) -> ApiResult<axum::Json<List<KeySync>>> {
-    user.require(Role::Operator)?;
-    let svc = find_service(&state, &user, &slug).await?;
-    let settings = settings(&svc)?;
-    let keys = jobs::keys_in(&state, svc.id, &[]).await?;
-    let items = jobs::sync::sync_keys(&state, &svc, &settings, keys, None).await?;
+    let items = control::sync(&state, &user, &slug, Which::InStatus(&[])).await?;
     Ok(axum::Json(List {
         items,
         next_cursor: None,

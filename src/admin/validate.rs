@@ -1,28 +1,12 @@
 //! `POST /admin/services/{slug}/keys/{id}/test` and `POST /admin/services/{slug}/keys/test`:
-//! test upstream keys now. The request, its reading and what it records live in
-//! `crate::jobs::validate`, shared with the scheduled validation.
+//! test upstream keys now (`control::keys::test`).
 use axum::extract::{Path, Query, State};
 
-use super::auth::{AuthUser, Role};
-use super::error::{ApiError, ApiResult, List, Problem};
-use super::keys::StatusFilter;
-use super::services::find as find_service;
-use crate::db;
-use crate::jobs::{
-    self,
-    validate::{self, KeyTest},
-};
+use super::auth::AuthUser;
+use super::error::{ApiResult, List, Problem};
+use crate::control::keys::{self as control, StatusFilter, Which};
+use crate::jobs::validate::KeyTest;
 use crate::state::AppState;
-
-impl From<jobs::Error> for ApiError {
-    fn from(e: jobs::Error) -> Self {
-        match e {
-            jobs::Error::Db(e) => e.into(),
-            jobs::Error::Coord(e) => e.into(),
-            other => ApiError::Internal(other.into()),
-        }
-    }
-}
 
 /// Test one key now: a cheap upstream request (the model list), with its status, latency and
 /// error. A key out of rotation that answers comes back; one the upstream refuses (401/403,
@@ -36,13 +20,7 @@ pub async fn test_one(
     user: AuthUser,
     Path((slug, id)): Path<(String, i64)>,
 ) -> ApiResult<axum::Json<KeyTest>> {
-    user.require(Role::Operator)?;
-    let svc = find_service(&state, &user, &slug).await?;
-    let k = db::keys::by_id(&state.db, svc.id, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("key {id} not found in '{slug}'")))?;
-    let keys = jobs::with_status(&state, vec![k]).await?;
-    let mut tested = validate::test_keys(&state, &svc, keys, None).await?;
+    let mut tested = control::test(&state, &user, &slug, Which::One(id)).await?;
     Ok(axum::Json(tested.remove(0)))
 }
 
@@ -58,11 +36,8 @@ pub async fn test_all(
     Path(slug): Path<String>,
     Query(filter): Query<StatusFilter>,
 ) -> ApiResult<axum::Json<List<KeyTest>>> {
-    user.require(Role::Operator)?;
     let only = filter.statuses()?;
-    let svc = find_service(&state, &user, &slug).await?;
-    let keys = jobs::keys_in(&state, svc.id, &only).await?;
-    let items = validate::test_keys(&state, &svc, keys, None).await?;
+    let items = control::test(&state, &user, &slug, Which::InStatus(&only)).await?;
     Ok(axum::Json(List {
         items,
         next_cursor: None,

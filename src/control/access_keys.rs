@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::audit::{self, Change, Target};
+use super::services::valid_slug;
 use super::{Actor, Error, List, Page, Result, Role};
-use crate::admin::services::valid_slug;
 use crate::crypto::{new_access_key, sha256_hex};
 use crate::db::{self, entity::access_key};
 use crate::state::AppState;

@@ -6,6 +6,12 @@
 pub mod access_keys;
 pub mod audit;
 mod error;
+pub mod import;
+pub mod keys;
+pub mod logs;
+pub mod pricing;
+pub mod services;
+pub mod stats;
 pub mod tenants;
 pub mod users;
 

@@ -9,6 +9,17 @@ pub async fn insert<C: ConnectionTrait>(db: &C, am: audit::ActiveModel) -> Resul
     am.insert(db).await.map(|_| ())
 }
 
+/// The newest entry's id: it moves with every admin write, whichever process made it.
+pub async fn latest_id<C: ConnectionTrait>(db: &C) -> Result<Option<i64>, DbErr> {
+    Ok(audit::Entity::find()
+        .select_only()
+        .column_as(audit::Column::Id.max(), "latest")
+        .into_tuple::<Option<i64>>()
+        .one(db)
+        .await?
+        .flatten())
+}
+
 /// What a read of the log keeps; each filter given narrows it.
 #[derive(Debug, Default, Clone)]
 pub struct AuditFilter {

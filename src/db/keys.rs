@@ -5,7 +5,7 @@ use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
 };
-use sea_orm::{EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entity::upstream_key;
 
@@ -81,8 +81,8 @@ pub async fn set_sync(
     }
 }
 
-pub async fn by_id(
-    db: &DatabaseConnection,
+pub async fn by_id<C: ConnectionTrait>(
+    db: &C,
     service_id: i64,
     id: i64,
 ) -> Result<Option<upstream_key::Model>, DbErr> {
@@ -129,13 +129,14 @@ pub async fn count_new(
 
 /// Inserts keys whose fingerprint is not yet in the service, in one transaction.
 /// Returns (added, duplicates).
+///
+/// Reads the existing fingerprints, then inserts: run it in a write transaction from the start
+/// (`db::begin_write`), which the caller commits.
 pub async fn insert_new(
-    db: &DatabaseConnection,
+    txn: &DatabaseTransaction,
     service_id: i64,
     keys: Vec<NewKey>,
 ) -> Result<(usize, usize), DbErr> {
-    // Reads the existing fingerprints, then inserts: a write transaction from the start.
-    let txn = super::begin_write(db).await?;
     let fps: Vec<String> = keys.iter().map(|k| k.fingerprint.clone()).collect();
     let mut seen: HashSet<String> = HashSet::new();
     for chunk in fps.chunks(500) {
@@ -145,7 +146,7 @@ pub async fn insert_new(
             .filter(upstream_key::Column::ServiceId.eq(service_id))
             .filter(upstream_key::Column::Fingerprint.is_in(chunk.to_vec()))
             .into_tuple()
-            .all(&txn)
+            .all(txn)
             .await?;
         seen.extend(existing);
     }
@@ -179,21 +180,20 @@ pub async fn insert_new(
         });
         if batch.len() >= 200 {
             upstream_key::Entity::insert_many(std::mem::take(&mut batch))
-                .exec_without_returning(&txn)
+                .exec_without_returning(txn)
                 .await?;
         }
     }
     if !batch.is_empty() {
         upstream_key::Entity::insert_many(batch)
-            .exec_without_returning(&txn)
+            .exec_without_returning(txn)
             .await?;
     }
-    txn.commit().await?;
     Ok((added, dup))
 }
 
-pub async fn update(
-    db: &DatabaseConnection,
+pub async fn update<C: ConnectionTrait>(
+    db: &C,
     am: upstream_key::ActiveModel,
 ) -> Result<upstream_key::Model, DbErr> {
     am.update(db).await
@@ -230,7 +230,7 @@ pub async fn set_status(
     }
 }
 
-pub async fn delete(db: &DatabaseConnection, service_id: i64, id: i64) -> Result<bool, DbErr> {
+pub async fn delete<C: ConnectionTrait>(db: &C, service_id: i64, id: i64) -> Result<bool, DbErr> {
     let r = upstream_key::Entity::delete_many()
         .filter(upstream_key::Column::Id.eq(id))
         .filter(upstream_key::Column::ServiceId.eq(service_id))
@@ -281,40 +281,39 @@ pub async fn secrets_by_ids(
     Ok(out)
 }
 
-/// Writes the columns `am` sets (e.g. a `reactivate`) on the service's keys `ids`, all or none.
+/// Writes the columns `am` sets (e.g. a `reactivate`) on the service's keys `ids`, in the
+/// caller's transaction (all or none).
 pub async fn update_many(
-    db: &DatabaseConnection,
+    txn: &DatabaseTransaction,
     service_id: i64,
     ids: &[i64],
     am: upstream_key::ActiveModel,
 ) -> Result<(), DbErr> {
-    let txn = db.begin().await?;
     for chunk in ids.chunks(CHUNK) {
         upstream_key::Entity::update_many()
             .set(am.clone())
             .filter(upstream_key::Column::ServiceId.eq(service_id))
             .filter(upstream_key::Column::Id.is_in(chunk.to_vec()))
-            .exec(&txn)
+            .exec(txn)
             .await?;
     }
-    txn.commit().await
+    Ok(())
 }
 
-/// Deletes the service's keys `ids`, all or none.
+/// Deletes the service's keys `ids`, in the caller's transaction (all or none).
 pub async fn delete_many(
-    db: &DatabaseConnection,
+    txn: &DatabaseTransaction,
     service_id: i64,
     ids: &[i64],
 ) -> Result<(), DbErr> {
-    let txn = db.begin().await?;
     for chunk in ids.chunks(CHUNK) {
         upstream_key::Entity::delete_many()
             .filter(upstream_key::Column::ServiceId.eq(service_id))
             .filter(upstream_key::Column::Id.is_in(chunk.to_vec()))
-            .exec(&txn)
+            .exec(txn)
             .await?;
     }
-    txn.commit().await
+    Ok(())
 }
 
 pub async fn ids_of_service(db: &DatabaseConnection, service_id: i64) -> Result<Vec<i64>, DbErr> {

@@ -1,6 +1,8 @@
 //! Pricing rules: a glob on the model, a priority and an optional slug, prices in micro-units.
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
+};
 use sea_orm::{DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entity::pricing_rule;
@@ -49,22 +51,22 @@ pub async fn by_id(
         .await
 }
 
-pub async fn insert(
-    db: &DatabaseConnection,
+pub async fn insert<C: ConnectionTrait>(
+    db: &C,
     mut am: pricing_rule::ActiveModel,
 ) -> Result<pricing_rule::Model, DbErr> {
     am.created_at = Set(Utc::now());
     am.insert(db).await
 }
 
-pub async fn update(
-    db: &DatabaseConnection,
+pub async fn update<C: ConnectionTrait>(
+    db: &C,
     am: pricing_rule::ActiveModel,
 ) -> Result<pricing_rule::Model, DbErr> {
     am.update(db).await
 }
 
-pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<bool, DbErr> {
+pub async fn delete<C: ConnectionTrait>(db: &C, id: i64) -> Result<bool, DbErr> {
     Ok(pricing_rule::Entity::delete_by_id(id)
         .exec(db)
         .await?

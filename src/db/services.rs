@@ -1,7 +1,9 @@
 //! Services (slugs).
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr};
-use sea_orm::{EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr,
+};
+use sea_orm::{DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entity::{pricing_rule, service};
 
@@ -66,8 +68,8 @@ pub async fn by_slug(db: &DatabaseConnection, slug: &str) -> Result<Option<servi
         .await
 }
 
-pub async fn insert(
-    db: &DatabaseConnection,
+pub async fn insert<C: ConnectionTrait>(
+    db: &C,
     mut am: service::ActiveModel,
 ) -> Result<service::Model, DbErr> {
     let now = Utc::now();
@@ -76,29 +78,27 @@ pub async fn insert(
     am.insert(db).await
 }
 
-pub async fn update(
-    db: &DatabaseConnection,
+pub async fn update<C: ConnectionTrait>(
+    db: &C,
     mut am: service::ActiveModel,
 ) -> Result<service::Model, DbErr> {
     am.updated_at = Set(Utc::now());
     am.update(db).await
 }
 
-/// Deletes a service and the pricing rules on its slug, together: a slug created later (perhaps
-/// by another tenant) must not inherit them.
-pub async fn delete(db: &DatabaseConnection, s: &service::Model) -> Result<bool, DbErr> {
-    let txn = db.begin().await?;
+/// Deletes a service and the pricing rules on its slug. Run it in a transaction (the caller's,
+/// which also holds the audit record) so both go together: a slug created later (perhaps by
+/// another tenant) must not inherit the rules.
+pub async fn delete(txn: &DatabaseTransaction, s: &service::Model) -> Result<bool, DbErr> {
     pricing_rule::Entity::delete_many()
         .filter(pricing_rule::Column::Slug.eq(s.slug.as_str()))
-        .exec(&txn)
+        .exec(txn)
         .await?;
-    let gone = service::Entity::delete_by_id(s.id)
-        .exec(&txn)
+    Ok(service::Entity::delete_by_id(s.id)
+        .exec(txn)
         .await?
         .rows_affected
-        > 0;
-    txn.commit().await?;
-    Ok(gone)
+        > 0)
 }
 
 /// The slug of a router whose routes name `target`, if any.

@@ -26,10 +26,24 @@ impl Telemetry {
 /// Installs the global subscriber: stderr logs, plus OTLP export of keygate's spans when `otel`
 /// names a collector. A second call (tests spawning many apps) keeps the first subscriber.
 pub fn init(format: &str, otel: &OtelConfig) -> Telemetry {
+    init_with(format, otel, "info,sqlx=warn,sea_orm=warn")
+}
+
+/// For `keygate admin`: the command's answer is its output, so only warnings and errors are
+/// logged (to standard error) unless `RUST_LOG` says otherwise.
+pub fn init_cli(format: &str) {
+    let _ = init_with(
+        format,
+        &OtelConfig::default(),
+        "warn,sqlx=error,sea_orm=error",
+    );
+}
+
+fn init_with(format: &str, otel: &OtelConfig, default_filter: &str) -> Telemetry {
     // The OpenTelemetry crates log their own export errors through `tracing`: those would be
     // spans' events feeding the exporter that failed. The exporter wrapper reports instead.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn"))
+        .unwrap_or_else(|_| EnvFilter::new(default_filter))
         .add_directive("opentelemetry=off".parse().expect("static directive"))
         .add_directive("opentelemetry_sdk=off".parse().expect("static directive"))
         .add_directive("opentelemetry_otlp=off".parse().expect("static directive"))

@@ -10,6 +10,7 @@ mod audit;
 mod billing_sync;
 mod binary;
 mod capture;
+mod cli;
 mod cluster;
 mod console;
 mod contract;

@@ -71,6 +71,15 @@ impl Format {
             _ => None,
         }
     }
+
+    /// The Content-Type that `detect` reads as this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Json => "application/json",
+            Self::Csv => "text/csv",
+            Self::Text => "text/plain",
+        }
+    }
 }
 
 /// Checks one key: visible ASCII (it travels in an HTTP header), 4 to 1024 characters.
