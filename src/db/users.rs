@@ -127,20 +127,3 @@ pub async fn other_active_admins<C: ConnectionTrait>(db: &C, except: i64) -> Res
 pub async fn delete<C: ConnectionTrait>(db: &C, id: i64) -> Result<bool, DbErr> {
     Ok(user::Entity::delete_by_id(id).exec(db).await?.rows_affected > 0)
 }
-
-/// Sets `name`'s password hash (the offline reset); false when there is no such user.
-pub async fn set_password<C: ConnectionTrait>(
-    db: &C,
-    name: &str,
-    password_hash: &str,
-) -> Result<bool, DbErr> {
-    let Some(u) = by_username(db, name).await? else {
-        return Ok(false);
-    };
-    let version = u.token_version;
-    let mut am: user::ActiveModel = u.into();
-    am.password_hash = Set(password_hash.to_string());
-    am.token_version = Set(version + 1);
-    am.update(db).await?;
-    Ok(true)
-}
