@@ -160,6 +160,9 @@ enum ServicesCmd {
         /// round_robin, weighted, least_used, random, balance or cost.
         #[arg(long)]
         strategy: Option<String>,
+        /// The owning tenant (admins of no tenant; default: the default tenant).
+        #[arg(long)]
+        tenant: Option<i64>,
         #[command(flatten)]
         extra: Extra,
     },
@@ -269,6 +272,9 @@ enum AccessKeysCmd {
         /// RFC 3339.
         #[arg(long)]
         expires_at: Option<String>,
+        /// The owning tenant (admins of no tenant; default: the default tenant).
+        #[arg(long)]
+        tenant: Option<i64>,
     },
     Update {
         id: i64,
@@ -734,10 +740,12 @@ fn services(c: ServicesCmd) -> Result<Plan, Failure> {
             base_url,
             name,
             strategy,
+            tenant,
             extra,
         } => plan(
             Op::CreateService(extra.body(vec![
                 ("slug", Some(json!(slug))),
+                ("tenant_id", tenant.map(|t| json!(t))),
                 ("kind", Some(json!(kind))),
                 ("base_url", s(base_url)),
                 ("name", s(name)),
@@ -888,9 +896,11 @@ fn access_keys(c: AccessKeysCmd) -> Result<Plan, Failure> {
             rpd,
             budget,
             expires_at,
+            tenant,
         } => plan(
             Op::CreateAccessKey(Extra::default().body(vec![
                 ("name", Some(json!(name))),
+                ("tenant_id", tenant.map(|t| json!(t))),
                 ("slugs", slugs.map(|s| json!(s))),
                 ("rpm", n(rpm)),
                 ("tpm", n(tpm)),

@@ -90,6 +90,9 @@ pub struct CreateAccessKey {
     #[schema(value_type = Option<f64>, minimum = 0, maximum = 1_000_000_000)]
     pub budget: Option<i64>,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The tenant that owns it (its slugs are that tenant's): a user of no tenant may name any
+    /// tenant (default: the default tenant); a tenant's user creates in their own tenant only.
+    pub tenant_id: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -184,7 +187,7 @@ pub async fn create(
     )?;
     let (key, prefix) = new_access_key();
     let am = access_key::ActiveModel {
-        tenant_id: Set(actor.write_tenant()),
+        tenant_id: Set(actor.tenant_for_new(&state.db, req.tenant_id).await?),
         name: Set(req.name.trim().to_string()),
         prefix: Set(prefix),
         hash: Set(sha256_hex(&key)),

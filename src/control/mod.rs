@@ -80,8 +80,26 @@ impl Actor {
         self.tenant_id
     }
 
-    pub fn write_tenant(&self) -> i64 {
-        self.tenant_id.unwrap_or(crate::db::DEFAULT_TENANT)
+    /// The tenant a new service or access key belongs to: a tenant's user creates in their own
+    /// tenant only; a user of no tenant names any existing tenant (`tenant_id`), by default the
+    /// default one.
+    pub async fn tenant_for_new<C: sea_orm::ConnectionTrait>(
+        &self,
+        db: &C,
+        requested: Option<i64>,
+    ) -> Result<i64> {
+        match (self.tenant_id, requested) {
+            (Some(own), None) => Ok(own),
+            (Some(own), Some(r)) if r == own => Ok(own),
+            (Some(_), Some(_)) => Err(Error::BadRequest(
+                "tenant_id: you can only create in your own tenant".into(),
+            )),
+            (None, None) => Ok(crate::db::DEFAULT_TENANT),
+            (None, Some(r)) => match crate::db::tenants::by_id(db, r).await? {
+                Some(t) => Ok(t.id),
+                None => Err(Error::BadRequest(format!("tenant_id: no tenant {r}"))),
+            },
+        }
     }
 }
 

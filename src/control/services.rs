@@ -164,6 +164,9 @@ pub struct CreateService {
     /// `[a-z0-9][a-z0-9-]{0,62}`
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "openai")]
     pub slug: String,
+    /// The tenant that owns it: a user of no tenant may name any tenant (default: the default
+    /// tenant); a tenant's user creates in their own tenant only.
+    pub tenant_id: Option<i64>,
     pub kind: Kind,
     /// For LLM kinds, includes the version segment (`https://api.openai.com/v1`). Required for
     /// every kind but `router`, which has none.
@@ -798,7 +801,7 @@ pub async fn create(state: &AppState, user: &Actor, mut req: CreateService) -> R
     check_pool(&pool)?;
     let egress = egress_of!(req);
     let mut am = service::ActiveModel {
-        tenant_id: Set(user.write_tenant()),
+        tenant_id: Set(user.tenant_for_new(&state.db, req.tenant_id).await?),
         name: Set(req.name.unwrap_or_else(|| req.slug.clone())),
         slug: Set(req.slug.clone()),
         kind: Set(req.kind.as_str().into()),

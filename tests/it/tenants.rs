@@ -209,3 +209,56 @@ both!(
         }
     }
 );
+
+both!(
+    an_admin_of_no_tenant_provisions_a_tenants_service_and_access_key_which_only_that_tenant_then_sees,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        let acme = tenant(&app, "acme").await;
+        let other = tenant(&app, "other").await;
+        let (s, v) = app
+            .admin(
+                "POST",
+                "/admin/services",
+                Some(json!({"slug": "acme-llm", "kind": "openai", "base_url": BASE, "tenant_id": acme})),
+            )
+            .await;
+        assert_eq!((s, v["tenant_id"].as_i64()), (201, Some(acme)), "{v}");
+        let (s, v) = app
+            .admin(
+                "POST",
+                "/admin/access-keys",
+                Some(json!({"name": "acme-app", "slugs": ["acme-llm"], "tenant_id": acme})),
+            )
+            .await;
+        assert_eq!((s, v["tenant_id"].as_i64()), (201, Some(acme)), "{v}");
+        let (s, v) = app
+            .admin(
+                "POST",
+                "/admin/services",
+                Some(json!({"slug": "nowhere", "kind": "openai", "base_url": BASE, "tenant_id": 9999})),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert!(detail(&v).starts_with("tenant_id:"), "{v}");
+
+        // Acme's admin sees what was made for acme, and cannot create in another tenant.
+        user(&app, &app.token, json!({"username": "acme-admin", "password": "acme-password-1", "role": "admin", "tenant_id": acme})).await;
+        let t = app.login("acme-admin", "acme-password-1").await;
+        let (s, v) = app.admin_as(&t, "GET", "/admin/services/acme-llm", None).await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = app.admin_as(&t, "GET", "/admin/access-keys", None).await;
+        assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{s} {v}");
+        let (s, v) = app
+            .admin_as(
+                &t,
+                "POST",
+                "/admin/services",
+                Some(json!({"slug": "sneaky", "kind": "openai", "base_url": BASE, "tenant_id": other})),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        let (s, _) = app.admin("GET", "/admin/services/sneaky", None).await;
+        assert_eq!(s, 404, "a refused create wrote nothing");
+    }
+);
