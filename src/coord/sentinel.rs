@@ -213,7 +213,15 @@ impl SentinelConn {
         let mut client = b.build()?;
         let (conn, addr) = tokio::time::timeout(RESOLVE_TIMEOUT, primary_of(&mut client, &config))
             .await
-            .map_err(|_| anyhow::anyhow!("the Sentinels did not name a primary within 5 s"))??;
+            .map_err(|_| anyhow::anyhow!("the Sentinels did not name a primary within 5 s"))?
+            .map_err(|e| {
+                // NOAUTH from a Sentinel means REDIS_SENTINEL_PASSWORD; from the primary, the URL's.
+                anyhow::anyhow!(
+                    "no primary for {:?} from the Sentinels: {e} (the data nodes' password goes in \
+                     the URL, the Sentinels' in REDIS_SENTINEL_PASSWORD)",
+                    url.master
+                )
+            })?;
         tracing::info!(master = %url.master, primary = %addr, "Redis primary found through Sentinel");
         let (stop, stopped) = tokio::sync::watch::channel(());
         let me = Self(Arc::new(Inner {

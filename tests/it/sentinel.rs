@@ -319,3 +319,47 @@ async fn a_primary_demoted_without_a_failover_announcement_is_left_on_its_first_
     assert_eq!(alternate(&a, &b, &ak, &up, 40).await, vec![20, 20]);
     assert!(on(&rs, move |rs| rs.keys(new, &prefix)).await > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_protected_data_nodes_and_sentinels_are_reached_with_the_url_and_the_sentinel_password()
+ {
+    let up = mock::start().await;
+    let rs = tokio::task::spawn_blocking(|| {
+        OwnRedisSentinel::start_with_passwords("data-pw-0001", "sentinel-pw-0002")
+    })
+    .await
+    .unwrap();
+    let mut shared = Shared::new(Backend::Postgres).await;
+    let url = rs
+        .url()
+        .replace("redis+sentinel://", "redis+sentinel://:data-pw-0001@");
+    shared.config.redis.url = Some(SecretString::from(url));
+
+    // Without the Sentinels' password keygate cannot ask them, and says so without a password.
+    let t0 = Instant::now();
+    let err = keygate::App::build(shared.config.clone())
+        .await
+        .err()
+        .expect("no primary without the Sentinels' password")
+        .to_string();
+    assert!(err.contains("cannot connect to Redis"), "{err}");
+    assert!(err.contains("REDIS_SENTINEL_PASSWORD"), "{err}");
+    assert!(!err.contains("data-pw-0001"), "{err}");
+    println!("refused after {:?}: {err}", t0.elapsed());
+
+    shared.config.redis.sentinel_password = Some(SecretString::from("sentinel-pw-0002"));
+    let a = TestApp::spawn_with(&shared.config).await;
+    let b = TestApp::spawn_with(&shared.config).await;
+    assert_eq!(
+        a.state.coord.sentinel_primary(),
+        Some(format!("127.0.0.1:{}", rs.data[0]))
+    );
+    let ak = a.with_service("sentinel", &up.base, &KEYS).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.chat("sentinel", &ak).await.status() == 200
+        })
+        .await
+    );
+    assert_eq!(alternate(&a, &b, &ak, &up, 20).await, vec![10, 10]);
+}

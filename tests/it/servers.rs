@@ -521,6 +521,8 @@ pub struct OwnRedisSentinel {
     /// The two data nodes: the first starts as primary.
     pub data: [u16; 2],
     pub sentinels: [u16; 3],
+    /// `requirepass` of the data nodes and of the Sentinels, when started with passwords.
+    passwords: Option<(String, String)>,
     children: Mutex<Vec<(u16, Child)>>,
     _dir: tempfile::TempDir,
 }
@@ -529,14 +531,35 @@ impl OwnRedisSentinel {
     /// Starts everything and returns once every Sentinel knows the primary and a replica in sync,
     /// so a failover can be asked for at once. Blocking (a second or two).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// `start`, with `requirepass data` on the data nodes and `requirepass sentinel` on the
+    /// Sentinels (which are told both).
+    pub fn start_with_passwords(data: &str, sentinel: &str) -> Self {
+        Self::start_with(Some((data.to_string(), sentinel.to_string())))
+    }
+
+    fn start_with(passwords: Option<(String, String)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = [free_port(), free_port()];
         let sentinels = [free_port(), free_port(), free_port()];
+        let mut me = Self {
+            data,
+            sentinels,
+            passwords,
+            children: Mutex::new(Vec::new()),
+            _dir: dir,
+        };
+        let dir = me._dir.path().to_path_buf();
         let mut children = Vec::new();
         for (i, p) in data.iter().enumerate() {
-            let d = dir.path().join(p.to_string());
+            let d = dir.join(p.to_string());
             std::fs::create_dir_all(&d).unwrap();
             let mut cmd = Command::new("redis-server");
+            if let Some((pw, _)) = &me.passwords {
+                cmd.args(["--requirepass", pw, "--masterauth", pw]);
+            }
             cmd.args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
@@ -554,11 +577,13 @@ impl OwnRedisSentinel {
             children.push((*p, child));
             wait_for_port(*p);
         }
+        *me.children.get_mut().unwrap() = children;
         wait_until(Duration::from_secs(20), "the replica is in sync", || {
-            cli(data[1], &["info", "replication"]).contains("master_link_status:up")
+            me.cli(data[1], &["info", "replication"])
+                .contains("master_link_status:up")
         });
         for p in sentinels {
-            let d = dir.path().join(p.to_string());
+            let d = dir.join(p.to_string());
             std::fs::create_dir_all(&d).unwrap();
             // down-after 1 s: a dead primary is replaced within a few seconds, not 30.
             let conf = format!(
@@ -569,6 +594,13 @@ impl OwnRedisSentinel {
                 d = d.display(),
                 primary = data[0],
             );
+            let conf = match &me.passwords {
+                Some((data_pw, sentinel_pw)) => format!(
+                    "{conf}requirepass \"{sentinel_pw}\"\nsentinel sentinel-pass \"{sentinel_pw}\"\n\
+                     sentinel auth-pass {SENTINEL_MASTER} \"{data_pw}\"\n"
+                ),
+                None => conf,
+            };
             let file = d.join("sentinel.conf");
             std::fs::write(&file, conf).unwrap();
             let child = Command::new("redis-server")
@@ -578,7 +610,7 @@ impl OwnRedisSentinel {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server --sentinel");
-            children.push((p, child));
+            me.children.get_mut().unwrap().push((p, child));
             wait_for_port(p);
         }
         let replica = format!("127.0.0.1:{}", data[1]);
@@ -587,8 +619,8 @@ impl OwnRedisSentinel {
                 Duration::from_secs(20),
                 "each Sentinel knows the replica and the other Sentinels",
                 || {
-                    let replicas = cli(p, &["sentinel", "replicas", SENTINEL_MASTER]);
-                    let master = cli(p, &["sentinel", "master", SENTINEL_MASTER]);
+                    let replicas = me.cli(p, &["sentinel", "replicas", SENTINEL_MASTER]);
+                    let master = me.cli(p, &["sentinel", "master", SENTINEL_MASTER]);
                     replicas.contains(&replica)
                         && !replicas.contains("disconnected")
                         && !replicas.contains("s_down")
@@ -596,11 +628,25 @@ impl OwnRedisSentinel {
                 },
             );
         }
-        Self {
-            data,
-            sentinels,
-            children: Mutex::new(children),
-            _dir: dir,
+        me
+    }
+
+    /// `redis-cli -p PORT args...` with the node's password if it has one.
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let pw = self.passwords.as_ref().map(|(data, sentinel)| {
+            if self.sentinels.contains(&port) {
+                sentinel.clone()
+            } else {
+                data.clone()
+            }
+        });
+        match pw {
+            Some(pw) => {
+                let mut all = vec!["-a", pw.as_str(), "--no-auth-warning"];
+                all.extend_from_slice(args);
+                cli(port, &all)
+            }
+            None => cli(port, args),
         }
     }
 
@@ -620,7 +666,7 @@ impl OwnRedisSentinel {
             .sentinels
             .iter()
             .map(|p| {
-                cli(
+                self.cli(
                     *p,
                     &["sentinel", "get-master-addr-by-name", SENTINEL_MASTER],
                 )
@@ -636,7 +682,7 @@ impl OwnRedisSentinel {
     /// `SENTINEL FAILOVER mymaster` on the first Sentinel: the replica is promoted without the
     /// others' agreement; the old primary stays up (and writable) until the Sentinels demote it.
     pub fn failover(&self) {
-        let out = cli(
+        let out = self.cli(
             self.sentinels[0],
             &["sentinel", "failover", SENTINEL_MASTER],
         );
@@ -648,13 +694,13 @@ impl OwnRedisSentinel {
     /// (SENTINEL REMOVE + MONITOR), and only then is `primary` demoted to its replica. A client
     /// still connected to `primary` learns of it only from READONLY answers.
     pub fn swap_by_hand(&self, primary: u16, replica: u16) {
-        assert_eq!(cli(replica, &["replicaof", "no", "one"]).trim(), "OK");
+        assert_eq!(self.cli(replica, &["replicaof", "no", "one"]).trim(), "OK");
         for s in self.sentinels {
             assert_eq!(
-                cli(s, &["sentinel", "remove", SENTINEL_MASTER]).trim(),
+                self.cli(s, &["sentinel", "remove", SENTINEL_MASTER]).trim(),
                 "OK"
             );
-            let out = cli(
+            let out = self.cli(
                 s,
                 &[
                     "sentinel",
@@ -667,7 +713,7 @@ impl OwnRedisSentinel {
             );
             assert_eq!(out.trim(), "OK", "SENTINEL MONITOR: {out}");
         }
-        let out = cli(primary, &["replicaof", "127.0.0.1", &replica.to_string()]);
+        let out = self.cli(primary, &["replicaof", "127.0.0.1", &replica.to_string()]);
         assert!(out.starts_with("OK"), "REPLICAOF: {out}");
     }
 
@@ -683,7 +729,7 @@ impl OwnRedisSentinel {
 
     /// Script calls (EVAL and EVALSHA) the data node on `port` has run since it started.
     pub fn script_calls(&self, port: u16) -> u64 {
-        cli(port, &["info", "commandstats"])
+        self.cli(port, &["info", "commandstats"])
             .lines()
             .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
             .filter_map(|l| {
@@ -696,7 +742,7 @@ impl OwnRedisSentinel {
 
     /// Keys stored on the data node on `port` that start with `prefix`.
     pub fn keys(&self, port: u16, prefix: &str) -> usize {
-        cli(port, &["--scan", "--pattern", &format!("{prefix}*")])
+        self.cli(port, &["--scan", "--pattern", &format!("{prefix}*")])
             .lines()
             .filter(|l| !l.trim().is_empty())
             .count()
@@ -704,7 +750,7 @@ impl OwnRedisSentinel {
 
     /// `role` of the data node on `port`: "master" or "slave".
     pub fn role(&self, port: u16) -> String {
-        cli(port, &["role"])
+        self.cli(port, &["role"])
             .lines()
             .next()
             .unwrap_or("")
