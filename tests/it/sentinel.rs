@@ -55,8 +55,14 @@ impl Load {
             Arc::new(AtomicU64::new(0)),
         );
         let mut tasks = Vec::new();
-        for app in apps.iter().cloned() {
-            let (stop, ok, failed, ak) = (stop.clone(), ok.clone(), failed.clone(), ak.to_string());
+        for app in &apps {
+            let (app, stop, ok, failed, ak) = (
+                app.clone(),
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+                ak.to_string(),
+            );
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let status = app.chat("sentinel", &ak).await.status();
