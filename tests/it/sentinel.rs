@@ -369,3 +369,58 @@ async fn password_protected_data_nodes_and_sentinels_are_reached_with_the_url_an
     );
     assert_eq!(alternate(&a, &b, &ak, &up, 20).await, vec![10, 10]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_only_the_sentinels_and_data_nodes_are_trusted_with_the_ca_file_and_a_failover_is_followed()
+ {
+    let up = mock::start().await;
+    let rs = Arc::new(
+        tokio::task::spawn_blocking(OwnRedisSentinel::start_with_tls)
+            .await
+            .unwrap(),
+    );
+    let (old, new) = (rs.data[0], rs.data[1]);
+    let mut shared = Shared::new(Backend::Postgres).await;
+    assert!(rs.url().starts_with("rediss+sentinel://"));
+    shared.config.redis.url = Some(SecretString::from(rs.url()));
+    // Without the CA the Sentinels' certificates are not trusted: the replica does not start.
+    let err = keygate::App::build(shared.config.clone())
+        .await
+        .err()
+        .expect("untrusted Sentinel certificates are refused")
+        .to_string();
+    assert!(err.contains("cannot connect to Redis"), "{err}");
+
+    shared.config.redis.ca_file = rs.ca_file.clone();
+    let a = Arc::new(TestApp::spawn_with(&shared.config).await);
+    let b = Arc::new(TestApp::spawn_with(&shared.config).await);
+    assert_eq!(
+        a.state.coord.sentinel_primary(),
+        Some(format!("127.0.0.1:{old}"))
+    );
+    let ak = a.with_service("sentinel", &up.base, &KEYS).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.chat("sentinel", &ak).await.status() == 200
+        })
+        .await
+    );
+    assert_eq!(alternate(&a, &b, &ak, &up, 20).await, vec![10, 10]);
+
+    let load = Load::start([a.clone(), b.clone()], &ak);
+    assert!(load.served(20).await);
+    on(&rs, |rs| rs.failover()).await;
+    let want = Some(format!("127.0.0.1:{new}"));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            a.state.coord.sentinel_primary() == want && b.state.coord.sentinel_primary() == want
+        })
+        .await,
+        "both replicas follow the failover announced over TLS"
+    );
+    assert!(load.served(20).await);
+    let (ok, failed, degraded_ms) = load.stop().await;
+    println!("TLS failover: {ok} answered, {failed} failed, degraded ~{degraded_ms} ms");
+    assert_eq!(failed, 0);
+    assert_eq!(alternate(&a, &b, &ak, &up, 20).await, vec![10, 10]);
+}

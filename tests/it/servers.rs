@@ -523,6 +523,8 @@ pub struct OwnRedisSentinel {
     pub sentinels: [u16; 3],
     /// `requirepass` of the data nodes and of the Sentinels, when started with passwords.
     passwords: Option<(String, String)>,
+    /// Everything speaks TLS only, with certificates from this private CA (its PEM file).
+    pub ca_file: Option<PathBuf>,
     children: Mutex<Vec<(u16, Child)>>,
     _dir: tempfile::TempDir,
 }
@@ -540,18 +542,55 @@ impl OwnRedisSentinel {
         Self::start_with(Some((data.to_string(), sentinel.to_string())))
     }
 
+    /// `start`, with no plaintext port anywhere: the data nodes, their replication and the
+    /// Sentinels speak TLS only, with certificates from a private CA (`ca_file`).
+    pub fn start_with_tls() -> Self {
+        Self::start_with_opts(None, true)
+    }
+
     fn start_with(passwords: Option<(String, String)>) -> Self {
+        Self::start_with_opts(passwords, false)
+    }
+
+    fn start_with_opts(passwords: Option<(String, String)>, tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = [free_port(), free_port()];
         let sentinels = [free_port(), free_port(), free_port()];
+        let ca_file = tls.then(|| {
+            let ca = private_ca();
+            std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
+            std::fs::write(dir.path().join("redis.pem"), &ca.leaf_pem).unwrap();
+            std::fs::write(dir.path().join("redis.key"), &ca.key_pem).unwrap();
+            dir.path().join("ca.pem")
+        });
         let mut me = Self {
             data,
             sentinels,
             passwords,
+            ca_file,
             children: Mutex::new(Vec::new()),
             _dir: dir,
         };
         let dir = me._dir.path().to_path_buf();
+        let tls_args = |port: u16| -> Vec<String> {
+            let d = dir.display();
+            vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                format!("{d}/redis.pem"),
+                "--tls-key-file".into(),
+                format!("{d}/redis.key"),
+                "--tls-ca-cert-file".into(),
+                format!("{d}/ca.pem"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+                "--tls-replication".into(),
+                "yes".into(),
+            ]
+        };
         let mut children = Vec::new();
         for (i, p) in data.iter().enumerate() {
             let d = dir.join(p.to_string());
@@ -560,7 +599,12 @@ impl OwnRedisSentinel {
             if let Some((pw, _)) = &me.passwords {
                 cmd.args(["--requirepass", pw, "--masterauth", pw]);
             }
-            cmd.args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+            if me.ca_file.is_some() {
+                cmd.args(tls_args(*p));
+            } else {
+                cmd.args(["--port", &p.to_string()]);
+            }
+            cmd.args(["--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
                 .arg(&d)
@@ -603,9 +647,16 @@ impl OwnRedisSentinel {
             };
             let file = d.join("sentinel.conf");
             std::fs::write(&file, conf).unwrap();
+            // Options after the file override it: TLS only, also towards the data nodes.
+            let tls = if me.ca_file.is_some() {
+                tls_args(p)
+            } else {
+                Vec::new()
+            };
             let child = Command::new("redis-server")
                 .arg(&file)
                 .arg("--sentinel")
+                .args(tls)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -640,14 +691,16 @@ impl OwnRedisSentinel {
                 data.clone()
             }
         });
-        match pw {
-            Some(pw) => {
-                let mut all = vec!["-a", pw.as_str(), "--no-auth-warning"];
-                all.extend_from_slice(args);
-                cli(port, &all)
-            }
-            None => cli(port, args),
+        let ca = self.ca_file.as_ref().map(|p| p.display().to_string());
+        let mut all: Vec<&str> = Vec::new();
+        if let Some(pw) = &pw {
+            all.extend(["-a", pw.as_str(), "--no-auth-warning"]);
         }
+        if let Some(ca) = &ca {
+            all.extend(["--tls", "--cacert", ca.as_str()]);
+        }
+        all.extend_from_slice(args);
+        cli(port, &all)
     }
 
     /// `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster`
@@ -657,7 +710,12 @@ impl OwnRedisSentinel {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        format!("redis+sentinel://{}/{SENTINEL_MASTER}", nodes.join(","))
+        let scheme = if self.ca_file.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
+        format!("{scheme}://{}/{SENTINEL_MASTER}", nodes.join(","))
     }
 
     /// The primary's port as every Sentinel names it, or None while they disagree.
