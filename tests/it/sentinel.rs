@@ -424,3 +424,51 @@ async fn over_tls_only_the_sentinels_and_data_nodes_are_trusted_with_the_ca_file
     assert_eq!(failed, 0);
     assert_eq!(alternate(&a, &b, &ak, &up, 20).await, vec![10, 10]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_while_the_primary_is_dead_and_serves_again_once_the_sentinels_replace_it()
+ {
+    let up = mock::start().await;
+    let rs = Arc::new(
+        tokio::task::spawn_blocking(OwnRedisSentinel::start)
+            .await
+            .unwrap(),
+    );
+    let (old, new) = (rs.data[0], rs.data[1]);
+    let mut shared = Shared::new(Backend::Postgres).await;
+    shared.config.redis.url = Some(SecretString::from(rs.url()));
+    shared.config.redis.on_outage = keygate::coord::outage::OnOutage::Fail;
+    let app = TestApp::spawn_with(&shared.config).await;
+    let ak = app.with_service("sentinel", &up.base, &KEYS).await;
+    assert_eq!(app.chat("sentinel", &ak).await.status(), 200);
+
+    let t0 = Instant::now();
+    on(&rs, move |rs| rs.kill(old)).await;
+    let (refused, last_refused) = (std::cell::Cell::new(0u32), std::cell::Cell::new(None));
+    let want = Some(format!("127.0.0.1:{new}"));
+    let back = eventually(Duration::from_secs(20), || {
+        let (refused, last_refused, app, ak, want) = (&refused, &last_refused, &app, &ak, &want);
+        async move {
+            match app.chat("sentinel", ak).await.status().as_u16() {
+                200 => app.state.coord.sentinel_primary() == *want,
+                503 => {
+                    refused.set(refused.get() + 1);
+                    last_refused.set(Some(t0.elapsed()));
+                    false
+                }
+                other => panic!("unexpected status {other}"),
+            }
+        }
+    })
+    .await;
+    assert!(back, "served again on the new primary");
+    println!(
+        "fail-closed, primary killed: {} requests refused with 503, the last {:?} after the kill; \
+         served on the new primary after {:?}",
+        refused.get(),
+        last_refused.get(),
+        t0.elapsed()
+    );
+    assert!(refused.get() > 0, "refused while no primary answered");
+    assert!(!app.state.coord.degraded());
+}
