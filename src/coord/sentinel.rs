@@ -211,17 +211,23 @@ impl SentinelConn {
             }
         }
         let mut client = b.build()?;
-        let (conn, addr) = tokio::time::timeout(RESOLVE_TIMEOUT, primary_of(&mut client, &config))
-            .await
-            .map_err(|_| anyhow::anyhow!("the Sentinels did not name a primary within 5 s"))?
-            .map_err(|e| {
-                // NOAUTH from a Sentinel means REDIS_SENTINEL_PASSWORD; from the primary, the URL's.
-                anyhow::anyhow!(
-                    "no primary for {:?} from the Sentinels: {e} (the data nodes' password goes in \
+        let (conn, addr) = tokio::time::timeout(RESOLVE_TIMEOUT, async {
+            let (primary, addr) = primary_of(&mut client).await?;
+            let conn = primary
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            Ok::<_, RedisError>((conn, addr))
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the Sentinels did not name a primary within 5 s"))?
+        .map_err(|e| {
+            // NOAUTH from a Sentinel means REDIS_SENTINEL_PASSWORD; from the primary, the URL's.
+            anyhow::anyhow!(
+                "no primary for {:?} from the Sentinels: {e} (the data nodes' password goes in \
                      the URL, the Sentinels' in REDIS_SENTINEL_PASSWORD)",
-                    url.master
-                )
-            })?;
+                url.master
+            )
+        })?;
         tracing::info!(master = %url.master, primary = %addr, "Redis primary found through Sentinel");
         let (stop, stopped) = tokio::sync::watch::channel(());
         let me = Self(Arc::new(Inner {
@@ -277,7 +283,7 @@ impl SentinelConn {
         let started = tokio::time::Instant::now();
         let deadline = started + RESOLVE_TIMEOUT;
         loop {
-            let found = tokio::time::timeout_at(deadline, primary_of(&mut client, &self.0.config))
+            let found = tokio::time::timeout_at(deadline, primary_of(&mut client))
                 .await
                 .map_err(|_| {
                     RedisError::from((
@@ -285,7 +291,7 @@ impl SentinelConn {
                         "the Sentinels did not name a primary in time",
                     ))
                 })?;
-            let (conn, addr) = found?;
+            let (primary, addr) = found?;
             if stale == Some(addr.as_str()) && tokio::time::Instant::now() + STALE_RETRY < deadline
             {
                 tokio::time::sleep(STALE_RETRY).await;
@@ -294,14 +300,26 @@ impl SentinelConn {
             if failed.is_none() && addr == current.addr {
                 return Ok(());
             }
-            tracing::warn!(
-                master = %self.0.master,
-                from = %current.addr,
-                to = %addr,
-                took_ms = started.elapsed().as_millis() as u64,
-                "Redis primary replaced: connected to the one the Sentinels name now"
-            );
-            metrics::counter!(crate::telemetry::metrics::COORD_PRIMARY_CHANGES_TOTAL).increment(1);
+            let conn = tokio::time::timeout_at(
+                deadline,
+                primary.get_multiplexed_async_connection_with_config(&self.0.config),
+            )
+            .await
+            .map_err(|_| RedisError::from((redis::ErrorKind::Io, "connecting timed out")))??;
+            let took_ms = started.elapsed().as_millis() as u64;
+            if addr == current.addr {
+                tracing::info!(master = %self.0.master, primary = %addr, took_ms, "reconnected to the Redis primary");
+            } else {
+                tracing::warn!(
+                    master = %self.0.master,
+                    from = %current.addr,
+                    to = %addr,
+                    took_ms,
+                    "Redis primary replaced: connected to the one the Sentinels name now"
+                );
+                metrics::counter!(crate::telemetry::metrics::COORD_PRIMARY_CHANGES_TOTAL)
+                    .increment(1);
+            }
             self.0.primary.store(Arc::new(Primary {
                 conn,
                 addr,
@@ -378,11 +396,9 @@ enum Failure {
     Other,
 }
 
-/// The primary the Sentinels name (checked with ROLE by the crate), connected.
-async fn primary_of(
-    client: &mut SentinelClient,
-    config: &redis::AsyncConnectionConfig,
-) -> RedisResult<(MultiplexedConnection, String)> {
+/// A client for the primary the Sentinels name (checked with ROLE by the crate), and its
+/// `host:port`. Connecting is left to the caller, which does it only when the primary changed.
+async fn primary_of(client: &mut SentinelClient) -> RedisResult<(redis::Client, String)> {
     let c = client.async_get_client().await?;
     let addr = match &c.get_connection_info().addr() {
         ConnectionAddr::Tcp(h, p)
@@ -394,10 +410,7 @@ async fn primary_of(
         ConnectionAddr::Unix(p) => p.display().to_string(),
         _ => "?".to_string(),
     };
-    let conn = c
-        .get_multiplexed_async_connection_with_config(config)
-        .await?;
-    Ok((conn, addr))
+    Ok((c, addr))
 }
 
 /// Subscribes to `+switch-master` on one Sentinel for as long as the store lives, and looks the
