@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::coord::{
     Coord,
     memory::MemoryStore,
-    redis::{RedisStore, Topology},
+    redis::{RedisStore, topology_of},
 };
 use crate::crypto::sha256_hex;
 use crate::server::EdgeConfig;
@@ -94,15 +94,16 @@ impl App {
             Some(url) if !url.is_empty() => Coord::Redis(
                 RedisStore::connect_tls(
                     url,
-                    if config.redis.cluster {
-                        Topology::Cluster
-                    } else {
-                        Topology::Single
-                    },
+                    topology_of(url, config.redis.cluster)?,
                     &config.redis.prefix,
                     config.policy(),
                     config.redis.on_outage,
                     redis_ca,
+                    config
+                        .redis
+                        .sentinel_password
+                        .as_ref()
+                        .map(|p| p.expose_secret()),
                 )
                 .await
                 .map_err(|e| {

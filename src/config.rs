@@ -120,7 +120,10 @@ pub struct DatabaseConfig {
 pub struct RedisConfig {
     /// Empty: the in-process coordination store (one replica only). One `redis://` URL for a
     /// single Redis; with `cluster`, one or more seed nodes of the Redis Cluster, comma-separated
-    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`).
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`); for a primary managed by Redis Sentinel,
+    /// `redis+sentinel://[user:password@]host1:26379,host2:26379/mymaster` (the Sentinels and
+    /// the master name they monitor; the credentials are the data nodes'; `rediss+sentinel://`
+    /// for TLS).
     pub url: Option<SecretString>,
     /// `url` names a Redis Cluster (`REDIS_CLUSTER=true`): keygate's state is spread over its
     /// primaries by hash tags, one slot per service and one per access key.
@@ -134,6 +137,10 @@ pub struct RedisConfig {
     /// PEM file of the CA that signed the Redis server's certificate, for `rediss://` URLs to a
     /// Redis with a private CA (`REDIS_CA_FILE`). Unset: the system's trust store.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Password of Sentinels that require one (`requirepass` in sentinel.conf), for a
+    /// `redis+sentinel://` URL (`REDIS_SENTINEL_PASSWORD`). Unset: the Sentinels are asked
+    /// without one.
+    pub sentinel_password: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -309,6 +316,7 @@ impl Config {
             ("KEYGATE_PREVIOUS_ENCRYPTION_KEYS", "crypto.previous_keys"),
             ("KEYGATE_DEFAULT_SLUG", "proxy.default_slug"),
             ("REDIS_CA_FILE", "redis.ca_file"),
+            ("REDIS_SENTINEL_PASSWORD", "redis.sentinel_password"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "otel.endpoint"),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otel.traces_endpoint"),
             ("OTEL_SERVICE_NAME", "otel.service_name"),
@@ -391,9 +399,33 @@ mod tests {
     }
 
     #[test]
+    fn a_sentinel_url_and_the_sentinels_password_come_from_the_short_env_names() {
+        let env = |k: &str| match k {
+            "REDIS_URL" => Some("redis+sentinel://s1:26379,s2:26379/mymaster".to_string()),
+            "REDIS_SENTINEL_PASSWORD" => Some("sentinel-secret".to_string()),
+            _ => None,
+        };
+        let c = Config::load_from(None, env).unwrap();
+        let url = c.redis.url.unwrap();
+        assert_eq!(
+            crate::coord::redis::topology_of(url.expose_secret(), c.redis.cluster).unwrap(),
+            crate::coord::redis::Topology::Sentinel
+        );
+        assert_eq!(
+            c.redis.sentinel_password.unwrap().expose_secret(),
+            "sentinel-secret"
+        );
+        assert!(
+            crate::coord::redis::topology_of(url.expose_secret(), true).is_err(),
+            "a Sentinel URL with redis.cluster set is refused"
+        );
+    }
+
+    #[test]
     fn debug_output_never_shows_secrets() {
         let env = |k: &str| match k {
             "JWT_SECRET" => Some("super-secret-jwt".to_string()),
+            "REDIS_SENTINEL_PASSWORD" => Some("sentinel-secret".to_string()),
             "ADMIN_PASSWORD" => Some("hunter2hunter2".to_string()),
             _ => None,
         };
@@ -401,6 +433,7 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("super-secret-jwt"));
         assert!(!dbg.contains("hunter2hunter2"));
+        assert!(!dbg.contains("sentinel-secret"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod memory;
 mod observed;
 pub mod outage;
 pub mod redis;
+pub mod sentinel;
 
 pub(crate) use observed::Observed;
 
@@ -789,6 +790,14 @@ impl Coord {
         match self {
             Self::Memory(m) => Ok(m.unlock(&lock.name, &lock.token)),
             Self::Redis(r) => r.unlock(&lock.name, &lock.token).await,
+        }
+    }
+
+    /// The Redis primary in use when the Sentinels name it (`host:port`), else None.
+    pub fn sentinel_primary(&self) -> Option<String> {
+        match self {
+            Self::Redis(r) => r.sentinel_primary(),
+            Self::Memory(_) => None,
         }
     }
 

@@ -140,10 +140,13 @@ pub fn is_outage(e: &super::CoordError) -> bool {
                 || e.is_connection_dropped()
                 || e.is_timeout()
                 || e.is_unrecoverable_error()
-                // A Redis Cluster that lost a slot's primary answers CLUSTERDOWN until it heals.
+                // A Redis Cluster that lost a slot's primary answers CLUSTERDOWN until it heals;
+                // a demoted primary answers READONLY until the Sentinels name another.
                 || matches!(
                     e.kind(),
-                    redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+                    redis::ErrorKind::Server(
+                        redis::ServerErrorKind::ClusterDown | redis::ServerErrorKind::ReadOnly
+                    )
                 )
         }
         super::CoordError::Reply(_) | super::CoordError::Unavailable => false,

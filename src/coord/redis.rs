@@ -1,4 +1,6 @@
-//! Redis coordination store for many replicas, on a single Redis or a Redis Cluster. Every change
+//! Redis coordination store for many replicas, on a single Redis, a Sentinel-managed primary
+//! (`sentinel.rs`: found through the Sentinels and followed across failovers) or a Redis
+//! Cluster. Every change
 //! happens inside a Lua script whose file name carries a version (`acquire_v5`), so a rolling
 //! deploy never runs changed logic under an old name; scripts are loaded at start and called by
 //! SHA (EVALSHA, falling back to EVAL). Each script's header documents its KEYS, ARGV and reply,
@@ -50,12 +52,14 @@ type LiveRow = (
 /// Reads over many slots run this many calls at once.
 const FAN_OUT: usize = 32;
 
-/// The connection: one multiplexed connection to a single Redis, or a cluster connection that
-/// routes each command (and script call) by its keys' slot. Both pipeline concurrent commands
-/// and reconnect by themselves.
+/// The connection: one multiplexed connection to a single Redis or to the primary the Sentinels
+/// name, or a cluster connection that routes each command (and script call) by its keys' slot.
+/// All pipeline concurrent commands and reconnect by themselves (the Sentinel one to whichever
+/// node is the primary now).
 #[derive(Clone)]
 pub enum Conn {
     Single(redis::aio::ConnectionManager),
+    Sentinel(super::sentinel::SentinelConn),
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
@@ -66,6 +70,7 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
+            Self::Sentinel(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -78,6 +83,7 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -85,6 +91,7 @@ impl redis::aio::ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
+            Self::Sentinel(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
     }
@@ -98,6 +105,22 @@ pub enum Topology {
     Single,
     /// A Redis Cluster: `url` is one or more seed node URLs, comma-separated.
     Cluster,
+    /// A primary managed by Redis Sentinel: `url` is
+    /// `redis+sentinel://[user:password@]host1:26379,host2:26379/<master name>`.
+    Sentinel,
+}
+
+/// Picks the topology `url` asks for: a `redis+sentinel://` URL names Sentinels, otherwise
+/// `cluster` (`redis.cluster`) tells a Redis Cluster from a single Redis.
+pub fn topology_of(url: &str, cluster: bool) -> anyhow::Result<Topology> {
+    match (super::sentinel::is_sentinel_url(url), cluster) {
+        (true, true) => anyhow::bail!(
+            "REDIS_URL names Sentinels (redis+sentinel://) and redis.cluster is set: choose one"
+        ),
+        (true, false) => Ok(Topology::Sentinel),
+        (false, true) => Ok(Topology::Cluster),
+        (false, false) => Ok(Topology::Single),
+    }
 }
 
 /// A key's `until`, `fails`, `reason`, `inflight` (HMGET).
@@ -169,11 +192,11 @@ impl RedisStore {
         policy: Policy,
         on_outage: OnOutage,
     ) -> anyhow::Result<Self> {
-        Self::connect_tls(url, topology, prefix, policy, on_outage, None).await
+        Self::connect_tls(url, topology, prefix, policy, on_outage, None, None).await
     }
 
     /// `connect`, trusting `ca_pem` (a private CA's certificate) for `rediss://` URLs instead of
-    /// the system's trust store.
+    /// the system's trust store; `sentinel_password` authenticates to Sentinels that require one.
     pub async fn connect_tls(
         url: &str,
         topology: Topology,
@@ -181,6 +204,7 @@ impl RedisStore {
         policy: Policy,
         on_outage: OnOutage,
         ca_pem: Option<Vec<u8>>,
+        sentinel_password: Option<&str>,
     ) -> anyhow::Result<Self> {
         let certs = || redis::TlsCertificates {
             client_tls: None,
@@ -208,6 +232,21 @@ impl RedisStore {
                     None => redis::Client::open(url)?,
                 };
                 Conn::Single(client.get_connection_manager_with_config(cfg).await?)
+            }
+            Topology::Sentinel => {
+                let parsed = super::sentinel::SentinelUrl::parse(url)?;
+                let cfg = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)));
+                Conn::Sentinel(
+                    super::sentinel::SentinelConn::connect(
+                        &parsed,
+                        sentinel_password,
+                        ca_pem.clone(),
+                        cfg,
+                    )
+                    .await?,
+                )
             }
             Topology::Cluster => {
                 let nodes: Vec<&str> = url
@@ -263,6 +302,15 @@ impl RedisStore {
             let _: String = s.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(store)
+    }
+
+    /// The primary the Sentinels named and this replica is connected to (`host:port`), for a
+    /// `redis+sentinel://` URL.
+    pub fn sentinel_primary(&self) -> Option<String> {
+        match &self.conn {
+            Conn::Sentinel(c) => Some(c.primary()),
+            _ => None,
+        }
     }
 
     /// The service's hash; every key of the service's state starts with it (one slot).
@@ -982,11 +1030,15 @@ impl RedisStore {
     }
 }
 
-/// The outage probe's call: a PING on the shared connection (which reconnects by itself).
+/// The outage probe's call: a PING on the shared connection (which reconnects by itself), or,
+/// behind Sentinel, a ROLE that must say primary.
 struct Ping(Conn);
 
 impl Prober for Ping {
     async fn ping(&self) -> bool {
+        if let Conn::Sentinel(s) = &self.0 {
+            return s.answers_as_primary().await;
+        }
         let mut c = self.0.clone();
         redis::cmd("PING")
             .query_async::<String>(&mut c)

@@ -9,6 +9,8 @@ pub const DB_UP: &str = "keygate_db_up";
 pub const COORD_DEGRADED: &str = "keygate_coord_degraded";
 /// Times this replica lost Redis (each outage once).
 pub const COORD_OUTAGES_TOTAL: &str = "keygate_coord_outages_total";
+/// Times this replica moved to another Redis primary named by the Sentinels (a failover).
+pub const COORD_PRIMARY_CHANGES_TOTAL: &str = "keygate_coord_primary_changes_total";
 /// Span batches the OTLP exporter could not deliver (the collector is down or refused them).
 pub const OTEL_EXPORT_FAILURES_TOTAL: &str = "keygate_otel_export_failures_total";
 /// Data-plane requests, by `slug` and `status` (HTTP status returned to the client).
@@ -139,6 +141,10 @@ pub fn handle() -> PrometheusHandle {
             metrics::describe_counter!(
                 COORD_OUTAGES_TOTAL,
                 "Redis outages this replica went through"
+            );
+            metrics::describe_counter!(
+                COORD_PRIMARY_CHANGES_TOTAL,
+                "Redis primaries this replica moved to on a Sentinel failover"
             );
             metrics::describe_counter!(
                 OTEL_EXPORT_FAILURES_TOTAL,

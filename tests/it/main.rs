@@ -36,6 +36,7 @@ mod redis_tls;
 mod router;
 mod routing;
 mod secrets;
+mod sentinel;
 mod sinks;
 mod soak;
 mod ssrf;

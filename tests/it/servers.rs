@@ -511,6 +511,338 @@ impl Drop for OwnRedisCluster {
     }
 }
 
+/// The master name the test Sentinels monitor.
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+/// A primary, its replica and three Sentinels (quorum 2) of one test's own, on loopback: the
+/// Sentinel deployment `redis+sentinel://` URLs name. Each Sentinel writes its own config file in
+/// the test's directory (Sentinel rewrites it as it learns the topology). Stopped when dropped.
+pub struct OwnRedisSentinel {
+    /// The two data nodes: the first starts as primary.
+    pub data: [u16; 2],
+    pub sentinels: [u16; 3],
+    /// `requirepass` of the data nodes and of the Sentinels, when started with passwords.
+    passwords: Option<(String, String)>,
+    /// Everything speaks TLS only, with certificates from this private CA (its PEM file).
+    pub ca_file: Option<PathBuf>,
+    children: Mutex<Vec<(u16, Child)>>,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnRedisSentinel {
+    /// Starts everything and returns once every Sentinel knows the primary and a replica in sync,
+    /// so a failover can be asked for at once. Blocking (a second or two).
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// `start`, with `requirepass data` on the data nodes and `requirepass sentinel` on the
+    /// Sentinels (which are told both).
+    pub fn start_with_passwords(data: &str, sentinel: &str) -> Self {
+        Self::start_with(Some((data.to_string(), sentinel.to_string())))
+    }
+
+    /// `start`, with no plaintext port anywhere: the data nodes, their replication and the
+    /// Sentinels speak TLS only, with certificates from a private CA (`ca_file`).
+    pub fn start_with_tls() -> Self {
+        Self::start_with_opts(None, true)
+    }
+
+    fn start_with(passwords: Option<(String, String)>) -> Self {
+        Self::start_with_opts(passwords, false)
+    }
+
+    fn start_with_opts(passwords: Option<(String, String)>, tls: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = [free_port(), free_port()];
+        let sentinels = [free_port(), free_port(), free_port()];
+        let ca_file = tls.then(|| {
+            let ca = private_ca();
+            std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
+            std::fs::write(dir.path().join("redis.pem"), &ca.leaf_pem).unwrap();
+            std::fs::write(dir.path().join("redis.key"), &ca.key_pem).unwrap();
+            dir.path().join("ca.pem")
+        });
+        let mut me = Self {
+            data,
+            sentinels,
+            passwords,
+            ca_file,
+            children: Mutex::new(Vec::new()),
+            _dir: dir,
+        };
+        let dir = me._dir.path().to_path_buf();
+        let tls_args = |port: u16| -> Vec<String> {
+            let d = dir.display();
+            vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                format!("{d}/redis.pem"),
+                "--tls-key-file".into(),
+                format!("{d}/redis.key"),
+                "--tls-ca-cert-file".into(),
+                format!("{d}/ca.pem"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+                "--tls-replication".into(),
+                "yes".into(),
+            ]
+        };
+        let mut children = Vec::new();
+        for (i, p) in data.iter().enumerate() {
+            let d = dir.join(p.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            let mut cmd = Command::new("redis-server");
+            if let Some((pw, _)) = &me.passwords {
+                cmd.args(["--requirepass", pw, "--masterauth", pw]);
+            }
+            if me.ca_file.is_some() {
+                cmd.args(tls_args(*p));
+            } else {
+                cmd.args(["--port", &p.to_string()]);
+            }
+            cmd.args(["--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&d)
+                .arg("--logfile")
+                .arg(d.join("server.log"));
+            if i == 1 {
+                cmd.args(["--replicaof", "127.0.0.1", &data[0].to_string()]);
+            }
+            let child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            children.push((*p, child));
+            wait_for_port(*p);
+        }
+        *me.children.get_mut().unwrap() = children;
+        wait_until(Duration::from_secs(20), "the replica is in sync", || {
+            me.cli(data[1], &["info", "replication"])
+                .contains("master_link_status:up")
+        });
+        for p in sentinels {
+            let d = dir.join(p.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            // down-after 1 s: a dead primary is replaced within a few seconds, not 30.
+            let conf = format!(
+                "port {p}\nbind 127.0.0.1\ndir \"{d}\"\nlogfile \"{d}/sentinel.log\"\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 5000\n",
+                d = d.display(),
+                primary = data[0],
+            );
+            let conf = match &me.passwords {
+                Some((data_pw, sentinel_pw)) => format!(
+                    "{conf}requirepass \"{sentinel_pw}\"\nsentinel sentinel-pass \"{sentinel_pw}\"\n\
+                     sentinel auth-pass {SENTINEL_MASTER} \"{data_pw}\"\n"
+                ),
+                None => conf,
+            };
+            let file = d.join("sentinel.conf");
+            std::fs::write(&file, conf).unwrap();
+            // Options after the file override it: TLS only, also towards the data nodes.
+            let tls = if me.ca_file.is_some() {
+                tls_args(p)
+            } else {
+                Vec::new()
+            };
+            let child = Command::new("redis-server")
+                .arg(&file)
+                .arg("--sentinel")
+                .args(tls)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel");
+            me.children.get_mut().unwrap().push((p, child));
+            wait_for_port(p);
+        }
+        let replica = format!("127.0.0.1:{}", data[1]);
+        for p in sentinels {
+            wait_until(
+                Duration::from_secs(20),
+                "each Sentinel knows the replica and the other Sentinels",
+                || {
+                    let replicas = me.cli(p, &["sentinel", "replicas", SENTINEL_MASTER]);
+                    let master = me.cli(p, &["sentinel", "master", SENTINEL_MASTER]);
+                    replicas.contains(&replica)
+                        && !replicas.contains("disconnected")
+                        && !replicas.contains("s_down")
+                        && master.contains("num-other-sentinels\n2\n")
+                },
+            );
+        }
+        me
+    }
+
+    /// `redis-cli -p PORT args...` with the node's password if it has one.
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let pw = self.passwords.as_ref().map(|(data, sentinel)| {
+            if self.sentinels.contains(&port) {
+                sentinel.clone()
+            } else {
+                data.clone()
+            }
+        });
+        let ca = self.ca_file.as_ref().map(|p| p.display().to_string());
+        let mut all: Vec<&str> = Vec::new();
+        if let Some(pw) = &pw {
+            all.extend(["-a", pw.as_str(), "--no-auth-warning"]);
+        }
+        if let Some(ca) = &ca {
+            all.extend(["--tls", "--cacert", ca.as_str()]);
+        }
+        all.extend_from_slice(args);
+        cli(port, &all)
+    }
+
+    /// `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster`
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let scheme = if self.ca_file.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
+        format!("{scheme}://{}/{SENTINEL_MASTER}", nodes.join(","))
+    }
+
+    /// The primary's port as every Sentinel names it, or None while they disagree.
+    pub fn primary(&self) -> Option<u16> {
+        let named: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|p| {
+                self.cli(
+                    *p,
+                    &["sentinel", "get-master-addr-by-name", SENTINEL_MASTER],
+                )
+            })
+            .collect();
+        let port: u16 = named[0].lines().nth(1)?.trim().parse().ok()?;
+        named
+            .iter()
+            .all(|n| n.lines().nth(1).map(str::trim) == Some(port.to_string().as_str()))
+            .then_some(port)
+    }
+
+    /// `SENTINEL FAILOVER mymaster` on the first Sentinel: the replica is promoted without the
+    /// others' agreement; the old primary stays up (and writable) until the Sentinels demote it.
+    pub fn failover(&self) {
+        let out = self.cli(
+            self.sentinels[0],
+            &["sentinel", "failover", SENTINEL_MASTER],
+        );
+        assert_eq!(out.trim(), "OK", "SENTINEL FAILOVER: {out}");
+    }
+
+    /// Swaps the roles without a failover, so no Sentinel announces `+switch-master` and no
+    /// client connection is closed: `replica` is made a primary, the Sentinels are pointed at it
+    /// (SENTINEL REMOVE + MONITOR), and only then is `primary` demoted to its replica. A client
+    /// still connected to `primary` learns of it only from READONLY answers.
+    pub fn swap_by_hand(&self, primary: u16, replica: u16) {
+        assert_eq!(self.cli(replica, &["replicaof", "no", "one"]).trim(), "OK");
+        for s in self.sentinels {
+            assert_eq!(
+                self.cli(s, &["sentinel", "remove", SENTINEL_MASTER]).trim(),
+                "OK"
+            );
+            let out = self.cli(
+                s,
+                &[
+                    "sentinel",
+                    "monitor",
+                    SENTINEL_MASTER,
+                    "127.0.0.1",
+                    &replica.to_string(),
+                    "2",
+                ],
+            );
+            assert_eq!(out.trim(), "OK", "SENTINEL MONITOR: {out}");
+        }
+        let out = self.cli(primary, &["replicaof", "127.0.0.1", &replica.to_string()]);
+        assert!(out.starts_with("OK"), "REPLICAOF: {out}");
+    }
+
+    /// Kills the data node on `port` (a crash: no shutdown, no save).
+    pub fn kill(&self, port: u16) {
+        let mut children = self.children.lock().unwrap();
+        if let Some(i) = children.iter().position(|(p, _)| *p == port) {
+            let (_, mut c) = children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Script calls (EVAL and EVALSHA) the data node on `port` has run since it started.
+    pub fn script_calls(&self, port: u16) -> u64 {
+        self.cli(port, &["info", "commandstats"])
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split_once("calls=")
+                    .and_then(|(_, r)| r.split(',').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// Keys stored on the data node on `port` that start with `prefix`.
+    pub fn keys(&self, port: u16, prefix: &str) -> usize {
+        self.cli(port, &["--scan", "--pattern", &format!("{prefix}*")])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    }
+
+    /// `role` of the data node on `port`: "master" or "slave".
+    pub fn role(&self, port: u16) -> String {
+        self.cli(port, &["role"])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+impl Drop for OwnRedisSentinel {
+    fn drop(&mut self) {
+        for (_, mut c) in self.children.get_mut().unwrap().drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `redis-cli -p PORT args...`, its output ("" when it cannot connect).
+fn cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn wait_until(within: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A private CA and a certificate for 127.0.0.1 it signed, in the forms servers and clients take.
 pub struct PrivateCa {
     pub ca_pem: String,
