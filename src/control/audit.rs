@@ -82,12 +82,21 @@ pub fn redact(mut v: Value) -> Value {
             Value::Object(map) => {
                 for (k, field) in map.iter_mut() {
                     let name = k.to_ascii_lowercase();
-                    if name.contains("password") || name.contains("token") {
+                    // `token`, `access_token`, but not `tokens` (a count).
+                    let credential = name.contains("password")
+                        || name == "token"
+                        || name.ends_with("_token")
+                        || name == "secret";
+                    if credential {
                         if !field.is_null() {
                             *field = Value::String("[redacted]".into());
                         }
-                    } else if matches!(name.as_str(), "key" | "secret" | "api_key" | "proxy") {
-                        if let Value::String(s) = field {
+                    } else if matches!(name.as_str(), "key" | "api_key" | "proxy") {
+                        // Views show keys masked already (`sk-a...cdef`): a second mask would
+                        // only blur what the operator needs to recognise the key.
+                        if let Value::String(s) = field
+                            && !s.contains("...")
+                        {
                             *s = crate::crypto::mask(s);
                         }
                     } else {
@@ -316,7 +325,11 @@ mod tests {
             "access_token": "eyJhbGciOi.x.y",
             "keys": [{"key": "sk-abcdefghijklmnopqrstuvwxyz", "label": "a"}],
             "proxy": "http://user:pw@proxy.example:8080",
+            "tokens": 1234,
+            "masked": {"key": "sk-a...wxyz"},
         }));
+        assert_eq!(v["tokens"], 1234, "a count is not a credential");
+        assert_eq!(v["masked"]["key"], "sk-a...wxyz", "a mask is kept as it is");
         assert_eq!(v["username"], "ann");
         assert_eq!(v["password"], "[redacted]");
         assert_eq!(v["access_token"], "[redacted]");

@@ -391,3 +391,159 @@ both!(
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
+
+both!(
+    every_service_key_and_pricing_write_leaves_one_entry_with_its_before_and_after_and_no_key,
+    |b: Backend| async move {
+        let app = TestApp::spawn(b).await;
+        const A: &str = "sk-audit-first-0123456789abcdef";
+        const B: &str = "sk-audit-second-0123456789abcdef";
+        let base = "http://127.0.0.1:9/v1";
+        // One write, one entry: checked for each, with what it must say.
+        macro_rules! write {
+            ($method:expr, $path:expr, $body:expr, $action:expr, $ty:expr, $id:expr) => {{
+                let before = all(&app).await.0;
+                let (s, v) = app.admin($method, &$path, $body).await;
+                assert!((200..300).contains(&s), "{} {}: {s} {v}", $method, $path);
+                let e = one_new(&app, &before).await;
+                assert_entry(&e, "admin", $action, $ty, &json!($id));
+                (v, e)
+            }};
+        }
+
+        let (_, e) = write!(
+            "POST",
+            "/admin/services".to_string(),
+            Some(json!({"slug": "aud", "kind": "openai", "base_url": base})),
+            "create",
+            "service",
+            "aud"
+        );
+        assert!(e["before"].is_null() && e["after"]["slug"] == "aud", "{e}");
+        let (_, e) = write!(
+            "PATCH",
+            "/admin/services/aud".to_string(),
+            Some(json!({"max_attempts": 5})),
+            "update",
+            "service",
+            "aud"
+        );
+        assert_eq!(
+            (
+                e["before"]["max_attempts"].as_i64(),
+                e["after"]["max_attempts"].as_i64()
+            ),
+            (Some(3), Some(5)),
+            "{e}"
+        );
+
+        let (_, e) = write!(
+            "POST",
+            "/admin/services/aud/keys".to_string(),
+            Some(json!({"keys": [A, B]})),
+            "add",
+            "keys",
+            "aud"
+        );
+        assert_eq!(e["after"]["added"], 2, "{e}");
+        assert_eq!(
+            e["after"]["keys"],
+            json!([keygate::crypto::mask(A), keygate::crypto::mask(B)]),
+            "{e}"
+        );
+        let (_, keys) = app.admin("GET", "/admin/services/aud/keys", None).await;
+        let id = keys["items"][0]["id"].as_i64().unwrap();
+        let (_, e) = write!(
+            "PATCH",
+            format!("/admin/services/aud/keys/{id}"),
+            Some(json!({"label": "primary"})),
+            "update",
+            "key",
+            format!("aud/{id}")
+        );
+        assert_eq!(
+            (e["before"]["label"].clone(), e["after"]["label"].clone()),
+            (Value::Null, json!("primary")),
+            "{e}"
+        );
+        let (_, e) = write!(
+            "POST",
+            "/admin/services/aud/keys/batch".to_string(),
+            Some(json!({"action": "disable", "ids": [id]})),
+            "disable",
+            "keys",
+            "aud"
+        );
+        assert_eq!(e["after"]["ids"], json!([id]), "{e}");
+
+        let before = all(&app).await.0;
+        let (s, rule) = app
+            .admin("POST", "/admin/pricing", Some(json!({"pattern": "aud-*", "slug": "aud", "input_per_mtok": 1, "output_per_mtok": 2})))
+            .await;
+        assert_eq!(s, 201, "{rule}");
+        let rid = rule["id"].as_i64().unwrap();
+        assert_entry(
+            &one_new(&app, &before).await,
+            "admin",
+            "create",
+            "pricing_rule",
+            &json!(rid),
+        );
+        let (_, e) = write!(
+            "PUT",
+            format!("/admin/pricing/{rid}"),
+            Some(
+                json!({"pattern": "aud-*", "slug": "aud", "input_per_mtok": 3, "output_per_mtok": 4})
+            ),
+            "update",
+            "pricing_rule",
+            rid
+        );
+        assert_eq!(
+            (
+                e["before"]["input_per_mtok"].as_f64(),
+                e["after"]["input_per_mtok"].as_f64()
+            ),
+            (Some(1.0), Some(3.0)),
+            "{e}"
+        );
+        write!(
+            "DELETE",
+            format!("/admin/pricing/{rid}"),
+            None, "delete", "pricing_rule", rid
+        );
+        let (_, e) = write!(
+            "DELETE",
+            format!("/admin/services/aud/keys/{id}"),
+            None,
+            "delete",
+            "key",
+            format!("aud/{id}")
+        );
+        assert_eq!(e["before"]["key"], keygate::crypto::mask(A), "{e}");
+        let (_, e) = write!(
+            "DELETE",
+            "/admin/services/aud".to_string(),
+            None, "delete", "service", "aud"
+        );
+        assert!(e["after"].is_null() && e["before"]["slug"] == "aud", "{e}");
+
+        // A refused write leaves nothing.
+        let before = all(&app).await.0;
+        let (s, _) = app
+            .admin(
+                "POST",
+                "/admin/services",
+                Some(json!({"slug": "Bad Slug", "kind": "openai", "base_url": base})),
+            )
+            .await;
+        assert_eq!(s, 400);
+        assert_eq!(all(&app).await.0.len(), before.len());
+
+        let (_, text) = all(&app).await;
+        assert!(
+            !text.contains(A) && !text.contains(B),
+            "a full key in the audit log"
+        );
+    }
+);
