@@ -8,7 +8,10 @@
 # with 100 keys in the slug). Prints RPS, p50/p99/p99.9, keygate's added latency (difference of
 # percentiles against the direct run at the same concurrency and mode), errors, keygate's CPU
 # time per proxied request (from /proc: user + system time over the run / requests answered),
-# its RSS idle and with BENCH_OPEN_STREAMS streams held open at once, and its peak RSS.
+# its RSS idle and with BENCH_OPEN_STREAMS streams held open at once, and its peak RSS; and the
+# CPU time per request of the Postgres server (all its processes) and of Redis over the same run
+# (read a second after the load ends, so the log writer's last batch counts): on a small machine
+# they share keygate's cores, so the database work a feature causes costs throughput too.
 # Two more Postgres + Redis rows, each on a fresh database: "logging off" (log.requests = false:
 # the cost of request logs and statistics is the ratio to the plain row) and "priced" (a pricing
 # rule on every request, key balances and an access-key budget: the cost of cost accounting).
@@ -61,6 +64,8 @@ wait_http "http://127.0.0.1:$MOCK_PORT/healthz"
 PG_PORT=$(free_port); REDIS_PORT=$(free_port)
 start_pg "$WORK/pg" "$PG_PORT" -c max_connections=200
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null & PIDS+=($!)
+REDIS_PID=$!
+PG_PID=$(head -n1 "$WORK/pg/data/postmaster.pid")
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break; sleep 0.05; done
 
 BODY='{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
@@ -69,17 +74,28 @@ RESULTS="$WORK/results.jsonl"; : > "$RESULTS"
 TICKS=$(getconf CLK_TCK)
 
 cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+# Postgres: the postmaster's own and its reaped children's time, plus its live backends'.
+pg_ticks() {
+  { awk '{print $14 + $15 + $16 + $17}' "/proc/$PG_PID/stat"
+    for c in $(cat "/proc/$PG_PID/task/$PG_PID/children"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
+  } | awk '{s += $1} END {print s}'
+}
 
 load() { # name mode url concurrency pid [extra oha args...]; pid = keygate's, for CPU time
   local name=$1 mode=$2 url=$3 c=$4 pid=$5; shift 5
   local body=$BODY; [ "$mode" = stream ] && body=$STREAM_BODY
   local before; before=$(cpu_ticks "$pid")
+  local pg_before redis_before; pg_before=$(pg_ticks); redis_before=$(cpu_ticks "$REDIS_PID")
   oha -z "${SECS}s" -c "$c" --no-tui --output-format json -m POST \
     -H 'content-type: application/json' -d "$body" "$@" "$url" > "$WORK/oha.json"
   local after; after=$(cpu_ticks "$pid")
-  python3 - "$name" "$mode" "$c" "$WORK/oha.json" "$((after - before))" "$TICKS" >> "$RESULTS" <<'PY'
+  [ "$name" != direct ] && sleep 1
+  local pg_after redis_after; pg_after=$(pg_ticks); redis_after=$(cpu_ticks "$REDIS_PID")
+  python3 - "$name" "$mode" "$c" "$WORK/oha.json" "$((after - before))" "$TICKS" \
+    "$((pg_after - pg_before))" "$((redis_after - redis_before))" >> "$RESULTS" <<'PY'
 import json, sys
 name, mode, c, path, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+pg_ticks, redis_ticks = int(sys.argv[7]), int(sys.argv[8])
 r = json.load(open(path))
 p = r["latencyPercentiles"]
 codes = r.get("statusCodeDistribution", {})
@@ -88,7 +104,8 @@ errors = sum(v for k, v in r.get("errorDistribution", {}).items() if "deadline" 
 errors += sum(v for k, v in codes.items() if k != "200")
 answered = sum(codes.values())
 cpu_us = ticks / hz * 1e6 / answered if answered and name != "direct" else None
-print(json.dumps({"target": name, "mode": mode, "c": c, "rps": r["summary"]["requestsPerSec"],
+per_req = lambda t: t / hz * 1e6 / answered if answered and name != "direct" else None
+print(json.dumps({"pg_us": per_req(pg_ticks), "redis_us": per_req(redis_ticks), "target": name, "mode": mode, "c": c, "rps": r["summary"]["requestsPerSec"],
   "p50": p["p50"] * 1e3, "p99": p["p99"] * 1e3, "p999": p["p99.9"] * 1e3, "errors": errors,
   "ok": codes.get("200", 0), "cpu_us": cpu_us}))
 PY
@@ -214,6 +231,8 @@ if [ "${BENCH_PRICED:-1}" = 1 ]; then
     KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
 fi
 
+# BENCH_JSON=path keeps the raw rows (one JSON object a line), e.g. to average repeated runs.
+[ -n "${BENCH_JSON:-}" ] && cp "$RESULTS" "$BENCH_JSON"
 python3 - "$RESULTS" "$SECS" "$OPEN_STREAMS" <<'PY'
 import json, sys, os, platform
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -222,16 +241,17 @@ mem = {r["target"]: r for r in rows if "peak_rss_kb" in r}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"keygate benchmark: {os.cpu_count()} cores ({cpu}), {sys.argv[2]} s per run, 100 keys in the slug, mock upstream on loopback")
 print()
-print("| target | mode | conc. | RPS | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | CPU/req µs | errors |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| target | mode | conc. | RPS | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | CPU/req µs | Postgres µs/req | Redis µs/req | errors |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     if "c" not in r:
         continue
     d = direct.get((r["mode"], r["c"]))
     add = lambda k: "" if r["target"] == "direct" or d is None else f"{r[k] - d[k]:+.3f}"
-    cpu_us = "" if r.get("cpu_us") is None else f"{r['cpu_us']:.0f}"
+    us = lambda k: "" if r.get(k) is None else f"{r[k]:.0f}"
+    cpu_us = us("cpu_us")
     print(f"| {r['target']} | {r['mode']} | {r['c']} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['p999']:.3f} "
-          f"| {add('p50')} | {add('p99')} | {add('p999')} | {cpu_us} | {r['errors']} |")
+          f"| {add('p50')} | {add('p99')} | {add('p999')} | {cpu_us} | {us('pg_us')} | {us('redis_us')} | {r['errors']} |")
 print()
 print(f"| target | idle RSS | RSS with {sys.argv[3]} open streams | peak RSS |")
 print("|---|---:|---:|---:|")
