@@ -130,6 +130,12 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTra
     .await
 }
 
+/// A query error from sqlx used directly (the Postgres-only bulk paths), in the shape sea-orm
+/// gives its own, so the same checks read both.
+pub fn sqlx_err(e: sea_orm::sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(std::sync::Arc::new(e)))
+}
+
 /// True when the error is a unique-constraint violation (both backends).
 pub fn is_unique_violation(e: &DbErr) -> bool {
     matches!(

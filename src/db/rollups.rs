@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 
-use crate::events::rollup::{Counts, Dim, StatKey, columns};
+use crate::events::rollup::{COLUMN_COUNT, Counts, Dim, StatKey, columns};
 
 const TABLE: &str = "request_stats";
 const PK: [&str; 6] = [
@@ -59,6 +59,70 @@ pub async fn add<C: ConnectionTrait>(
         );
         db.execute(&q).await?;
     }
+    Ok(())
+}
+
+/// `add` on Postgres, in the caller's transaction: every row in one statement, each column bound
+/// as one array and turned back into rows by `unnest`, instead of 200 rows of 68 bound values
+/// per statement (the server parsed, planned and bound each of those values).
+pub async fn add_pg(
+    tx: &mut sea_orm::sqlx::PgConnection,
+    rows: &BTreeMap<StatKey, Counts>,
+) -> Result<(), DbErr> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let cols = columns();
+        let arrays: Vec<String> = ["int8", "text", "int8", "text", "int8", "text"]
+            .into_iter()
+            .chain(cols.iter().map(|_| "int8"))
+            .enumerate()
+            .map(|(i, t)| format!("${}::{t}[]", i + 1))
+            .collect();
+        let sums: Vec<String> = cols
+            .iter()
+            .map(|c| format!("{c} = {TABLE}.{c} + excluded.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO {TABLE} ({pk}, {cols}) SELECT * FROM unnest({arrays}) \
+             ON CONFLICT ({pk}) DO UPDATE SET {sums}",
+            pk = PK.join(", "),
+            cols = cols.join(", "),
+            arrays = arrays.join(", "),
+            sums = sums.join(", "),
+        )
+    });
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let n = rows.len();
+    let mut grain = Vec::with_capacity(n);
+    let mut dim = Vec::with_capacity(n);
+    let mut bucket = Vec::with_capacity(n);
+    let mut service = Vec::with_capacity(n);
+    let mut group_id = Vec::with_capacity(n);
+    let mut group_name = Vec::with_capacity(n);
+    let mut counters: Vec<Vec<i64>> = (0..COLUMN_COUNT).map(|_| Vec::with_capacity(n)).collect();
+    for (k, c) in rows {
+        grain.push(k.grain);
+        dim.push(k.dim.code());
+        bucket.push(k.bucket_start);
+        service.push(k.service.as_str());
+        group_id.push(k.group_id);
+        group_name.push(k.group_name.as_str());
+        for (col, v) in counters.iter_mut().zip(c.values()) {
+            col.push(v);
+        }
+    }
+    let mut q = sea_orm::sqlx::query(SQL.as_str())
+        .bind(grain)
+        .bind(dim)
+        .bind(bucket)
+        .bind(service)
+        .bind(group_id)
+        .bind(group_name);
+    for col in counters {
+        q = q.bind(col);
+    }
+    q.execute(tx).await.map_err(crate::db::sqlx_err)?;
     Ok(())
 }
 
