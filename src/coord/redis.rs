@@ -22,7 +22,9 @@
 //!
 //! A request makes one acquire call on its service's slot; when its access key has limits or a
 //! budget (in another slot), a client call runs concurrently beside it, and a refusal by either
-//! side gives back what the other took. Reads over many slots (admin views, flushes) are grouped
+//! side gives back what the other took. On one primary (no cluster) the two sides of an acquire,
+//! and of a release, go as one call of a script composed from both (`compose`), which saves the
+//! server a script call and the request a reply per side. Reads over many slots (admin views, flushes) are grouped
 //! per slot and issued concurrently.
 //!
 //! Upgrading from the layout before hash tags (acquire_v4): live state (cooldowns, leases,
@@ -141,9 +143,25 @@ pub struct RedisStore {
     client_undo: Script,
     grant_undo: Script,
     client_release: Script,
+    /// client_v1 and acquire_v5 in one call, and release_v5 and client_release_v1 in one call:
+    /// on a single Redis (never a cluster, where their keys are in different slots).
+    acquire_client: Script,
+    release_client: Script,
     /// Coordinates this replica's requests while Redis is down (degraded mode).
     pub(super) fallback: super::memory::MemoryStore,
     pub(super) outage: Arc<Outage>,
+}
+
+/// A script that defines each of `parts` (function name, script source) as a local function of
+/// its own KEYS and ARGV, then runs `glue`, which calls them: two scripts whose keys share no slot
+/// in one call, on a single Redis. The parts stay the files they are, used alone elsewhere.
+fn compose(parts: &[(&str, &str)], glue: &str) -> String {
+    let mut s = String::new();
+    for (name, src) in parts {
+        s.push_str(&format!("local function {name}(KEYS, ARGV)\n{src}\nend\n"));
+    }
+    s.push_str(glue);
+    s
 }
 
 /// `"429=3,0=1"` (take_stats_v1's failures by status) into a map; malformed parts are skipped.
@@ -281,6 +299,21 @@ impl RedisStore {
             client_undo: Script::new(include_str!("lua/client_undo_v1.lua")),
             grant_undo: Script::new(include_str!("lua/grant_undo_v1.lua")),
             client_release: Script::new(include_str!("lua/client_release_v1.lua")),
+            acquire_client: Script::new(&compose(
+                &[
+                    ("client", include_str!("lua/client_v1.lua")),
+                    ("acquire", include_str!("lua/acquire_v5.lua")),
+                    ("client_undo", include_str!("lua/client_undo_v1.lua")),
+                ],
+                include_str!("lua/acquire_client_v1.lua"),
+            )),
+            release_client: Script::new(&compose(
+                &[
+                    ("release", include_str!("lua/release_v5.lua")),
+                    ("client_release", include_str!("lua/client_release_v1.lua")),
+                ],
+                include_str!("lua/release_client_v1.lua"),
+            )),
             fallback: super::memory::MemoryStore::new(policy),
             outage: Outage::new(on_outage),
         };
@@ -301,6 +334,11 @@ impl RedisStore {
         ] {
             let _: String = s.prepare_invoke().load_async(&mut conn).await?;
         }
+        if store.single() {
+            for s in [&store.acquire_client, &store.release_client] {
+                let _: String = s.prepare_invoke().load_async(&mut conn).await?;
+            }
+        }
         Ok(store)
     }
 
@@ -311,6 +349,11 @@ impl RedisStore {
             Conn::Sentinel(c) => Some(c.primary()),
             _ => None,
         }
+    }
+
+    /// One primary, not a cluster: a script may touch keys of different slots.
+    fn single(&self) -> bool {
+        !matches!(self.conn, Conn::Cluster(_))
     }
 
     /// The service's hash; every key of the service's state starts with it (one slot).
@@ -339,6 +382,12 @@ impl RedisStore {
                 let k = self.acquire_key(req, &lease_id).await?;
                 self.granted(req, k, &lease_id, Remaining::default())
             }
+            Some(c) if self.single() => {
+                // Both sides in one call, which gives back a side's charge itself.
+                let r = self.acquire_with_client(req, &c, &lease_id).await?;
+                let (k, cl) = r.split_at(6);
+                self.decide(req, &c, k.to_vec(), cl, &lease_id, false).await
+            }
             Some(c) => {
                 let (k, cl) = tokio::join!(
                     self.acquire_key(req, &lease_id),
@@ -358,35 +407,51 @@ impl RedisStore {
                     }
                     (Err(e), Err(_)) => return Err(e),
                 };
-                let [code, retry_after, rpm, rpd, tpm] = cl[..] else {
-                    return Err(CoordError::Reply(format!("client returned {cl:?}")));
-                };
-                let rem = Remaining {
-                    rpm: remaining(rpm),
-                    rpd: remaining(rpd),
-                    tpm: remaining(tpm),
-                };
-                // The order one combined call had: an upstream-wide backoff first, then the
-                // client's limits, then the key choice.
-                let refused = match (k.first().copied(), code) {
-                    (Some(4), _) => None,
-                    (_, 2) => Some(Acquire::ClientLimited {
-                        retry_after_ms: retry_after.max(1) as u64,
-                        remaining: rem,
-                    }),
-                    (_, 5) => Some(Acquire::OverBudget { spent: retry_after }),
-                    _ => None,
-                };
-                if let Some(refused) = refused {
-                    self.undo_grant(req, &k, &lease_id).await;
-                    return Ok(refused);
-                }
-                if k.first() != Some(&1) && code == 1 {
-                    self.undo_client(&c, &cl, req.reserve).await;
-                }
-                self.granted(req, k, &lease_id, rem)
+                self.decide(req, &c, k, &cl, &lease_id, true).await
             }
         }
+    }
+
+    /// The request's answer from both sides' replies (`undo`: give back what a side took when
+    /// the other refused; the combined script did so itself).
+    async fn decide(
+        &self,
+        req: &AcquireReq<'_>,
+        c: &ClientLimits,
+        k: Vec<i64>,
+        cl: &[i64],
+        lease_id: &str,
+        undo: bool,
+    ) -> Result<Acquire, CoordError> {
+        let [code, retry_after, rpm, rpd, tpm] = cl[..] else {
+            return Err(CoordError::Reply(format!("client returned {cl:?}")));
+        };
+        let rem = Remaining {
+            rpm: remaining(rpm),
+            rpd: remaining(rpd),
+            tpm: remaining(tpm),
+        };
+        // The order one combined call had: an upstream-wide backoff first, then the
+        // client's limits, then the key choice.
+        let refused = match (k.first().copied(), code) {
+            (Some(4), _) => None,
+            (_, 2) => Some(Acquire::ClientLimited {
+                retry_after_ms: retry_after.max(1) as u64,
+                remaining: rem,
+            }),
+            (_, 5) => Some(Acquire::OverBudget { spent: retry_after }),
+            _ => None,
+        };
+        if let Some(refused) = refused {
+            if undo {
+                self.undo_grant(req, &k, lease_id).await;
+            }
+            return Ok(refused);
+        }
+        if undo && k.first() != Some(&1) && code == 1 {
+            self.undo_client(c, cl, req.reserve).await;
+        }
+        self.granted(req, k, lease_id, rem)
     }
 
     /// acquire_v5 on the service's slot: `{code, index, fails, probe, retry_after_ms, cursor}`.
@@ -395,8 +460,44 @@ impl RedisStore {
         req: &AcquireReq<'_>,
         lease_id: &str,
     ) -> Result<Vec<i64>, CoordError> {
-        let svc = self.svc(req.service_id);
         let mut inv = self.acquire.prepare_invoke();
+        self.acquire_args(&mut inv, req, lease_id);
+        let mut conn = self.conn.clone();
+        let r: Vec<i64> = inv.invoke_async(&mut conn).await?;
+        if r.len() != 6 {
+            return Err(CoordError::Reply(format!("acquire returned {r:?}")));
+        }
+        Ok(r)
+    }
+
+    /// acquire_client_v1 (a single Redis): client_v1's reply after acquire_v5's, both sides
+    /// settled.
+    async fn acquire_with_client(
+        &self,
+        req: &AcquireReq<'_>,
+        c: &ClientLimits,
+        lease_id: &str,
+    ) -> Result<Vec<i64>, CoordError> {
+        let mut inv = self.acquire_client.prepare_invoke();
+        inv.key(self.client(c.access_key_id));
+        Self::client_args(&mut inv, c, req.reserve);
+        self.acquire_args(&mut inv, req, lease_id);
+        let mut conn = self.conn.clone();
+        let r: Vec<i64> = inv.invoke_async(&mut conn).await?;
+        if r.len() != 11 {
+            return Err(CoordError::Reply(format!("acquire returned {r:?}")));
+        }
+        Ok(r)
+    }
+
+    /// acquire_v5's KEYS and ARGV, after any already on `inv`.
+    fn acquire_args(
+        &self,
+        inv: &mut redis::ScriptInvocation<'_>,
+        req: &AcquireReq<'_>,
+        lease_id: &str,
+    ) {
+        let svc = self.svc(req.service_id);
         inv.key(&svc)
             .key(format!("{svc}:leases"))
             .key(match req.session {
@@ -426,28 +527,25 @@ impl RedisStore {
             .arg(req.session.map_or(0, |s| s.start % req.keys.len() as u64))
             .arg(req.session.map_or(0, |s| s.ttl_ms))
             .arg(self.policy.latency_tau_ms);
-        let mut conn = self.conn.clone();
-        let r: Vec<i64> = inv.invoke_async(&mut conn).await?;
-        if r.len() != 6 {
-            return Err(CoordError::Reply(format!("acquire returned {r:?}")));
-        }
-        Ok(r)
+    }
+
+    /// client_v1's ARGV.
+    fn client_args(inv: &mut redis::ScriptInvocation<'_>, c: &ClientLimits, reserve: i64) {
+        inv.arg(opt(c.rpm))
+            .arg(opt(c.rpd))
+            .arg(opt(c.tpm))
+            .arg(c.budget.map(|b| b.to_string()).unwrap_or_default())
+            .arg(c.spent)
+            .arg(reserve);
     }
 
     /// client_v1 on the client's slot: `{code, retry_after_ms or spent, rpm, rpd, tpm remaining}`.
     async fn charge_client(&self, c: &ClientLimits, reserve: i64) -> Result<Vec<i64>, CoordError> {
         let mut conn = self.conn.clone();
-        Ok(self
-            .client_script
-            .key(self.client(c.access_key_id))
-            .arg(opt(c.rpm))
-            .arg(opt(c.rpd))
-            .arg(opt(c.tpm))
-            .arg(c.budget.map(|b| b.to_string()).unwrap_or_default())
-            .arg(c.spent)
-            .arg(reserve)
-            .invoke_async(&mut conn)
-            .await?)
+        let mut inv = self.client_script.prepare_invoke();
+        inv.key(self.client(c.access_key_id));
+        Self::client_args(&mut inv, c, reserve);
+        Ok(inv.invoke_async(&mut conn).await?)
     }
 
     /// Gives back a key granted to a request the client side refused (or could not answer).
@@ -542,56 +640,59 @@ impl RedisStore {
     pub async fn release(&self, lease: &Lease, u: &Usage) -> Result<Released, CoordError> {
         let settle = u.client.filter(|c| c.budget.is_some()).map(|c| c.spent);
         let client_tpm = u.client.and_then(|c| c.tpm).filter(|_| u.tokens > 0);
-        let key_side = async {
-            let mut conn = self.conn.clone();
-            let (_, _, exhausted): (i64, String, i64) = self
-                .release
-                .key(format!("{}:leases", self.svc(lease.service_id)))
-                .key(self.key(lease.service_id, lease.key_id))
-                .arg(&lease.member)
-                .arg(if u.success { 1 } else { 0 })
-                .arg(u.tokens)
-                .arg(u.cost)
-                .arg(opt(u.key_tpm))
-                .arg(u.key_balance.map(|b| b.to_string()).unwrap_or_default())
-                .arg(u.latency_ms.map(|l| l.to_string()).unwrap_or_default())
-                .arg(self.policy.latency_tau_ms)
-                .arg(self.policy.success_tau_ms)
-                .arg(if u.status == 0 {
-                    String::new()
-                } else {
-                    u.status.to_string()
-                })
-                .invoke_async(&mut conn)
-                .await?;
-            Ok::<_, CoordError>(exhausted)
-        };
-        // The client's tokens and spend, on its own slot, beside the key's (only when it has a
-        // tpm limit or a budget).
-        let client_side = async {
-            let Some(c) = u
-                .client
-                .filter(|_| settle.is_some() || client_tpm.is_some())
-            else {
-                return Ok(());
-            };
-            let mut conn = self.conn.clone();
-            let _: i64 = self
-                .client_release
-                .key(self.client(c.access_key_id))
-                .arg(u.tokens)
+        // The client's tokens and spend (only when it has a tpm limit or a budget).
+        let client = u
+            .client
+            .filter(|_| settle.is_some() || client_tpm.is_some());
+        let client_args = |inv: &mut redis::ScriptInvocation<'_>| {
+            inv.arg(u.tokens)
                 .arg(opt(client_tpm))
                 .arg(match settle {
                     Some(_) => (u.cost - u.reserved).to_string(),
                     None => String::new(),
                 })
-                .arg(settle.unwrap_or(0))
-                .invoke_async(&mut conn)
-                .await?;
-            Ok::<_, CoordError>(())
+                .arg(settle.unwrap_or(0));
         };
-        let (exhausted, client) = tokio::join!(key_side, client_side);
-        let exhausted = exhausted?;
+        let (exhausted, client) = match client {
+            // A single Redis: both shares in one call.
+            Some(c) if self.single() => {
+                let mut inv = self.release_client.prepare_invoke();
+                self.release_args(&mut inv, lease, u);
+                inv.key(self.client(c.access_key_id));
+                client_args(&mut inv);
+                let mut conn = self.conn.clone();
+                let (_, _, exhausted, failed): (i64, String, i64, i64) =
+                    inv.invoke_async(&mut conn).await?;
+                let client = match failed {
+                    0 => Ok(()),
+                    _ => Err(CoordError::Reply("client_release_v1 failed".into())),
+                };
+                (exhausted, client)
+            }
+            _ => {
+                let key_side = async {
+                    let mut inv = self.release.prepare_invoke();
+                    self.release_args(&mut inv, lease, u);
+                    let mut conn = self.conn.clone();
+                    let (_, _, exhausted): (i64, String, i64) = inv.invoke_async(&mut conn).await?;
+                    Ok::<_, CoordError>(exhausted)
+                };
+                // On its own slot, beside the key's.
+                let client_side = async {
+                    let Some(c) = client else {
+                        return Ok(());
+                    };
+                    let mut inv = self.client_release.prepare_invoke();
+                    inv.key(self.client(c.access_key_id));
+                    client_args(&mut inv);
+                    let mut conn = self.conn.clone();
+                    let _: i64 = inv.invoke_async(&mut conn).await?;
+                    Ok::<_, CoordError>(())
+                };
+                let (exhausted, client) = tokio::join!(key_side, client_side);
+                (exhausted?, client)
+            }
+        };
         // The key's side is done: failing the release now would make the caller settle it again
         // in process and count the key twice. Only the client's share of this one request is
         // lost (a cluster node down for the client's slot), and said.
@@ -603,6 +704,26 @@ impl RedisStore {
         Ok(Released {
             exhausted: exhausted == 1,
         })
+    }
+
+    /// release_v5's KEYS and ARGV.
+    fn release_args(&self, inv: &mut redis::ScriptInvocation<'_>, lease: &Lease, u: &Usage) {
+        inv.key(format!("{}:leases", self.svc(lease.service_id)))
+            .key(self.key(lease.service_id, lease.key_id))
+            .arg(&lease.member)
+            .arg(if u.success { 1 } else { 0 })
+            .arg(u.tokens)
+            .arg(u.cost)
+            .arg(opt(u.key_tpm))
+            .arg(u.key_balance.map(|b| b.to_string()).unwrap_or_default())
+            .arg(u.latency_ms.map(|l| l.to_string()).unwrap_or_default())
+            .arg(self.policy.latency_tau_ms)
+            .arg(self.policy.success_tau_ms)
+            .arg(if u.status == 0 {
+                String::new()
+            } else {
+                u.status.to_string()
+            });
     }
 
     pub async fn settle(&self, client: &ClientLimits, delta: i64) -> Result<(), CoordError> {
