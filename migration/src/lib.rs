@@ -14,6 +14,7 @@ mod m20261123_000010_request_stats;
 mod m20261123_000011_token_version;
 mod m20261123_000012_audit_log;
 mod m20261123_000013_tenant_id_sequence;
+mod m20261123_000014_log_index_trim;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000011_token_version::Migration),
             Box::new(m20261123_000012_audit_log::Migration),
             Box::new(m20261123_000013_tenant_id_sequence::Migration),
+            Box::new(m20261123_000014_log_index_trim::Migration),
         ]
     }
 }
