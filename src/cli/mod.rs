@@ -257,21 +257,8 @@ enum AccessKeysCmd {
     /// Create one; the full key is printed this once.
     Create {
         name: String,
-        /// Slugs it may call, comma-separated (default: every slug of its tenant).
-        #[arg(long, value_delimiter = ',')]
-        slugs: Option<Vec<String>>,
-        #[arg(long)]
-        rpm: Option<i32>,
-        #[arg(long)]
-        tpm: Option<i32>,
-        #[arg(long)]
-        rpd: Option<i32>,
-        /// In currency units.
-        #[arg(long)]
-        budget: Option<String>,
-        /// RFC 3339.
-        #[arg(long)]
-        expires_at: Option<String>,
+        #[command(flatten)]
+        limits: AccessKeyLimits,
         /// The owning tenant (admins of no tenant; default: the default tenant).
         #[arg(long)]
         tenant: Option<i64>,
@@ -280,18 +267,8 @@ enum AccessKeysCmd {
         id: i64,
         #[arg(long)]
         name: Option<String>,
-        #[arg(long, value_delimiter = ',')]
-        slugs: Option<Vec<String>>,
-        #[arg(long)]
-        rpm: Option<i32>,
-        #[arg(long)]
-        tpm: Option<i32>,
-        #[arg(long)]
-        rpd: Option<i32>,
-        #[arg(long)]
-        budget: Option<String>,
-        #[arg(long)]
-        expires_at: Option<String>,
+        #[command(flatten)]
+        limits: AccessKeyLimits,
         #[arg(long, conflicts_with = "disable")]
         enable: bool,
         #[arg(long)]
@@ -300,6 +277,40 @@ enum AccessKeysCmd {
     Delete {
         id: i64,
     },
+}
+
+/// What an access key may call, and how much.
+#[derive(Args, Debug)]
+struct AccessKeyLimits {
+    /// Slugs it may call, comma-separated (default: every slug of its tenant).
+    #[arg(long, value_delimiter = ',')]
+    slugs: Option<Vec<String>>,
+    #[arg(long)]
+    rpm: Option<i32>,
+    #[arg(long)]
+    tpm: Option<i32>,
+    #[arg(long)]
+    rpd: Option<i32>,
+    /// In currency units.
+    #[arg(long)]
+    budget: Option<String>,
+    /// RFC 3339.
+    #[arg(long)]
+    expires_at: Option<String>,
+}
+
+impl AccessKeyLimits {
+    fn fields(self) -> Vec<(&'static str, Option<Value>)> {
+        let n = |v: Option<i32>| v.map(|v| json!(v));
+        vec![
+            ("slugs", self.slugs.map(|s| json!(s))),
+            ("rpm", n(self.rpm)),
+            ("tpm", n(self.tpm)),
+            ("rpd", n(self.rpd)),
+            ("budget", self.budget.map(Value::String)),
+            ("expires_at", self.expires_at.map(Value::String)),
+        ]
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -883,60 +894,38 @@ fn batch(slug: String, action: &str, ids: Vec<i64>, status: Option<String>) -> P
 }
 
 fn access_keys(c: AccessKeysCmd) -> Result<Plan, Failure> {
-    let s = |v: Option<String>| v.map(Value::String);
-    let n = |v: Option<i32>| v.map(|v| json!(v));
     Ok(match c {
         AccessKeysCmd::List => plan(Op::ListAccessKeys, Some(ACCESS_KEYS)),
         AccessKeysCmd::Get { id } => plan(Op::GetAccessKey(id), None),
         AccessKeysCmd::Create {
             name,
-            slugs,
-            rpm,
-            tpm,
-            rpd,
-            budget,
-            expires_at,
+            limits,
             tenant,
-        } => plan(
-            Op::CreateAccessKey(Extra::default().body(vec![
+        } => {
+            let mut fields = vec![
                 ("name", Some(json!(name))),
                 ("tenant_id", tenant.map(|t| json!(t))),
-                ("slugs", slugs.map(|s| json!(s))),
-                ("rpm", n(rpm)),
-                ("tpm", n(tpm)),
-                ("rpd", n(rpd)),
-                ("budget", s(budget)),
-                ("expires_at", s(expires_at)),
-            ])?),
-            None,
-        ),
+            ];
+            fields.extend(limits.fields());
+            plan(Op::CreateAccessKey(Extra::default().body(fields)?), None)
+        }
         AccessKeysCmd::Update {
             id,
             name,
-            slugs,
-            rpm,
-            tpm,
-            rpd,
-            budget,
-            expires_at,
+            limits,
             enable,
             disable,
-        } => plan(
-            Op::UpdateAccessKey(
-                id,
-                Extra::default().body(vec![
-                    ("name", s(name)),
-                    ("slugs", slugs.map(|s| json!(s))),
-                    ("rpm", n(rpm)),
-                    ("tpm", n(tpm)),
-                    ("rpd", n(rpd)),
-                    ("budget", s(budget)),
-                    ("expires_at", s(expires_at)),
-                    ("enabled", toggle(enable, disable)),
-                ])?,
-            ),
-            None,
-        ),
+        } => {
+            let mut fields = vec![
+                ("name", name.map(Value::String)),
+                ("enabled", toggle(enable, disable)),
+            ];
+            fields.extend(limits.fields());
+            plan(
+                Op::UpdateAccessKey(id, Extra::default().body(fields)?),
+                None,
+            )
+        }
         AccessKeysCmd::Delete { id } => Plan {
             done: Some(format!("deleted access key {id}")),
             op: Op::DeleteAccessKey(id),
