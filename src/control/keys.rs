@@ -294,14 +294,6 @@ pub async fn list(
     Ok(List::page(views(state, rows).await?, last, limit))
 }
 
-/// One key of the service, with its live state.
-pub async fn get(state: &AppState, user: &Actor, slug: &str, id: i64) -> Result<KeyView> {
-    let svc = find_service(state, user, slug).await?;
-    let k = find_key(&state.db, &svc, id).await?;
-    let mut v = views(state, vec![k]).await?;
-    Ok(v.remove(0))
-}
-
 async fn find_key<C: ConnectionTrait>(
     db: &C,
     svc: &service::Model,
