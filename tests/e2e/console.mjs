@@ -199,6 +199,7 @@ await test('fixing_the_line_imports_the_keys_and_the_list_shows_them_masked', as
   await page.locator('dialog').getByRole('button', { name: 'Import keys' }).click();
   await page.locator('[data-testid=import-done]').getByText('Imported 2 keys').waitFor();
   await page.keyboard.press('Escape');
+  await page.locator('dialog').waitFor({ state: 'detached' });
   await until('two keys listed', async () => (await page.locator('[data-testid=masked-key]').count()) === 2);
   const shown = await page.locator('[data-testid=masked-key]').allInnerTexts();
   for (const k of GOOD) if (shown.some((s) => s.includes(k)) || (await page.content()).includes(k)) throw new Error('a full key is on the page');
@@ -242,6 +243,9 @@ await test('an_access_key_is_created_shown_once_and_copied', async () => {
   if (clip !== key) throw new Error('the clipboard does not hold the key');
   state.accessKey = key;
   await page.keyboard.press('Escape');
+  // The dialog leaves the DOM on its 'close' event, a task queued after the
+  // key press returns; reading the page before that saw the dialog still there.
+  await page.locator('dialog').waitFor({ state: 'detached' });
   await page.getByText('e2e client').waitFor();
   if ((await page.content()).includes(key)) throw new Error('the key is still on the page after the dialog closed');
   await shot('access-keys');
