@@ -16,6 +16,9 @@
 # the cost of request logs and statistics is the ratio to the plain row) and "priced" (a pricing
 # rule on every request, key balances and an access-key budget: the cost of cost accounting).
 # BENCH_SQLITE=0, BENCH_PLAIN=0, BENCH_LOGOFF=0 or BENCH_PRICED=0 leaves a row out.
+# The gateways run side by side and take turns; BENCH_ROUNDS=N (1) repeats the turns N times, and
+# the feature rows are then compared with the plain row round by round. The memory table also
+# counts request events the log writer dropped (a full queue) over the whole run.
 # Everything listens on 127.0.0.1 and stops when the script ends.
 #
 #   scripts/bench.sh                 # BENCH_SECS=10 BENCH_CONCURRENCY="1 32 256" by default
@@ -27,6 +30,7 @@ SECS="${BENCH_SECS:-10}"
 CONCURRENCY="${BENCH_CONCURRENCY:-1 32 256}"
 STREAM_CONCURRENCY="${BENCH_STREAM_CONCURRENCY:-16}"
 OPEN_STREAMS="${BENCH_OPEN_STREAMS:-1000}"
+ROUNDS="${BENCH_ROUNDS:-1}"
 WORK=$(mktemp -d /tmp/keygate-bench.XXXXXX)
 chmod 755 "$WORK"   # the postgres user must reach its data dir inside
 PIDS=()
@@ -93,7 +97,7 @@ load() { # name mode url concurrency pid [extra oha args...]; pid = keygate's, f
   local pg_after redis_after; pg_after=$(pg_ticks); redis_after=$(cpu_ticks "$REDIS_PID")
   python3 - "$name" "$mode" "$c" "$WORK/oha.json" "$((after - before))" "$TICKS" \
     "$((pg_after - pg_before))" "$((redis_after - redis_before))" >> "$RESULTS" <<'PY'
-import json, sys
+import json, os, sys
 name, mode, c, path, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 pg_ticks, redis_ticks = int(sys.argv[7]), int(sys.argv[8])
 r = json.load(open(path))
@@ -105,7 +109,7 @@ errors += sum(v for k, v in codes.items() if k != "200")
 answered = sum(codes.values())
 cpu_us = ticks / hz * 1e6 / answered if answered and name != "direct" else None
 per_req = lambda t: t / hz * 1e6 / answered if answered and name != "direct" else None
-print(json.dumps({"pg_us": per_req(pg_ticks), "redis_us": per_req(redis_ticks), "target": name, "mode": mode, "c": c, "rps": r["summary"]["requestsPerSec"],
+print(json.dumps({"round": int(os.environ.get("ROUND", "0")), "pg_us": per_req(pg_ticks), "redis_us": per_req(redis_ticks), "target": name, "mode": mode, "c": c, "rps": r["summary"]["requestsPerSec"],
   "p50": p["p50"] * 1e3, "p99": p["p99"] * 1e3, "p999": p["p99.9"] * 1e3, "errors": errors,
   "ok": codes.get("200", 0), "cpu_us": cpu_us}))
 PY
@@ -156,7 +160,13 @@ print(urllib.request.urlopen(req).read().decode())
 PY
 }
 
-gateway() { # name, then env assignments
+# Gateways run side by side: each is started and configured first, then the load runs take turns
+# (every gateway at every concurrency, then the next round), so slow drift on a shared machine
+# (other tenants, Postgres's background work, the page cache) lands on every row alike and the
+# rows' ratios compare runs minutes apart at most.
+declare -A G_PID G_BASE G_AK G_IDLE
+NAMES=()
+start_gateway() { # name, then env assignments
   local name=$1; shift
   local port; port=$(free_port)
   mkdir -p "$WORK/$name"
@@ -183,19 +193,34 @@ gateway() { # name, then env assignments
   local ak; ak=$(admin POST "$base/admin/access-keys" "$token" "$ak_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
   # Idle: configured and warmed by one request, before any load.
   curl -fs -o /dev/null -H "authorization: Bearer $ak" -H 'content-type: application/json' -d "$BODY" "$base/llm/bench/v1/chat/completions"
-  local idle; idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  G_IDLE[$name]=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  G_PID[$name]=$pid; G_BASE[$name]=$base; G_AK[$name]=$ak
+  NAMES+=("$name")
+}
+
+gateway_loads() { # name round
+  local name=$1 round=$2 c
+  local pid=${G_PID[$name]} base=${G_BASE[$name]} ak=${G_AK[$name]}
   for c in $CONCURRENCY; do
-    echo "bench: $name, concurrency $c, ${SECS}s" >&2
-    load "$name" json "$base/llm/bench/v1/chat/completions" "$c" "$pid" -H "authorization: Bearer $ak"
+    echo "bench: $name, concurrency $c, ${SECS}s (round $round)" >&2
+    ROUND=$round load "$name" json "$base/llm/bench/v1/chat/completions" "$c" "$pid" -H "authorization: Bearer $ak"
   done
   for c in $STREAM_CONCURRENCY; do
-    echo "bench: $name, streams, concurrency $c, ${SECS}s" >&2
-    load "$name" stream "$base/llm/bench/v1/chat/completions" "$c" "$pid" -H "authorization: Bearer $ak"
+    echo "bench: $name, streams, concurrency $c, ${SECS}s (round $round)" >&2
+    ROUND=$round load "$name" stream "$base/llm/bench/v1/chat/completions" "$c" "$pid" -H "authorization: Bearer $ak"
   done
+}
+
+finish_gateway() { # name: memory with streams held open, then stop it
+  local name=$1
+  local pid=${G_PID[$name]}
+  # Request events the log writer could not keep up with (a full queue drops them, by design).
+  local dropped; dropped=$(curl -fs "${G_BASE[$name]}/metrics" \
+    | awk '/^keygate_request_events_dropped_total/ {s += $NF} END {print s + 0}')
   echo "bench: $name, $OPEN_STREAMS streams held open" >&2
-  local open; open=$(open_streams "$base/llm/bench/v1/hold" "$ak" "$OPEN_STREAMS" "$pid")
+  local open; open=$(open_streams "${G_BASE[$name]}/llm/bench/v1/hold" "${G_AK[$name]}" "$OPEN_STREAMS" "$pid")
   local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-  echo "{\"target\": \"$name\", \"peak_rss_kb\": $rss, \"idle_rss_kb\": $idle, \"open_rss_kb\": $open}" >> "$RESULTS"
+  echo "{\"target\": \"$name\", \"peak_rss_kb\": $rss, \"idle_rss_kb\": ${G_IDLE[$name]}, \"open_rss_kb\": $open, \"dropped\": $dropped}" >> "$RESULTS"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   PIDS=("${PIDS[@]/$pid}")   # gone: never signal a pid the system may hand out again
 }
@@ -208,8 +233,8 @@ for c in $STREAM_CONCURRENCY; do
   echo "bench: direct, streams, concurrency $c, ${SECS}s" >&2
   load direct stream "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" "$c" ""
 done
-[ "${BENCH_SQLITE:-1}" = 1 ] && gateway sqlite+memory
-[ "${BENCH_PLAIN:-1}" = 1 ] && gateway postgres+redis DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
+[ "${BENCH_SQLITE:-1}" = 1 ] && start_gateway sqlite+memory
+[ "${BENCH_PLAIN:-1}" = 1 ] && start_gateway postgres+redis DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
   REDIS_URL="redis://127.0.0.1:$REDIS_PORT" JWT_SECRET=bench-jwt-secret-0123456789 \
   KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
 if [ "${BENCH_LOGOFF:-1}" = 1 ]; then
@@ -217,7 +242,7 @@ if [ "${BENCH_LOGOFF:-1}" = 1 ]; then
   # cost of logging is the ratio of the postgres+redis row to this one.
   createdb_quiet=$(python3 -c 'import uuid; print("quiet_" + uuid.uuid4().hex[:8])')
   "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$createdb_quiet"
-  gateway "postgres+redis, logging off" DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$createdb_quiet" \
+  start_gateway "postgres+redis, logging off" DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$createdb_quiet" \
     REDIS_URL="redis://127.0.0.1:$REDIS_PORT" KEYGATE__REDIS__PREFIX=quiet: KEYGATE__LOG__REQUESTS=false \
     JWT_SECRET=bench-jwt-secret-0123456789 \
     KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
@@ -226,35 +251,58 @@ if [ "${BENCH_PRICED:-1}" = 1 ]; then
   # The same gateway with cost accounting on (a fresh database), for the ratio to the row above.
   createdb_priced=$(python3 -c 'import uuid; print("priced_" + uuid.uuid4().hex[:8])')
   "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$createdb_priced"
-  PRICED=1 gateway "postgres+redis, priced" DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$createdb_priced" \
+  PRICED=1 start_gateway "postgres+redis, priced" DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$createdb_priced" \
     REDIS_URL="redis://127.0.0.1:$REDIS_PORT" KEYGATE__REDIS__PREFIX=priced: JWT_SECRET=bench-jwt-secret-0123456789 \
     KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
 fi
+for round in $(seq 1 "$ROUNDS"); do
+  for name in "${NAMES[@]}"; do gateway_loads "$name" "$round"; done
+done
+for name in "${NAMES[@]}"; do finish_gateway "$name"; done
 
 # BENCH_JSON=path keeps the raw rows (one JSON object a line), e.g. to average repeated runs.
 [ -n "${BENCH_JSON:-}" ] && cp "$RESULTS" "$BENCH_JSON"
-python3 - "$RESULTS" "$SECS" "$OPEN_STREAMS" <<'PY'
+python3 - "$RESULTS" "$SECS" "$OPEN_STREAMS" "$ROUNDS" <<'PY'
 import json, sys, os, platform
+from statistics import mean
 rows = [json.loads(l) for l in open(sys.argv[1])]
+rounds = int(sys.argv[4])
 direct = {(r["mode"], r["c"]): r for r in rows if r["target"] == "direct" and "c" in r}
 mem = {r["target"]: r for r in rows if "peak_rss_kb" in r}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-print(f"keygate benchmark: {os.cpu_count()} cores ({cpu}), {sys.argv[2]} s per run, 100 keys in the slug, mock upstream on loopback")
+print(f"keygate benchmark: {os.cpu_count()} cores ({cpu}), {sys.argv[2]} s per run, {rounds} round(s), 100 keys in the slug, mock upstream on loopback")
 print()
+# One line per target, mode and concurrency: the mean over the rounds (RPS with its range).
+groups = {}
+for r in rows:
+    if "c" in r:
+        groups.setdefault((r["target"], r["mode"], r["c"]), []).append(r)
 print("| target | mode | conc. | RPS | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | CPU/req µs | Postgres µs/req | Redis µs/req | errors |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for r in rows:
-    if "c" not in r:
-        continue
-    d = direct.get((r["mode"], r["c"]))
-    add = lambda k: "" if r["target"] == "direct" or d is None else f"{r[k] - d[k]:+.3f}"
-    us = lambda k: "" if r.get(k) is None else f"{r[k]:.0f}"
-    cpu_us = us("cpu_us")
-    print(f"| {r['target']} | {r['mode']} | {r['c']} | {r['rps']:.0f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['p999']:.3f} "
-          f"| {add('p50')} | {add('p99')} | {add('p999')} | {cpu_us} | {us('pg_us')} | {us('redis_us')} | {r['errors']} |")
+for (target, mode, c), rs in groups.items():
+    avg = lambda k: mean(r[k] for r in rs)
+    d = direct.get((mode, c))
+    add = lambda k: "" if target == "direct" or d is None else f"{avg(k) - d[k]:+.3f}"
+    us = lambda k: "" if rs[0].get(k) is None else f"{avg(k):.0f}"
+    rps = f"{avg('rps'):.0f}" + (f" ({min(r['rps'] for r in rs):.0f}–{max(r['rps'] for r in rs):.0f})" if len(rs) > 1 else "")
+    print(f"| {target} | {mode} | {c} | {rps} | {avg('p50'):.3f} | {avg('p99'):.3f} | {avg('p999'):.3f} "
+          f"| {add('p50')} | {add('p99')} | {add('p999')} | {us('cpu_us')} | {us('pg_us')} | {us('redis_us')} | {sum(r['errors'] for r in rs)} |")
+# Feature rows against the plain Postgres + Redis row, paired by round (runs next to each other).
+base = "postgres+redis"
+paired = [(t, m, c) for (t, m, c) in groups if t.startswith(base + ",")]
+if paired and any(t == base for (t, _, _) in groups):
+    print()
+    print("| row | mode | conc. | RPS vs plain, per round | mean | CPU/req (keygate + Postgres + Redis) vs plain |")
+    print("|---|---|---:|---|---:|---:|")
+    for (t, m, c) in paired:
+        plain = {r["round"]: r for r in groups.get((base, m, c), [])}
+        ratios = [r["rps"] / plain[r["round"]]["rps"] - 1 for r in groups[(t, m, c)] if r["round"] in plain]
+        total = lambda r: sum(r.get(k) or 0 for k in ("cpu_us", "pg_us", "redis_us"))
+        cpu_ratio = mean(total(r) for r in groups[(t, m, c)]) / mean(total(r) for r in plain.values()) - 1
+        print(f"| {t} | {m} | {c} | {', '.join(f'{x:+.1%}' for x in ratios)} | {mean(ratios):+.1%} | {cpu_ratio:+.1%} |")
 print()
-print(f"| target | idle RSS | RSS with {sys.argv[3]} open streams | peak RSS |")
-print("|---|---:|---:|---:|")
+print(f"| target | idle RSS | RSS with {sys.argv[3]} open streams | peak RSS | log events dropped |")
+print("|---|---:|---:|---:|---:|")
 for name, m in mem.items():
-    print(f"| {name} | {m['idle_rss_kb'] / 1024:.0f} MiB | {m['open_rss_kb'] / 1024:.0f} MiB | {m['peak_rss_kb'] / 1024:.0f} MiB |")
+    print(f"| {name} | {m['idle_rss_kb'] / 1024:.0f} MiB | {m['open_rss_kb'] / 1024:.0f} MiB | {m['peak_rss_kb'] / 1024:.0f} MiB | {m.get('dropped', 0):.0f} |")
 PY

@@ -15,6 +15,7 @@ mod m20261123_000011_token_version;
 mod m20261123_000012_audit_log;
 mod m20261123_000013_tenant_id_sequence;
 mod m20261123_000014_log_index_trim;
+mod m20261123_000015_log_write_cost;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000012_audit_log::Migration),
             Box::new(m20261123_000013_tenant_id_sequence::Migration),
             Box::new(m20261123_000014_log_index_trim::Migration),
+            Box::new(m20261123_000015_log_write_cost::Migration),
         ]
     }
 }

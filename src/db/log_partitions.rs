@@ -175,7 +175,7 @@ async fn create(txn: &DatabaseTransaction, day: NaiveDate, has_default: bool) ->
         [from.into(), to.into()],
     ))
     .await?;
-    // The parent's indexes and primary key are built on the new table as it attaches.
+    // The parent's indexes are built on the new table as it attaches.
     txn.execute_unprepared(&format!(
         "ALTER TABLE request_logs ATTACH PARTITION {name} FOR VALUES {bounds}"
     ))

@@ -91,6 +91,27 @@ pub struct RequestEvent {
     pub bodies: Option<Box<capture::Bodies>>,
 }
 
+/// A request event's id: a uuid v7 that carries the event's own timestamp (to the millisecond), so
+/// the id alone says where its row sits in time. The log table on Postgres has no index on the id
+/// (`migration` 015): `db::logs::by_id` reads the time index around `id_time` instead.
+pub fn log_id(ts: DateTime<Utc>) -> uuid::Uuid {
+    let at = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        ts.timestamp().max(0) as u64,
+        ts.timestamp_subsec_nanos(),
+    );
+    uuid::Uuid::new_v7(at)
+}
+
+/// The time a uuid v7 carries (None for other versions).
+pub fn id_time(id: uuid::Uuid) -> Option<DateTime<Utc>> {
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+}
+
 /// A key fault as the database should remember it: a durable status (`invalid`, `exhausted`),
 /// or None for a passing fault that only updates `last_error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,5 +232,29 @@ impl Events {
         if tokio::time::timeout(within, all).await.is_err() {
             tracing::warn!("event sinks did not flush within the shutdown grace period");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_id_carries_its_event_time_to_the_millisecond() {
+        let ts = DateTime::parse_from_rfc3339("2026-11-23T04:05:06.789123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let id = log_id(ts);
+        assert_eq!(id.get_version_num(), 7);
+        let back = id_time(id).unwrap();
+        assert_eq!(back.timestamp_millis(), ts.timestamp_millis());
+        // Two events in the same millisecond still get different ids.
+        assert_ne!(log_id(ts), id);
+    }
+
+    #[test]
+    fn only_a_uuid_v7_has_a_time() {
+        assert_eq!(id_time(uuid::Uuid::new_v4()), None);
+        assert!(id_time(uuid::Uuid::now_v7()).is_some());
     }
 }

@@ -354,9 +354,10 @@ impl Finish {
         }
         self.record_span(status, error_kind);
         let bodies = self.captured();
+        let ts = chrono::Utc::now();
         self.state.events.request(RequestEvent {
-            id: uuid::Uuid::now_v7(),
-            ts: chrono::Utc::now(),
+            id: crate::events::log_id(ts),
+            ts,
             service: self.label.clone(),
             access_key_id: self.access_key_id,
             upstream_key_id: self.tried.last().copied(),

@@ -16,7 +16,7 @@ use crate::mock;
 /// A log row as the log writer would store it; tests change the fields they filter on.
 fn row(service: &str, ts: DateTime<Utc>) -> request_log::Model {
     request_log::Model {
-        id: Uuid::now_v7(),
+        id: keygate::events::log_id(ts),
         ts,
         service: service.into(),
         access_key_id: None,
@@ -329,7 +329,11 @@ both!(
         assert_eq!(v["cost"], 0.0015);
         assert_eq!(v["attempts"], 2);
         assert!(!v.to_string().contains("sk-filter-key"));
-        for missing in [Uuid::now_v7().to_string(), "not-a-uuid".into()] {
+        for missing in [
+            Uuid::now_v7().to_string(),
+            Uuid::new_v4().to_string(),
+            "not-a-uuid".into(),
+        ] {
             let (s, v) = app
                 .admin("GET", &format!("/admin/logs/{missing}"), None)
                 .await;

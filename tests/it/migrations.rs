@@ -377,3 +377,118 @@ both!(
         assert_eq!(ids(db.clone()).await, seeded);
     }
 );
+
+/// Index definitions of `request_logs` by name, and whether it has a primary key.
+async fn log_index_defs(
+    db: &DatabaseConnection,
+) -> (bool, std::collections::BTreeMap<String, String>) {
+    let pk = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT 1 AS one FROM pg_constraint WHERE conrelid = 'request_logs'::regclass AND contype = 'p'",
+        ))
+        .await
+        .unwrap()
+        .is_some();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT indexname::text AS name, indexdef AS def FROM pg_indexes WHERE tablename = 'request_logs'",
+        ))
+        .await
+        .unwrap();
+    let defs = rows
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("", "name").unwrap(),
+                r.try_get("", "def").unwrap(),
+            )
+        })
+        .collect();
+    (pk, defs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_request_logs_keep_one_unique_time_index_and_index_only_statuses_from_300() {
+    use sea_orm::TransactionTrait;
+    let (db, _dir) = empty_db(Backend::Postgres).await;
+    Migrator::up(&db, None).await.unwrap();
+    let (pk, defs) = log_index_defs(&db).await;
+    assert!(
+        !pk,
+        "no primary key: the unique time index is the conflict target"
+    );
+    assert!(
+        defs["ux_request_logs_ts_id"].starts_with("CREATE UNIQUE INDEX")
+            && defs["ux_request_logs_ts_id"].ends_with("(ts DESC, id DESC)"),
+        "{defs:?}"
+    );
+    assert!(!defs.contains_key("ix_request_logs_ts_id"), "{defs:?}");
+    assert!(
+        defs["ix_request_logs_status_ts"].ends_with("WHERE (status >= 300)"),
+        "{defs:?}"
+    );
+
+    // A status filter's page uses the partial index even under a generic plan, where the bound
+    // status is unknown: the query carries the index's predicate as a literal.
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared(
+        "INSERT INTO request_logs (id, ts, service, path, status, attempts, latency_ms) \
+         SELECT gen_random_uuid(), now() - i * interval '1 second', 'svc', '/', \
+                CASE WHEN i % 100 = 0 THEN 500 ELSE 200 END, 1, 5 \
+         FROM generate_series(1, 20000) i; \
+         ANALYZE request_logs; \
+         SET LOCAL plan_cache_mode = force_generic_plan",
+    )
+    .await
+    .unwrap();
+    let filter = keygate::db::logs::LogFilter {
+        status: Some(keygate::db::logs::StatusMatch::Exact(500)),
+        ..Default::default()
+    };
+    let q = sea_orm::QueryTrait::build(
+        &keygate::db::logs::page_query(&filter, None, 50),
+        sea_orm::DbBackend::Postgres,
+    );
+    // A prepared statement, planned generically (the session says so), as the pool's cached
+    // statements may come to be.
+    use sea_orm::sea_query::QueryBuilder;
+    let args: Vec<String> = q
+        .values
+        .iter()
+        .flat_map(|v| v.0.iter())
+        .map(|v| sea_orm::sea_query::PostgresQueryBuilder.value_to_string(v))
+        .collect();
+    txn.execute_unprepared(&format!("PREPARE log_page AS {}", q.sql))
+        .await
+        .unwrap();
+    let plan: Vec<String> = txn
+        .query_all_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("EXPLAIN EXECUTE log_page({})", args.join(", ")),
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).unwrap())
+        .collect();
+    // Each partition's copy of the index is named after it (`request_logs_p<day>_status_ts_idx`).
+    assert!(
+        plan.iter().any(|l| l.contains("status_ts")) && plan.iter().any(|l| l.contains("$1")),
+        "{plan:#?}"
+    );
+    txn.rollback().await.unwrap();
+
+    // Rolled back, the table has its primary key and the full status index again.
+    Migrator::down(&db, Some(1)).await.unwrap();
+    let (pk, defs) = log_index_defs(&db).await;
+    assert!(pk);
+    assert!(
+        defs["ix_request_logs_status_ts"].ends_with("(status, ts)"),
+        "{defs:?}"
+    );
+    assert!(
+        defs.contains_key("ix_request_logs_ts_id") && !defs.contains_key("ux_request_logs_ts_id")
+    );
+}
