@@ -188,6 +188,7 @@ impl App {
                 spool,
                 state.coord.clone(),
                 config.log.requests,
+                std::time::Duration::from_millis(config.log.flush_interval_ms.max(10)),
             )),
             tokio::spawn(crate::events::key_status::run(
                 db.clone(),

@@ -212,6 +212,10 @@ pub struct LogConfig {
     pub body_retention_days: u32,
     /// Request events waiting for the log writer (memory); beyond it events go to the spool.
     pub queue_capacity: usize,
+    /// How long the log writer gathers events before writing them as one batch (ms): the longest
+    /// a request takes to show in the log and the statistics. Each batch upserts one statistics
+    /// row per group whatever its size, so a longer interval costs the database less.
+    pub flush_interval_ms: u64,
     /// Largest size of the local spool file that holds request events while the database is
     /// unreachable; replayed in order when it returns. 0 disables spooling.
     pub spool_max_bytes: u64,
@@ -285,6 +289,7 @@ impl Config {
             .set_default("log.minute_stats_days", 14)?
             .set_default("log.body_retention_days", 7)?
             .set_default("log.queue_capacity", 50_000)?
+            .set_default("log.flush_interval_ms", 1_000)?
             .set_default("log.spool_max_bytes", 256 * 1024 * 1024)?
             .set_default("jobs.validate_tick_ms", 5_000)?
             .set_default("jobs.validate_min_interval_s", 10)?

@@ -30,12 +30,12 @@ use crate::db::entity::request_log;
 use crate::telemetry::metrics as m;
 
 /// Events per transaction. The statistics are upserted once per transaction, one row per group
-/// and grain whatever the batch's size, so larger batches make them cheaper per request: at 500
-/// events and 200 ms, logging cost 12-18 % of throughput against logging off in the bench.
+/// and grain whatever the batch's size, so larger batches (and a longer `log.flush_interval_ms`)
+/// make them cheaper per request: at 500 events and 200 ms, logging cost 12-18 % of throughput
+/// against logging off in the bench.
 const BATCH: usize = 2000;
 /// Rows per INSERT statement: 25 bound values a row stays under SQLite's 32766 parameters.
 const INSERT_ROWS: usize = 500;
-const LINGER: Duration = Duration::from_millis(500);
 /// Quick retries of a batch before it goes to the spool (only while the database looked up).
 const RETRIES: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
 /// One insert may not hold the writer longer than this (a hung database looks like a down one).
@@ -112,8 +112,9 @@ pub fn open_spool(log: &LogConfig, data_dir: &Path) -> Option<Spool> {
     }
 }
 
-/// Drains request events into the database in batches of up to 500 rows or every 200 ms,
-/// through the spool while the database is unreachable, until shutdown.
+/// Drains request events into the database in batches of up to `BATCH` rows, each written
+/// `linger` after its first event arrived (at once while a backlog is queued), through the spool
+/// while the database is unreachable, until shutdown.
 pub async fn run(
     db: DatabaseConnection,
     events: Events,
@@ -121,6 +122,7 @@ pub async fn run(
     spool: Option<Spool>,
     coord: Coord,
     log_requests: bool,
+    linger: Duration,
 ) {
     let mut shutdown = events.on_shutdown();
     // The writer only needs the shutdown hook; holding a sender would keep its own channel open.
@@ -137,7 +139,7 @@ pub async fn run(
     };
     let mut buf: Vec<RequestEvent> = Vec::with_capacity(BATCH);
     // The last batch filled up: more events are queued, so the next one is taken at once. Else a
-    // linger per batch would cap the writer at BATCH / LINGER events a second, below what one
+    // linger per batch would cap the writer at BATCH / linger events a second, below what one
     // replica can serve, and the queue would overflow.
     let mut backlog = false;
     loop {
@@ -156,7 +158,7 @@ pub async fn run(
                 // Lingers without looking at the queue: waking for every event would cost the
                 // hot path a task wake-up (often a thread wake-up) per request.
                 if !backlog {
-                    tokio::time::sleep(LINGER).await;
+                    tokio::time::sleep(linger).await;
                 }
                 while buf.len() < BATCH {
                     match rx.try_recv() {

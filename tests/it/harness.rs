@@ -39,6 +39,8 @@ impl Shared {
         c.database.max_connections = 5;
         c.auth.admin_password = Some(SecretString::from(ADMIN_PASSWORD));
         c.proxy.refresh_interval_ms = 100;
+        // Tests wait for rows to land: a short flush keeps those waits short.
+        c.log.flush_interval_ms = 100;
         // Mock upstreams listen on loopback, which the SSRF guard refuses unless allowed.
         c.egress.allow = vec!["127.0.0.0/8".into(), "::1/128".into()];
         if backend == Backend::Postgres {
