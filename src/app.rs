@@ -156,6 +156,7 @@ impl App {
             catalog: Default::default(),
             login_guard: admin::login_guard::LoginGuard::new(&config.auth),
             draining: std::sync::atomic::AtomicBool::new(false),
+            audit_seen: std::sync::atomic::AtomicI64::new(0),
             db_health: Default::default(),
             global_keys,
             events: events.clone(),
@@ -361,18 +362,23 @@ async fn refresh_loop(state: AppState) {
     let replica = crate::coord::new_lease_id();
     let mut next_heartbeat = tokio::time::Instant::now();
     let watch_db = matches!(state.coord, Coord::Memory(_));
-    let mut last_write = if watch_db {
-        db::audit::latest_id(&state.db).await.ok().flatten()
-    } else {
-        None
-    };
+    if watch_db && let Ok(id) = db::audit::latest_id(&state.db).await {
+        state.saw_audit(id);
+    }
     loop {
         tick.tick().await;
         if watch_db {
             match db::audit::latest_id(&state.db).await {
-                Ok(id) if id != last_write => {
-                    last_write = id;
-                    if let Err(e) = state.config_changed().await {
+                // Another process wrote (this one's own writes were recorded as they reloaded).
+                Ok(id) if state.saw_audit(id) => {
+                    let v = match state.coord.bump_config_version().await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot bump the config version");
+                            continue;
+                        }
+                    };
+                    if let Err(e) = state.reload_to(v, "remote").await {
                         tracing::warn!(error = %e, "snapshot reload failed; serving the previous one");
                     }
                 }

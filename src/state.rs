@@ -53,6 +53,10 @@ pub struct Inner {
     pub draining: AtomicBool,
     /// Whether the database answers (one probe per replica).
     pub db_health: Arc<crate::db::health::DbHealth>,
+    /// With in-process coordination, the newest audit-log id the snapshot reflects: another
+    /// process's write (the CLI's) shows as a newer id, which `app::refresh_loop` reloads for.
+    /// This process's own writes set it before their reload, so they do not cause a second one.
+    pub audit_seen: std::sync::atomic::AtomicI64,
 }
 
 impl AppState {
@@ -87,8 +91,19 @@ impl AppState {
 
     /// Called by the control plane after every write: announce to all replicas, reload here now.
     pub async fn config_changed(&self) -> anyhow::Result<()> {
+        if matches!(self.coord, crate::coord::Coord::Memory(_)) {
+            // Read before the reload, so the snapshot is at least as new as this id.
+            self.saw_audit(crate::db::audit::latest_id(&self.db).await?);
+        }
         let v = self.coord.bump_config_version().await?;
         self.reload_to(v, "local").await
+    }
+
+    /// Records an audit-log id the next snapshot load will reflect; true when it is newer than
+    /// any recorded before.
+    pub fn saw_audit(&self, id: Option<i64>) -> bool {
+        let id = id.unwrap_or(0);
+        self.audit_seen.fetch_max(id, Ordering::SeqCst) < id
     }
 }
 

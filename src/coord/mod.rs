@@ -45,8 +45,6 @@ pub const LIST_PRICE_PPM: u32 = 1_000_000;
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeySet {
     pub specs: Vec<KeySpec>,
-    /// `id,id,...` in list order.
-    ids_csv: String,
     /// `;index:weight:rpm:tpm:balance:cost...` for keys with anything but the defaults (1-based
     /// index; each entry starts with `;`, so the script can find one key's alone).
     overrides: String,
@@ -65,11 +63,6 @@ impl KeySet {
     }
 
     fn build(specs: Vec<KeySpec>, balances: bool) -> Self {
-        let ids_csv = specs
-            .iter()
-            .map(|k| k.id.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
         let overrides = specs
             .iter()
             .enumerate()
@@ -95,11 +88,7 @@ impl KeySet {
                 )
             })
             .collect::<String>();
-        Self {
-            specs,
-            ids_csv,
-            overrides,
-        }
+        Self { specs, overrides }
     }
 
     pub fn len(&self) -> usize {

@@ -1,7 +1,7 @@
 //! Redis coordination store for many replicas, on a single Redis, a Sentinel-managed primary
 //! (`sentinel.rs`: found through the Sentinels and followed across failovers) or a Redis
 //! Cluster. Every change
-//! happens inside a Lua script whose file name carries a version (`acquire_v5`), so a rolling
+//! happens inside a Lua script whose file name carries a version (`acquire_v6`), so a rolling
 //! deploy never runs changed logic under an old name; scripts are loaded at start and called by
 //! SHA (EVALSHA, falling back to EVAL). Each script's header documents its KEYS, ARGV and reply,
 //! which the methods here read. (Taking a job lock is a single atomic `SET NX PX` and needs no
@@ -143,7 +143,7 @@ pub struct RedisStore {
     client_undo: Script,
     grant_undo: Script,
     client_release: Script,
-    /// client_v1 and acquire_v5 in one call, and release_v5 and client_release_v1 in one call:
+    /// client_v1 and acquire_v6 in one call, and release_v5 and client_release_v1 in one call:
     /// on a single Redis (never a cluster, where their keys are in different slots).
     acquire_client: Script,
     release_client: Script,
@@ -289,7 +289,7 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             policy,
-            acquire: Script::new(include_str!("lua/acquire_v5.lua")),
+            acquire: Script::new(include_str!("lua/acquire_v6.lua")),
             release: Script::new(include_str!("lua/release_v5.lua")),
             report: Script::new(include_str!("lua/report_v4.lua")),
             renew: Script::new(include_str!("lua/renew_v2.lua")),
@@ -302,7 +302,7 @@ impl RedisStore {
             acquire_client: Script::new(&compose(
                 &[
                     ("client", include_str!("lua/client_v1.lua")),
-                    ("acquire", include_str!("lua/acquire_v5.lua")),
+                    ("acquire", include_str!("lua/acquire_v6.lua")),
                     ("client_undo", include_str!("lua/client_undo_v1.lua")),
                 ],
                 include_str!("lua/acquire_client_v1.lua"),
@@ -454,7 +454,7 @@ impl RedisStore {
         self.granted(req, k, lease_id, rem)
     }
 
-    /// acquire_v5 on the service's slot: `{code, index, fails, probe, retry_after_ms, cursor}`.
+    /// acquire_v6 on the service's slot: `{code, index, fails, probe, retry_after_ms, cursor}`.
     async fn acquire_key(
         &self,
         req: &AcquireReq<'_>,
@@ -470,7 +470,7 @@ impl RedisStore {
         Ok(r)
     }
 
-    /// acquire_client_v1 (a single Redis): client_v1's reply after acquire_v5's, both sides
+    /// acquire_client_v1 (a single Redis): client_v1's reply after acquire_v6's, both sides
     /// settled.
     async fn acquire_with_client(
         &self,
@@ -490,7 +490,7 @@ impl RedisStore {
         Ok(r)
     }
 
-    /// acquire_v5's KEYS and ARGV, after any already on `inv`.
+    /// acquire_v6's KEYS and ARGV, after any already on `inv`.
     fn acquire_args(
         &self,
         inv: &mut redis::ScriptInvocation<'_>,
@@ -520,7 +520,8 @@ impl RedisStore {
             .arg(req.price.unwrap_or(0))
             .arg(rand::random::<u32>())
             .arg(self.policy.probe_lock_ms)
-            .arg(&req.keys.ids_csv)
+            // ARGV[8]: unused since acquire_v6 (the ids are in the key names).
+            .arg("")
             .arg(&req.keys.overrides)
             .arg(excluded)
             .arg(if req.session.is_some() { 1 } else { 0 })

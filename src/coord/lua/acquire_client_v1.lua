@@ -1,15 +1,15 @@
--- keygate acquire with client v1: client_v1.lua and acquire_v5.lua in one call, on one primary
+-- keygate acquire with client v1: client_v1.lua and acquire_v6.lua in one call, on one primary
 -- only (a single Redis or a Sentinel's: the client's hash and the service's keys are in different
 -- cluster slots). Composed at start (coord::redis::compose): the two scripts, and
 -- client_undo_v1.lua, run here as the local functions client, acquire and client_undo, each with
 -- its own KEYS and ARGV. One call instead of two per request whose access key has limits or a
 -- budget: a priced request's acquire costs the server one script call, and the request one round
 -- trip, like an unpriced one.
--- KEYS[1]     client_v1's KEYS[1];  KEYS[2..]   acquire_v5's KEYS
--- ARGV[1..6]  client_v1's ARGV;     ARGV[7..20] acquire_v5's ARGV
--- Returns acquire_v5's six values, then client_v1's five. The client is asked first: when it
+-- KEYS[1]     client_v1's KEYS[1];  KEYS[2..]   acquire_v6's KEYS
+-- ARGV[1..6]  client_v1's ARGV;     ARGV[7..20] acquire_v6's ARGV
+-- Returns acquire_v6's six values, then client_v1's five. The client is asked first: when it
 -- refuses, the key side is not asked (there is nothing to give back), but a service backing off
--- still answers first, as acquire_v5 would ({4, ..., retry_after_ms, -1}; otherwise the key side
+-- still answers first, as acquire_v6 would ({4, ..., retry_after_ms, -1}; otherwise the key side
 -- reads {0, 0, 0, 0, 0, -1}). When the key side grants nothing, the client's charge is given back
 -- in the same call. Read by coord::redis::RedisStore::acquire.
 local kk = {}

@@ -1,5 +1,5 @@
 -- keygate client undo v1: gives back what client_v1.lua charged for a request that the key side
--- (acquire_v5.lua) then refused, so a refusal costs the client nothing: one request on rpm and
+-- (acquire_v6.lua) then refused, so a refusal costs the client nothing: one request on rpm and
 -- rpd (their GCRA cursors move back one period's share) and the budget reserve.
 -- KEYS[1]  client hash (see client_v1.lua)
 -- ARGV[1..2] client rpm, rpd (0 = no limit), ARGV[3] reserve in micros taken ('0' = none)

@@ -1,5 +1,5 @@
 -- keygate client v1: an access key's rate limits and budget, on the client's own slot (hash tag
--- `{c<access key id>}`). Runs beside acquire_v5.lua (the key choice, on the service's slot) on
+-- `{c<access key id>}`). Runs beside acquire_v6.lua (the key choice, on the service's slot) on
 -- the first attempt of a request whose access key has limits; each call is atomic, so the limits
 -- are exact across replicas. A request refused by the other side gives back what this took
 -- (client_undo_v1.lua).

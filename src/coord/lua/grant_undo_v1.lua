@@ -1,4 +1,4 @@
--- keygate grant undo v1: gives back a key granted by acquire_v5.lua to a request that the client
+-- keygate grant undo v1: gives back a key granted by acquire_v6.lua to a request that the client
 -- side (client_v1.lua) refused: the lease and its slot in flight, the key's own rpm charge, its
 -- half-open trial, and the round-robin cursor when nobody has moved it since, so a refused request
 -- does not shift the rotation.

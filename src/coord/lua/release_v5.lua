@@ -1,6 +1,6 @@
 -- keygate release v5: the end of a request that got an answer from its key. Off the client's path.
 -- On the service's slot; the client's tokens and spend go to its own slot (client_release_v1.lua).
--- KEYS[1] service leases zset, KEYS[2] key hash (see acquire_v5.lua)
+-- KEYS[1] service leases zset, KEYS[2] key hash (see acquire_v6.lua)
 -- ARGV[1] lease member ("<key id>:<lease id>")
 -- ARGV[2] success: 1 resets the key's failure count, backoff step and half-open state
 -- ARGV[3] tokens used (0 = unknown)

@@ -2,7 +2,7 @@
 -- records the key's health; detects upstream-wide rate limits.
 -- KEYS[1] service hash, KEYS[2] service leases zset, KEYS[3] key hash,
 -- KEYS[4] service 429 zset (member key id, score ms of its last 429); all on the service's slot
--- (hash tag `{s<service id>}`, see acquire_v5.lua). v4: only the key names changed.
+-- (hash tag `{s<service id>}`, see acquire_v6.lua). v4: only the key names changed.
 -- ARGV[1] kind: invalid | exhausted | rate_limited | failure | clear
 -- ARGV[2] lease member ('' = none)
 -- ARGV[3] retry-after ms from the upstream (0 = none)
@@ -13,7 +13,7 @@
 -- ARGV[14] success-rate time constant ms
 -- ARGV[15] statistics class of the failed attempt: 4xx | 5xx | net ('' = not counted)
 -- ARGV[16] the attempt's HTTP status ('' or 0 = no answer): counted as the key's `sc:<status>`
--- Returns {fails, until, service_backoff_until}: until as in acquire_v5.lua (0, -1 or ms epoch);
+-- Returns {fails, until, service_backoff_until}: until as in acquire_v6.lua (0, -1 or ms epoch);
 -- service_backoff_until 0 unless this report started an upstream-wide backoff.
 -- Read by coord::redis::RedisStore::report into coord::Report.
 local t = redis.call('TIME')

@@ -1,7 +1,7 @@
 -- keygate take_stats v2: the statistics keys gathered since they were last taken, and their live
 -- balances, for the flush to the database. Each counter is decremented by what is returned, in
 -- the same step, so replicas flushing at once never count a request twice.
--- KEYS: key hashes, all of one service (one slot; see acquire_v5.lua). v2: only the key names
+-- KEYS: key hashes, all of one service (one slot; see acquire_v6.lua). v2: only the key names
 -- changed.
 -- Returns one {st_req, st_ok, st_f4, st_f5, st_fn, st_tok, st_cost, bal_micros or '', last,
 -- failures by status as "status=n,..."} per key, as strings (the `sc:<status>` fields, taken the

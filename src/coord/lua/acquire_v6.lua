@@ -1,4 +1,4 @@
--- keygate acquire v5: one call per attempt, on the service's slot. Picks a key of the service (by
+-- keygate acquire v6: one call per attempt, on the service's slot. Picks a key of the service (by
 -- session affinity when the request has a session, else by the strategy) among the usable ones,
 -- and takes a lease on it. The client's limits and budget live in another slot (client_v1.lua):
 -- a request whose access key has any is checked there concurrently (coord::redis).
@@ -22,7 +22,8 @@
 -- ARGV[5]  request price in micros (0 = unknown)
 -- ARGV[6]  random integer in [0, 2^32) (random, latency and success_rate strategies)
 -- ARGV[7]  half-open probe lock ms
--- ARGV[8]  key ids of the service, comma-separated, in list order (the same order as KEYS[4..])
+-- ARGV[8]  unused ('': v5 passed the key ids here; v6 reads each from its key's name, KEYS[3 + i]
+--          ends in ':k:<id>', and only for the keys it looks at)
 -- ARGV[9]  keys with settings other than the defaults (weight 1, no rpm/tpm, no balance, cost
 --          factor 1): ";index:weight:rpm:tpm:balance:cost;..." (1-based index, 0 = no limit,
 --          balance in micros or '' = none, cost factor in millionths or '' = 1000000)
@@ -44,14 +45,19 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local MIN, DAY = 60000, 86400000
-local ids = {}
-local index_of = {}
-for id in string.gmatch(ARGV[8], '[^,]+') do
-  ids[#ids + 1] = id
-  index_of[id] = #ids
+-- The key ids are read from the key names on demand: round robin looks at one key in the common
+-- case, and building a table of every id on each call cost more than the rest of the call.
+local n = #KEYS - 3
+if n <= 0 then return {0, 0, 0, 0, 0, -1} end
+local id_at = {}
+local function id_of(i)
+  local id = id_at[i]
+  if id == nil then
+    id = string.match(KEYS[3 + i], ':k:(%d+)$')
+    id_at[i] = id
+  end
+  return id
 end
-local n = #ids
-if n == 0 then return {0, 0, 0, 0, 0, -1} end
 local DEFAULT = {w = 1, rpm = 0, tpm = 0, cf = 1000000}
 local OV = ARGV[9]
 local function to_spec(w, rpm, tpm, bal, cf)
@@ -78,7 +84,11 @@ local function spec_of(i)
   return sp or DEFAULT
 end
 local excluded = {}
-for id in string.gmatch(ARGV[10], '[^,]+') do excluded[id] = true end
+local any_excluded = false
+for id in string.gmatch(ARGV[10], '[^,]+') do
+  excluded[id] = true
+  any_excluded = true
+end
 local function key_hash(i) return KEYS[3 + i] end
 
 local function gcra(tat, period, limit, cost)
@@ -106,6 +116,8 @@ end
 
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 if #expired > 0 then
+  local index_of = {}
+  for i = 1, n do index_of[id_of(i)] = i end
   for _, m in ipairs(expired) do
     -- A lease of a key no longer in the service's list is just dropped (the key's state no
     -- longer matters to anyone).
@@ -128,7 +140,7 @@ local cursor_before = -1
 
 -- Evaluates key i: a candidate table when it is usable now, else nil.
 local function eval(i)
-  if excluded[ids[i]] then return nil end
+  if any_excluded and excluded[id_of(i)] then return nil end
   local sp = spec_of(i)
   local f = redis.call('HMGET', key_hash(i), 'until', 'fails', 'inflight', 'last', 'cw', 'probe',
     'halfopen', 'bal_micros', 'tat_rpm', 'tat_tpm', 'lat', 'lat_t', 'sr_ok', 'sr_n')
@@ -177,7 +189,7 @@ if session then
   local bound = redis.call('GET', KEYS[3])
   local at = nil
   if bound then
-    for i = 1, n do if ids[i] == bound then at = i break end end
+    for i = 1, n do if id_of(i) == bound then at = i break end end
   end
   if at then
     pick = eval(at)
@@ -185,7 +197,7 @@ if session then
   else
     pick = first_from(tonumber(ARGV[12]) % n)
   end
-  if pick then redis.call('SET', KEYS[3], ids[pick.i], 'PX', tonumber(ARGV[13])) end
+  if pick then redis.call('SET', KEYS[3], id_of(pick.i), 'PX', tonumber(ARGV[13])) end
 elseif strategy == 'rr' then
   -- Scan from the cursor and stop at the first usable key: one key read in the common case. The
   -- cursor then moves just past the key taken, so the rotation is exact, and fair among the
@@ -284,7 +296,7 @@ if pick == nil then
 end
 
 local kh = key_hash(pick.i)
-local kid = ids[pick.i]
+local kid = id_of(pick.i)
 if pick.new_krpm then redis.call('HSET', kh, 'tat_rpm', pick.new_krpm) end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), kid .. ':' .. ARGV[4])
 redis.call('HINCRBY', kh, 'inflight', 1)
