@@ -418,18 +418,12 @@ async fn insert_and_roll_up(
         return insert_and_roll_up_pg(db.get_postgres_connection_pool(), events).await;
     }
     let txn = db.begin().await?;
-    // A partitioned table (Postgres) cannot hold a unique index on `id` alone, only on keys that
-    // include the partition key `ts`. An event's `ts` is fixed when it is created and travels with
-    // it through the spool, so a replay repeats the same (ts, id) and is still skipped.
-    let key: &[request_log::Column] = match db.get_database_backend() {
-        DbBackend::Postgres => &[request_log::Column::Ts, request_log::Column::Id],
-        _ => &[request_log::Column::Id],
-    };
+    // Postgres took its own path above; here (SQLite) the id is the primary key.
     let mut new = std::collections::HashSet::with_capacity(events.len());
     for chunk in events.chunks(INSERT_ROWS) {
         let mut q = request_log::Entity::insert_many(chunk.iter().map(row))
             .on_conflict(
-                OnConflict::columns(key.iter().copied())
+                OnConflict::column(request_log::Column::Id)
                     .do_nothing()
                     .to_owned(),
             )
