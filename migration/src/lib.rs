@@ -16,6 +16,7 @@ mod m20261123_000012_audit_log;
 mod m20261123_000013_tenant_id_sequence;
 mod m20261123_000014_log_index_trim;
 mod m20261123_000015_log_write_cost;
+mod m20261123_000016_log_index_upkeep;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000013_tenant_id_sequence::Migration),
             Box::new(m20261123_000014_log_index_trim::Migration),
             Box::new(m20261123_000015_log_write_cost::Migration),
+            Box::new(m20261123_000016_log_index_upkeep::Migration),
         ]
     }
 }

@@ -410,7 +410,8 @@ async fn log_index_defs(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_request_logs_keep_one_unique_time_index_and_index_only_statuses_from_300() {
+async fn on_postgres_request_logs_keep_one_ascending_unique_time_index_read_backwards_and_index_only_statuses_from_300()
+ {
     use sea_orm::TransactionTrait;
     let (db, _dir) = empty_db(Backend::Postgres).await;
     Migrator::up(&db, None).await.unwrap();
@@ -421,7 +422,7 @@ async fn on_postgres_request_logs_keep_one_unique_time_index_and_index_only_stat
     );
     assert!(
         defs["ux_request_logs_ts_id"].starts_with("CREATE UNIQUE INDEX")
-            && defs["ux_request_logs_ts_id"].ends_with("(ts DESC, id DESC)"),
+            && defs["ux_request_logs_ts_id"].ends_with("(ts, id)"),
         "{defs:?}"
     );
     assert!(!defs.contains_key("ix_request_logs_ts_id"), "{defs:?}");
@@ -478,9 +479,53 @@ async fn on_postgres_request_logs_keep_one_unique_time_index_and_index_only_stat
         plan.iter().any(|l| l.contains("status_ts")) && plan.iter().any(|l| l.contains("$1")),
         "{plan:#?}"
     );
+
+    // The newest-first page reads the ascending time index backwards, without a sort.
+    let q = sea_orm::QueryTrait::build(
+        &keygate::db::logs::page_query(&Default::default(), None, 50),
+        sea_orm::DbBackend::Postgres,
+    );
+    let args: Vec<String> = q
+        .values
+        .iter()
+        .flat_map(|v| v.0.iter())
+        .map(|v| sea_orm::sea_query::PostgresQueryBuilder.value_to_string(v))
+        .collect();
+    txn.execute_unprepared(&format!("PREPARE newest AS {}", q.sql))
+        .await
+        .unwrap();
+    let explain = if args.is_empty() {
+        "EXPLAIN EXECUTE newest".to_owned()
+    } else {
+        format!("EXPLAIN EXECUTE newest({})", args.join(", "))
+    };
+    let plan: Vec<String> = txn
+        .query_all_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            explain,
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).unwrap())
+        .collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Index Scan Backward") && l.contains("ts_id"))
+            // A sort node, not the merge's "Sort Key" (each partition's scan is already in order).
+            && !plan.iter().any(|l| l.contains("Sort  (")),
+        "{plan:#?}"
+    );
     txn.rollback().await.unwrap();
 
-    // Rolled back, the table has its primary key and the full status index again.
+    // One step down, the time index is descending again; another, the table has its primary
+    // key and the full status index again.
+    Migrator::down(&db, Some(1)).await.unwrap();
+    let (_, defs) = log_index_defs(&db).await;
+    assert!(
+        defs["ux_request_logs_ts_id"].ends_with("(ts DESC, id DESC)"),
+        "{defs:?}"
+    );
     Migrator::down(&db, Some(1)).await.unwrap();
     let (pk, defs) = log_index_defs(&db).await;
     assert!(pk);
