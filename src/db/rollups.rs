@@ -64,7 +64,9 @@ pub async fn add<C: ConnectionTrait>(
 
 /// `add` on Postgres, in the caller's transaction: every row in one statement, each column bound
 /// as one array and turned back into rows by `unnest`, instead of 200 rows of 68 bound values
-/// per statement (the server parsed, planned and bound each of those values).
+/// per statement (the server parsed, planned and bound each of those values). The `unnest` calls
+/// are in the select list, where they advance in step without the tuple store a multi-argument
+/// `FROM unnest(...)` fills first (see the log writer's insert).
 pub async fn add_pg(
     tx: &mut sea_orm::sqlx::PgConnection,
     rows: &BTreeMap<StatKey, Counts>,
@@ -75,14 +77,14 @@ pub async fn add_pg(
             .into_iter()
             .chain(cols.iter().map(|_| "int8"))
             .enumerate()
-            .map(|(i, t)| format!("${}::{t}[]", i + 1))
+            .map(|(i, t)| format!("unnest(${}::{t}[])", i + 1))
             .collect();
         let sums: Vec<String> = cols
             .iter()
             .map(|c| format!("{c} = {TABLE}.{c} + excluded.{c}"))
             .collect();
         format!(
-            "INSERT INTO {TABLE} ({pk}, {cols}) SELECT * FROM unnest({arrays}) \
+            "INSERT INTO {TABLE} ({pk}, {cols}) SELECT {arrays} \
              ON CONFLICT ({pk}) DO UPDATE SET {sums}",
             pk = PK.join(", "),
             cols = cols.join(", "),
