@@ -17,7 +17,8 @@
 # rule on every request, key balances and an access-key budget: the cost of cost accounting).
 # BENCH_SQLITE=0, BENCH_PLAIN=0, BENCH_LOGOFF=0 or BENCH_PRICED=0 leaves a row out.
 # The gateways run side by side and take turns; BENCH_ROUNDS=N (1) repeats the turns N times, and
-# the feature rows are then compared with the plain row round by round. The memory table also
+# the feature rows are then compared with the plain row round by round (mean and median), every
+# other round in reverse order. Each run also records the VM's steal time. The memory table also
 # counts request events the log writer dropped (a full queue) over the whole run.
 # Everything listens on 127.0.0.1 and stops when the script ends.
 #
@@ -77,6 +78,8 @@ STREAM_BODY='{"model":"bench","stream":true,"messages":[{"role":"user","content"
 RESULTS="$WORK/results.jsonl"; : > "$RESULTS"
 TICKS=$(getconf CLK_TCK)
 
+# The whole machine's steal time (the 8th field of /proc/stat's cpu line), in ticks.
+steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
 cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 # Postgres: the postmaster's own and its reaped children's time, plus its live backends'.
 pg_ticks() {
@@ -90,16 +93,18 @@ load() { # name mode url concurrency pid [extra oha args...]; pid = keygate's, f
   local body=$BODY; [ "$mode" = stream ] && body=$STREAM_BODY
   local before; before=$(cpu_ticks "$pid")
   local pg_before redis_before; pg_before=$(pg_ticks); redis_before=$(cpu_ticks "$REDIS_PID")
+  local steal_before; steal_before=$(steal_ticks)
   oha -z "${SECS}s" -c "$c" --no-tui --output-format json -m POST \
     -H 'content-type: application/json' -d "$body" "$@" "$url" > "$WORK/oha.json"
   local after; after=$(cpu_ticks "$pid")
+  local steal_after; steal_after=$(steal_ticks)
   [ "$name" != direct ] && sleep 1
   local pg_after redis_after; pg_after=$(pg_ticks); redis_after=$(cpu_ticks "$REDIS_PID")
   python3 - "$name" "$mode" "$c" "$WORK/oha.json" "$((after - before))" "$TICKS" \
-    "$((pg_after - pg_before))" "$((redis_after - redis_before))" >> "$RESULTS" <<'PY'
+    "$((pg_after - pg_before))" "$((redis_after - redis_before))" "$((steal_after - steal_before))" >> "$RESULTS" <<'PY'
 import json, os, sys
 name, mode, c, path, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-pg_ticks, redis_ticks = int(sys.argv[7]), int(sys.argv[8])
+pg_ticks, redis_ticks, steal_ticks = int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
 r = json.load(open(path))
 p = r["latencyPercentiles"]
 codes = r.get("statusCodeDistribution", {})
@@ -109,7 +114,9 @@ errors += sum(v for k, v in codes.items() if k != "200")
 answered = sum(codes.values())
 cpu_us = ticks / hz * 1e6 / answered if answered and name != "direct" else None
 per_req = lambda t: t / hz * 1e6 / answered if answered and name != "direct" else None
-print(json.dumps({"round": int(os.environ.get("ROUND", "0")), "pg_us": per_req(pg_ticks), "redis_us": per_req(redis_ticks), "target": name, "mode": mode, "c": c, "rps": r["summary"]["requestsPerSec"],
+# Steal: time the hypervisor gave this VM's CPUs to others, as a share of the run's CPU time.
+steal = steal_ticks / hz / (r["summary"]["total"] * os.cpu_count())
+print(json.dumps({"round": int(os.environ.get("ROUND", "0")), "steal": steal, "pg_us": per_req(pg_ticks), "redis_us": per_req(redis_ticks), "target": name, "mode": mode, "c": c, "rps": r["summary"]["requestsPerSec"],
   "p50": p["p50"] * 1e3, "p99": p["p99"] * 1e3, "p999": p["p99.9"] * 1e3, "errors": errors,
   "ok": codes.get("200", 0), "cpu_us": cpu_us}))
 PY
@@ -256,7 +263,13 @@ if [ "${BENCH_PRICED:-1}" = 1 ]; then
     KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
 fi
 for round in $(seq 1 "$ROUNDS"); do
-  for name in "${NAMES[@]}"; do gateway_loads "$name" "$round"; done
+  # Every other round runs the gateways in reverse order, so a drift within a round (the
+  # machine's neighbours, the previous run's background work) lands on both sides of a pair.
+  order=("${NAMES[@]}")
+  if [ $((round % 2)) = 0 ]; then
+    order=(); for ((i = ${#NAMES[@]} - 1; i >= 0; i--)); do order+=("${NAMES[$i]}"); done
+  fi
+  for name in "${order[@]}"; do gateway_loads "$name" "$round"; done
 done
 for name in "${NAMES[@]}"; do finish_gateway "$name"; done
 
@@ -264,7 +277,7 @@ for name in "${NAMES[@]}"; do finish_gateway "$name"; done
 [ -n "${BENCH_JSON:-}" ] && cp "$RESULTS" "$BENCH_JSON"
 python3 - "$RESULTS" "$SECS" "$OPEN_STREAMS" "$ROUNDS" <<'PY'
 import json, sys, os, platform
-from statistics import mean
+from statistics import mean, median
 rows = [json.loads(l) for l in open(sys.argv[1])]
 rounds = int(sys.argv[4])
 direct = {(r["mode"], r["c"]): r for r in rows if r["target"] == "direct" and "c" in r}
@@ -277,8 +290,8 @@ groups = {}
 for r in rows:
     if "c" in r:
         groups.setdefault((r["target"], r["mode"], r["c"]), []).append(r)
-print("| target | mode | conc. | RPS | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | CPU/req µs | Postgres µs/req | Redis µs/req | errors |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| target | mode | conc. | RPS | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | added p99.9 | CPU/req µs | Postgres µs/req | Redis µs/req | errors | steal |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for (target, mode, c), rs in groups.items():
     avg = lambda k: mean(r[k] for r in rs)
     d = direct.get((mode, c))
@@ -286,20 +299,22 @@ for (target, mode, c), rs in groups.items():
     us = lambda k: "" if rs[0].get(k) is None else f"{avg(k):.0f}"
     rps = f"{avg('rps'):.0f}" + (f" ({min(r['rps'] for r in rs):.0f}–{max(r['rps'] for r in rs):.0f})" if len(rs) > 1 else "")
     print(f"| {target} | {mode} | {c} | {rps} | {avg('p50'):.3f} | {avg('p99'):.3f} | {avg('p999'):.3f} "
-          f"| {add('p50')} | {add('p99')} | {add('p999')} | {us('cpu_us')} | {us('pg_us')} | {us('redis_us')} | {sum(r['errors'] for r in rs)} |")
+          f"| {add('p50')} | {add('p99')} | {add('p999')} | {us('cpu_us')} | {us('pg_us')} | {us('redis_us')} | {sum(r['errors'] for r in rs)} "
+          f"| {mean(r.get('steal', 0) for r in rs):.1%} |")
 # Feature rows against the plain Postgres + Redis row, paired by round (runs next to each other).
 base = "postgres+redis"
 paired = [(t, m, c) for (t, m, c) in groups if t.startswith(base + ",")]
 if paired and any(t == base for (t, _, _) in groups):
     print()
-    print("| row | mode | conc. | RPS vs plain, per round | mean | CPU/req (keygate + Postgres + Redis) vs plain |")
-    print("|---|---|---:|---|---:|---:|")
+    # The median too: on a shared VM one round can be off by tens of percent (see "steal").
+    print("| row | mode | conc. | RPS vs plain, per round | mean | median | CPU/req (keygate + Postgres + Redis) vs plain |")
+    print("|---|---|---:|---|---:|---:|---:|")
     for (t, m, c) in paired:
         plain = {r["round"]: r for r in groups.get((base, m, c), [])}
         ratios = [r["rps"] / plain[r["round"]]["rps"] - 1 for r in groups[(t, m, c)] if r["round"] in plain]
         total = lambda r: sum(r.get(k) or 0 for k in ("cpu_us", "pg_us", "redis_us"))
         cpu_ratio = mean(total(r) for r in groups[(t, m, c)]) / mean(total(r) for r in plain.values()) - 1
-        print(f"| {t} | {m} | {c} | {', '.join(f'{x:+.1%}' for x in ratios)} | {mean(ratios):+.1%} | {cpu_ratio:+.1%} |")
+        print(f"| {t} | {m} | {c} | {', '.join(f'{x:+.1%}' for x in ratios)} | {mean(ratios):+.1%} | {median(ratios):+.1%} | {cpu_ratio:+.1%} |")
 print()
 print(f"| target | idle RSS | RSS with {sys.argv[3]} open streams | peak RSS | log events dropped |")
 print("|---|---:|---:|---:|---:|")
