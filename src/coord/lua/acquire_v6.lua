@@ -77,7 +77,13 @@ end
 local function spec_of(i)
   local sp = spec[i]
   if sp == nil and lazy then
-    local w, rpm, tpm, bal, cf = string.match(OV, ';' .. i .. ':(%d+):(%d+):(%d+):(%-?%d*):(%d*)')
+    -- A plain find of ";<i>:" (only an entry starts with ';'), then a match anchored there: an
+    -- unanchored pattern is tried at every position of the string, about 8 µs for 100 keys.
+    local at = string.find(OV, ';' .. i .. ':', 1, true)
+    local w, rpm, tpm, bal, cf
+    if at then
+      w, rpm, tpm, bal, cf = string.match(OV, '^;%d+:(%d+):(%d+):(%d+):(%-?%d*):(%d*)', at)
+    end
     sp = w and to_spec(w, rpm, tpm, bal, cf) or DEFAULT
     spec[i] = sp
   end
