@@ -5,10 +5,11 @@
 -- ARGV[3]  micros to add to the client's spend (cost minus what acquire set aside; '' = none)
 -- ARGV[4]  what the database says the client spent (seeds spent_micros when absent)
 -- Returns 1. Read by coord::redis::RedisStore::release.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local tokens, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 if tokens > 0 and limit > 0 then
+  -- The clock only for the tpm limit: a budget's settlement needs none.
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local tat = math.max(tonumber(redis.call('HGET', KEYS[1], 'tat_tpm') or '0') or 0, now)
   redis.call('HSET', KEYS[1], 'tat_tpm', tat + tokens * 60000 / limit)
 end

@@ -12,9 +12,15 @@
 --   code 1 admitted and charged (one request on rpm and rpd, the reserve on the budget),
 --   2 over a rate limit (retry_after_ms), 5 the budget does not cover the request (what it
 --   spent). Remaining: -1 = no limit. Read by coord::redis::RedisStore::acquire.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local MIN, DAY = 60000, 86400000
+local c_rpm, c_rpd, c_tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+-- The clock is read only for rate limits: a budget alone needs none. Every call a script makes
+-- costs Redis a few µs, and this one runs on every request of a priced access key.
+local now = 0
+if c_rpm > 0 or c_rpd > 0 or c_tpm > 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 local function gcra(tat, period, limit, cost)
   -- Generic cell rate: `limit` per `period`. Returns allowed, new tat, retry after, remaining.
@@ -34,10 +40,9 @@ local function gcra(tat, period, limit, cost)
   return true, new, 0, math.floor((period - (new - now)) / T)
 end
 
-local c_rpm, c_rpd, c_tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local rem_rpm, rem_rpd, rem_tpm = -1, -1, -1
 local new_rpm, new_rpd
-local cl = redis.call('HMGET', KEYS[1], 'tat_rpm', 'tat_rpd', 'tat_tpm')
+local cl = redis.call('HMGET', KEYS[1], 'tat_rpm', 'tat_rpd', 'tat_tpm', 'spent_micros')
 local worst = 0
 local ok, ra
 if c_rpm > 0 then
@@ -61,8 +66,13 @@ if ARGV[4] ~= '' then
   -- A budget admits a request while what was spent plus what this one is expected to cost fits
   -- (a spent budget, or one of 0, admits nothing). The reserve is taken now, so concurrent
   -- requests cannot all squeeze into the same remainder.
-  redis.call('HSETNX', KEYS[1], 'spent_micros', ARGV[5])
-  local spent = tonumber(redis.call('HGET', KEYS[1], 'spent_micros')) or 0
+  -- Read with the rate fields above; seeded from the database only when absent.
+  local spent = cl[4]
+  if not spent then
+    redis.call('HSETNX', KEYS[1], 'spent_micros', ARGV[5])
+    spent = ARGV[5]
+  end
+  spent = tonumber(spent) or 0
   local budget = tonumber(ARGV[4])
   if spent + reserve > budget or spent >= budget then
     return {5, spent, rem_rpm, rem_rpd, rem_tpm}
