@@ -409,6 +409,43 @@ async fn log_index_defs(
     (pk, defs)
 }
 
+/// The plan of the log page query for `filter` as a prepared statement named `name`, planned as
+/// the session says (generically here), as the pool's cached statements may come to be.
+async fn generic_plan(
+    txn: &sea_orm::DatabaseTransaction,
+    name: &str,
+    filter: &keygate::db::logs::LogFilter,
+) -> Vec<String> {
+    use sea_orm::sea_query::QueryBuilder;
+    let q = sea_orm::QueryTrait::build(
+        &keygate::db::logs::page_query(filter, None, 50),
+        sea_orm::DbBackend::Postgres,
+    );
+    let args: Vec<String> = q
+        .values
+        .iter()
+        .flat_map(|v| v.0.iter())
+        .map(|v| sea_orm::sea_query::PostgresQueryBuilder.value_to_string(v))
+        .collect();
+    txn.execute_unprepared(&format!("PREPARE {name} AS {}", q.sql))
+        .await
+        .unwrap();
+    let explain = if args.is_empty() {
+        format!("EXPLAIN EXECUTE {name}")
+    } else {
+        format!("EXPLAIN EXECUTE {name}({})", args.join(", "))
+    };
+    txn.query_all_raw(Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        explain,
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get_by_index::<String>(0).unwrap())
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_request_logs_keep_one_ascending_unique_time_index_read_backwards_and_index_only_statuses_from_300()
  {
@@ -448,32 +485,7 @@ async fn on_postgres_request_logs_keep_one_ascending_unique_time_index_read_back
         status: Some(keygate::db::logs::StatusMatch::Exact(500)),
         ..Default::default()
     };
-    let q = sea_orm::QueryTrait::build(
-        &keygate::db::logs::page_query(&filter, None, 50),
-        sea_orm::DbBackend::Postgres,
-    );
-    // A prepared statement, planned generically (the session says so), as the pool's cached
-    // statements may come to be.
-    use sea_orm::sea_query::QueryBuilder;
-    let args: Vec<String> = q
-        .values
-        .iter()
-        .flat_map(|v| v.0.iter())
-        .map(|v| sea_orm::sea_query::PostgresQueryBuilder.value_to_string(v))
-        .collect();
-    txn.execute_unprepared(&format!("PREPARE log_page AS {}", q.sql))
-        .await
-        .unwrap();
-    let plan: Vec<String> = txn
-        .query_all_raw(Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            format!("EXPLAIN EXECUTE log_page({})", args.join(", ")),
-        ))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get_by_index::<String>(0).unwrap())
-        .collect();
+    let plan = generic_plan(&txn, "log_page", &filter).await;
     // Each partition's copy of the index is named after it (`request_logs_p<day>_status_ts_idx`).
     assert!(
         plan.iter().any(|l| l.contains("status_ts")) && plan.iter().any(|l| l.contains("$1")),
@@ -481,34 +493,7 @@ async fn on_postgres_request_logs_keep_one_ascending_unique_time_index_read_back
     );
 
     // The newest-first page reads the ascending time index backwards, without a sort.
-    let q = sea_orm::QueryTrait::build(
-        &keygate::db::logs::page_query(&Default::default(), None, 50),
-        sea_orm::DbBackend::Postgres,
-    );
-    let args: Vec<String> = q
-        .values
-        .iter()
-        .flat_map(|v| v.0.iter())
-        .map(|v| sea_orm::sea_query::PostgresQueryBuilder.value_to_string(v))
-        .collect();
-    txn.execute_unprepared(&format!("PREPARE newest AS {}", q.sql))
-        .await
-        .unwrap();
-    let explain = if args.is_empty() {
-        "EXPLAIN EXECUTE newest".to_owned()
-    } else {
-        format!("EXPLAIN EXECUTE newest({})", args.join(", "))
-    };
-    let plan: Vec<String> = txn
-        .query_all_raw(Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            explain,
-        ))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get_by_index::<String>(0).unwrap())
-        .collect();
+    let plan = generic_plan(&txn, "newest", &Default::default()).await;
     assert!(
         plan.iter()
             .any(|l| l.contains("Index Scan Backward") && l.contains("ts_id"))
