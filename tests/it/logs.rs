@@ -512,3 +512,98 @@ both!(
         assert!(v["detail"].as_str().unwrap().starts_with("format"), "{v}");
     }
 );
+
+both!(
+    every_field_of_a_written_batch_reads_back_as_the_writer_meant_it,
+    |b: Backend| async move {
+        use keygate::events::{RequestEvent, Tokens, log_writer};
+        use sea_orm::{ColumnTrait, QueryFilter, TryIntoModel};
+        let app = TestApp::spawn(b).await;
+        // Microseconds are what both databases keep of a time.
+        let ts =
+            DateTime::from_timestamp_micros(Utc::now().timestamp_micros() - 5_000_123).unwrap();
+        let full = RequestEvent {
+            id: keygate::events::log_id(ts),
+            ts,
+            service: "rt-ünïcode".into(),
+            access_key_id: Some(i64::MAX),
+            upstream_key_id: Some(-7),
+            tried: vec![3, -7],
+            model: Some("模型-🙂".into()),
+            upstream_model: Some("upstream/model:v2".into()),
+            path: format!("/v1/{}", "p".repeat(600)),
+            status: 599,
+            attempts: u32::MAX,
+            latency_ms: u64::MAX,
+            ttft_ms: Some(0),
+            tokens: Tokens {
+                prompt: 1,
+                completion: u64::MAX,
+                cache_read: 3,
+                cache_write: 4,
+            },
+            cost_micros: Some(-12),
+            error_kind: Some("rate_limited".into()),
+            streamed: true,
+            cancelled: true,
+            estimated: true,
+            client_format: "anthropic",
+            upstream_format: "gemini",
+            target: Some("target-slug".into()),
+            bodies: None,
+        };
+        let bare = RequestEvent {
+            id: keygate::events::log_id(ts + chrono::Duration::microseconds(1)),
+            ts: ts + chrono::Duration::microseconds(1),
+            service: "rt-bare".into(),
+            access_key_id: None,
+            upstream_key_id: None,
+            tried: vec![],
+            model: None,
+            upstream_model: None,
+            path: String::new(),
+            status: 0,
+            attempts: 0,
+            latency_ms: 0,
+            ttft_ms: None,
+            tokens: Tokens::default(),
+            cost_micros: None,
+            error_kind: None,
+            streamed: false,
+            cancelled: false,
+            estimated: false,
+            client_format: "openai",
+            upstream_format: "openai",
+            target: None,
+            bodies: None,
+        };
+        let batch = vec![full, bare];
+        log_writer::insert(app.state.db.clone(), &batch)
+            .await
+            .unwrap();
+        for ev in &batch {
+            let stored = request_log::Entity::find()
+                .filter(request_log::Column::Id.eq(ev.id))
+                .filter(request_log::Column::Ts.eq(ev.ts))
+                .one(&app.state.db)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("row {} was written", ev.service));
+            let meant = log_writer::row(ev).try_into_model().unwrap();
+            assert_eq!(stored, meant);
+        }
+        // The cut path keeps 512 characters, and the largest counters saturate, not wrap.
+        let full = request_log::Entity::find()
+            .filter(request_log::Column::Service.eq("rt-ünïcode"))
+            .one(&app.state.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(full.path.chars().count(), 512);
+        assert_eq!(
+            (full.latency_ms, full.completion_tokens, full.attempts),
+            (i64::MAX, Some(i64::MAX), i32::MAX)
+        );
+        assert_eq!(full.tried.as_deref(), Some("[3,-7]"));
+    }
+);
