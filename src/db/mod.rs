@@ -2,7 +2,6 @@
 //! per-aggregate query functions here and never build SQL themselves.
 pub mod access_keys;
 pub mod audit;
-pub mod copy;
 pub mod entity;
 pub mod health;
 pub mod keys;
