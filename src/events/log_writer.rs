@@ -160,9 +160,15 @@ pub async fn run(
                 };
                 buf.push(first);
                 // Lingers without looking at the queue: waking for every event would cost the
-                // hot path a task wake-up (often a thread wake-up) per request.
+                // hot path a task wake-up (often a thread wake-up) per request. A shutdown cuts
+                // the linger short, so the flush's share of the grace period (at least a second)
+                // is not spent waiting out the linger.
+                let mut stop = None;
                 if !backlog {
-                    tokio::time::sleep(linger).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(linger) => {}
+                        done = &mut shutdown => stop = Some(done),
+                    }
                 }
                 while buf.len() < BATCH {
                     match rx.try_recv() {
@@ -174,6 +180,10 @@ pub async fn run(
                 metrics::gauge!(m::LOG_QUEUE_DEPTH).decrement(buf.len() as f64);
                 rollup::count_live(&coord, &buf);
                 w.accept(std::mem::take(&mut buf)).await;
+                if let Some(done) = stop {
+                    w.finish(&mut rx, done.ok()).await;
+                    return;
+                }
             }
             res = async { (&mut w.replaying.as_mut().expect("guarded").0).await }, if w.replaying.is_some() => {
                 w.replayed(res);

@@ -240,6 +240,28 @@ both!(
 );
 
 both!(
+    a_shutdown_cuts_the_log_writers_linger_short_instead_of_outwaiting_the_flush,
+    |b: Backend| async move {
+        let shared = Shared::new(b).await;
+        let mut c = shared.config.clone();
+        // A linger far longer than the flush may take: only a cut-short linger writes in time.
+        c.log.flush_interval_ms = 600_000;
+        let app = TestApp::spawn_with(&c).await;
+        // The writer takes the first event at once and lingers on it; the rest queue behind.
+        for n in 0..50 {
+            app.state.events.request(event("lingered", n));
+        }
+        app.state
+            .events
+            .flush_and_close(Duration::from_secs(10))
+            .await;
+        let db = app.state.db.clone();
+        drop(app);
+        assert_eq!(rows(&db, "lingered").await, 50);
+    }
+);
+
+both!(
     a_spool_left_by_a_crashed_process_is_replayed_at_start_without_duplicates,
     |b: Backend| async move {
         let shared = Shared::new(b).await;
