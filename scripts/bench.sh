@@ -32,6 +32,13 @@ CONCURRENCY="${BENCH_CONCURRENCY:-1 32 256}"
 STREAM_CONCURRENCY="${BENCH_STREAM_CONCURRENCY:-16}"
 OPEN_STREAMS="${BENCH_OPEN_STREAMS:-1000}"
 ROUNDS="${BENCH_ROUNDS:-1}"
+# Every gateway's log.flush_interval_ms (keygate's default, 1000, unless set). After each
+# gateway's load the bench waits this long and half a second more, so the row's last log batch is
+# written, and its Postgres time counted, before the next row starts rather than inside it. Keep
+# BENCH_SECS several times the interval: a batch written after the load stops is not in its
+# throughput (at 2000 ms in 3 s runs, half the batches were not, and logging looked nearly free).
+FLUSH_MS="${BENCH_FLUSH_MS:-1000}"
+SETTLE=$(python3 -c 'import sys; print(int(sys.argv[1]) / 1000 + 0.5)' "$FLUSH_MS")
 WORK=$(mktemp -d /tmp/keygate-bench.XXXXXX)
 chmod 755 "$WORK"   # the postgres user must reach its data dir inside
 PIDS=()
@@ -98,7 +105,7 @@ load() { # name mode url concurrency pid [extra oha args...]; pid = keygate's, f
     -H 'content-type: application/json' -d "$body" "$@" "$url" > "$WORK/oha.json"
   local after; after=$(cpu_ticks "$pid")
   local steal_after; steal_after=$(steal_ticks)
-  [ "$name" != direct ] && sleep 1
+  [ "$name" != direct ] && sleep "$SETTLE"
   local pg_after redis_after; pg_after=$(pg_ticks); redis_after=$(cpu_ticks "$REDIS_PID")
   python3 - "$name" "$mode" "$c" "$WORK/oha.json" "$((after - before))" "$TICKS" \
     "$((pg_after - pg_before))" "$((redis_after - redis_before))" "$((steal_after - steal_before))" >> "$RESULTS" <<'PY'
@@ -179,8 +186,8 @@ start_gateway() { # name, then env assignments
   mkdir -p "$WORK/$name"
   # exec: $! is keygate itself, whose peak RSS is read at the end.
   # The mock upstream is on loopback, which the SSRF guard refuses unless allowed.
-  (cd "$WORK/$name" && exec env "$@" PORT="$port" ADMIN_PASSWORD=bench-password RUST_LOG=warn \
-    KEYGATE__EGRESS__ALLOW=127.0.0.0/8,::1/128 \
+  (cd "$WORK/$name" && exec env KEYGATE__LOG__FLUSH_INTERVAL_MS="$FLUSH_MS" "$@" PORT="$port" \
+    ADMIN_PASSWORD=bench-password RUST_LOG=warn KEYGATE__EGRESS__ALLOW=127.0.0.0/8,::1/128 \
     "$BIN/keygate" >/dev/null 2>"$WORK/$name/log") & local pid=$!
   PIDS+=($pid)
   wait_http "http://127.0.0.1:$port/healthz"
