@@ -2,7 +2,8 @@
 //! in-process store (acquire + release), reading usage from an answer, and translating between
 //! wire formats (a request each way, and a recorded stream event by event). Compare within one
 //! run: e.g. 100 keys against 3 keys, weighted against round robin, translation against the
-//! usage scan that same-format passthrough does instead.
+//! usage scan that same-format passthrough does instead. Last, the log writer's own work on a
+//! batch: summing 4,000 request events into statistics rows, as in one flush of the bench's load.
 //!   cargo bench --bench hot_path
 use std::hint::black_box;
 
@@ -189,5 +190,52 @@ fn translation(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, acquire_release, usage, translation);
+/// A flush's worth of the bench's traffic: one service, access key and model, 100 keys in turn,
+/// spread over two minutes.
+fn batch(n: usize) -> Vec<keygate::events::RequestEvent> {
+    let start = chrono::Utc::now();
+    (0..n)
+        .map(|i| keygate::events::RequestEvent {
+            id: uuid::Uuid::now_v7(),
+            ts: start + chrono::Duration::milliseconds((i * 120_000 / n) as i64),
+            service: "bench".into(),
+            access_key_id: Some(1),
+            upstream_key_id: Some(1 + (i % 100) as i64),
+            tried: vec![1 + (i % 100) as i64],
+            model: Some("bench".into()),
+            upstream_model: None,
+            path: "v1/chat/completions".into(),
+            status: 200,
+            attempts: 1,
+            latency_ms: (i % 7) as u64,
+            ttft_ms: None,
+            tokens: keygate::events::Tokens {
+                prompt: 9,
+                completion: 12,
+                cache_read: 0,
+                cache_write: 0,
+            },
+            cost_micros: None,
+            error_kind: None,
+            streamed: false,
+            cancelled: false,
+            estimated: false,
+            client_format: "openai",
+            upstream_format: "openai",
+            target: None,
+            bodies: None,
+        })
+        .collect()
+}
+
+fn log_batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("log batch");
+    let events = batch(4000);
+    g.bench_function("statistics rows of 4,000 events", |b| {
+        b.iter(|| black_box(keygate::events::rollup::aggregate(black_box(&events))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, acquire_release, usage, translation, log_batch);
 criterion_main!(benches);
