@@ -87,6 +87,10 @@ const PATH_MAX: usize = 512;
 
 /// The first `max` characters of `s`.
 fn cut(s: &str, max: usize) -> &str {
+    // No more bytes than `max` means no more characters: most paths, without walking them.
+    if s.len() <= max {
+        return s;
+    }
     s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
@@ -543,7 +547,7 @@ async fn insert_logs_pg(
     let opt = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
     // 0 tokens means the upstream reported none: NULL (unknown), as in `row`.
     let tokens = |v: u64| (v > 0).then_some(v.min(i64::MAX as u64) as i64);
-    let col = |f: &dyn Fn(&RequestEvent) -> Option<i64>| events.iter().map(f).collect::<Vec<_>>();
+    let col = |f: &dyn Fn(&RequestEvent) -> Option<i64>| nulls_or(events.iter().map(f).collect());
     let mut id = Vec::with_capacity(n);
     let mut ts = Vec::with_capacity(n);
     let mut service = Vec::with_capacity(n);
@@ -591,7 +595,7 @@ async fn insert_logs_pg(
         .bind(service)
         .bind(col(&|e| e.access_key_id))
         .bind(col(&|e| e.upstream_key_id))
-        .bind(model)
+        .bind(nulls_or(model))
         .bind(path)
         .bind(status)
         .bind(attempts)
@@ -602,15 +606,15 @@ async fn insert_logs_pg(
         .bind(col(&|e| tokens(e.tokens.cache_read)))
         .bind(col(&|e| tokens(e.tokens.cache_write)))
         .bind(col(&|e| e.cost_micros))
-        .bind(error_kind)
-        .bind(upstream_model)
+        .bind(nulls_or(error_kind))
+        .bind(nulls_or(upstream_model))
         .bind(streamed)
         .bind(cancelled)
         .bind(estimated)
         .bind(client_format)
         .bind(upstream_format)
-        .bind(target)
-        .bind(tried);
+        .bind(nulls_or(target))
+        .bind(nulls_or(tried));
     if !skip_written {
         q.execute(&mut *tx).await.map_err(crate::db::sqlx_err)?;
         return Ok(None);
@@ -621,6 +625,14 @@ async fn insert_logs_pg(
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
         .map_err(crate::db::sqlx_err)
+}
+
+/// A column's values as one array, or NULL when every value is NULL. The insert's `unnest` calls
+/// advance in step and pad a shorter set with NULLs, so `unnest(NULL)` gives NULL on every row:
+/// a column nothing in the batch filled (a cost without pricing, a time to first token without
+/// streams, an error kind without errors) is neither encoded here nor parsed by the server.
+fn nulls_or<T>(values: Vec<Option<T>>) -> Option<Vec<Option<T>>> {
+    values.iter().any(Option::is_some).then_some(values)
 }
 
 /// Captured bodies of the new rows, as in `insert_bodies`, a few rows a statement.

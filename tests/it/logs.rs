@@ -577,10 +577,22 @@ both!(
             target: None,
             bodies: None,
         };
+        // A batch of bare rows alone: no value in any optional column (on Postgres each of those
+        // columns is sent as one NULL array rather than an array of NULLs).
+        let alone = RequestEvent {
+            id: keygate::events::log_id(ts + chrono::Duration::microseconds(2)),
+            ts: ts + chrono::Duration::microseconds(2),
+            service: "rt-bare-alone".into(),
+            ..bare.clone()
+        };
         let batch = vec![full, bare];
         log_writer::insert(app.state.db.clone(), &batch)
             .await
             .unwrap();
+        log_writer::insert(app.state.db.clone(), std::slice::from_ref(&alone))
+            .await
+            .unwrap();
+        let batch = [batch, vec![alone]].concat();
         for ev in &batch {
             let stored = request_log::Entity::find()
                 .filter(request_log::Column::Id.eq(ev.id))
