@@ -16,6 +16,8 @@
 # the cost of request logs and statistics is the ratio to the plain row) and "priced" (a pricing
 # rule on every request, key balances and an access-key budget: the cost of cost accounting).
 # BENCH_SQLITE=0, BENCH_PLAIN=0, BENCH_LOGOFF=0 or BENCH_PRICED=0 leaves a row out.
+# BENCH_CONTROL=1 adds a "control" row: a second plain gateway, whose ratio to the plain row shows
+# how large a difference the run reports between two identical gateways.
 # The gateways run side by side and take turns; BENCH_ROUNDS=N (1) repeats the turns N times, and
 # the feature rows are then compared with the plain row round by round (mean and median), every
 # other round in reverse order. Each run also records the VM's steal time. The memory table also
@@ -259,6 +261,16 @@ if [ "${BENCH_LOGOFF:-1}" = 1 ]; then
   start_gateway "postgres+redis, logging off" DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$createdb_quiet" \
     REDIS_URL="redis://127.0.0.1:$REDIS_PORT" KEYGATE__REDIS__PREFIX=quiet: KEYGATE__LOG__REQUESTS=false \
     JWT_SECRET=bench-jwt-secret-0123456789 \
+    KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
+fi
+if [ "${BENCH_CONTROL:-0}" = 1 ]; then
+  # A second plain gateway (a fresh database, the same settings): its ratio to the plain row is
+  # what the bench reads as a cost when there is none, i.e. the noise and any bias from running
+  # as a different process, to hold the feature rows against.
+  createdb_control=$(python3 -c 'import uuid; print("control_" + uuid.uuid4().hex[:8])')
+  "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$createdb_control"
+  start_gateway "postgres+redis, control" DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$createdb_control" \
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT" KEYGATE__REDIS__PREFIX=control: JWT_SECRET=bench-jwt-secret-0123456789 \
     KEYGATE_ENCRYPTION_KEY="$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')"
 fi
 if [ "${BENCH_PRICED:-1}" = 1 ]; then
