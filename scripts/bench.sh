@@ -166,16 +166,6 @@ asyncio.run(main())
 PY
 }
 
-admin() { # method path token [json]
-  python3 - "$@" <<'PY'
-import json, sys, urllib.request
-method, url, token = sys.argv[1], sys.argv[2], sys.argv[3]
-data = sys.argv[4].encode() if len(sys.argv) > 4 else None
-req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json", "authorization": "Bearer " + token})
-print(urllib.request.urlopen(req).read().decode())
-PY
-}
-
 # Gateways run side by side: each is started and configured first, then the load runs take turns
 # (every gateway at every concurrency, then the next round), so slow drift on a shared machine
 # (other tenants, Postgres's background work, the page cache) lands on every row alike and the

@@ -1,5 +1,6 @@
-# Helpers shared by scripts/bench.sh and scripts/logs_bench.sh (sourced, not run): free loopback
-# ports, waiting for an HTTP endpoint, and a throwaway Postgres cluster in a directory.
+# Helpers shared by scripts/bench.sh, scripts/logs_bench.sh and scripts/log_cost.sh (sourced, not
+# run): free loopback ports, waiting for an HTTP endpoint, an admin API call, and a throwaway
+# Postgres cluster in a directory.
 # PGBIN is the newest installed Postgres (or KEYGATE_PG_BIN); empty when none is installed.
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -7,6 +8,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_http() { for _ in $(seq 1 300); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
 # Postgres refuses to run as root: as root, its commands run as the postgres user.
 run_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$(printf '%q ' "$@")"; else "$@"; fi; }
+
+admin() { # method url token [json]: an admin API call, printing the answer
+  python3 - "$@" <<'PY'
+import json, sys, urllib.request
+method, url, token = sys.argv[1], sys.argv[2], sys.argv[3]
+data = sys.argv[4].encode() if len(sys.argv) > 4 else None
+req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json", "authorization": "Bearer " + token})
+print(urllib.request.urlopen(req).read().decode())
+PY
+}
 
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 [ -n "${KEYGATE_PG_BIN:-}" ] && PGBIN="$KEYGATE_PG_BIN"

@@ -41,15 +41,6 @@ start_pg "$WORK/pg" "$PG_PORT"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null & PIDS+=($!)
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break; sleep 0.05; done
 BODY='{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
-admin() { # method url token [json]
-  python3 - "$@" <<'PY'
-import json, sys, urllib.request
-method, url, token = sys.argv[1], sys.argv[2], sys.argv[3]
-data = sys.argv[4].encode() if len(sys.argv) > 4 else None
-req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json", "authorization": "Bearer " + token})
-print(urllib.request.urlopen(req).read().decode())
-PY
-}
 rows() { "$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d log_on -tAc "select count(*) from request_logs"; }
 
 declare -A IR
