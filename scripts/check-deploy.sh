@@ -19,6 +19,13 @@ missing=()
 # cargo reads the manifests of the replayed build context (scripts/test.sh needs it anyway).
 CARGO=$(command -v cargo || true)
 [ -n "$CARGO" ] || missing+=("cargo (rustup)")
+# The replay reads the lock file offline, and `cargo metadata` wants every package in it, those of
+# other platforms too (android_system_properties, say). A build only downloads the host's, so on a
+# fresh machine the rest are fetched once into cargo's own cache, as the image's build would.
+if [ -n "$CARGO" ] && ! "$CARGO" metadata --locked --offline --format-version 1 >/dev/null 2>&1; then
+  echo "check-deploy: fetching the lock file's crates for every platform (cargo fetch)" >&2
+  "$CARGO" fetch --locked --quiet || missing+=("crates of Cargo.lock (cargo fetch)")
+fi
 
 # Debian packages: promtool (prometheus) and yamllint.
 apt_missing=()
