@@ -285,7 +285,7 @@ for name in "${NAMES[@]}"; do finish_gateway "$name"; done
 # BENCH_JSON=path keeps the raw rows (one JSON object a line), e.g. to average repeated runs.
 [ -n "${BENCH_JSON:-}" ] && cp "$RESULTS" "$BENCH_JSON"
 python3 - "$RESULTS" "$SECS" "$OPEN_STREAMS" "$ROUNDS" <<'PY'
-import json, sys, os, platform
+import json, sys, os, platform, random
 from statistics import mean, median
 rows = [json.loads(l) for l in open(sys.argv[1])]
 rounds = int(sys.argv[4])
@@ -316,6 +316,15 @@ paired = [(t, m, c) for (t, m, c) in groups if t.startswith(base + ",")]
 if paired and any(t == base for (t, _, _) in groups):
     print()
     # The median too: on a shared VM one round can be off by tens of percent (see "steal").
+    # 95 % bootstrap intervals (resampling the rounds, a fixed seed so a run reprints the same):
+    # with single rounds off by ±15 % or more, twenty rounds still leave the mean several points
+    # wide, and the interval says how many.
+    def interval(xs, stat):
+        if len(xs) < 5:
+            return ""
+        rnd = random.Random(1)
+        bs = sorted(stat([rnd.choice(xs) for _ in xs]) for _ in range(2000))
+        return f" ({bs[50]:+.1%} to {bs[1949]:+.1%})"
     print("| row | mode | conc. | RPS vs plain, per round | mean | median | CPU/req (keygate + Postgres + Redis) vs plain |")
     print("|---|---|---:|---|---:|---:|---:|")
     for (t, m, c) in paired:
@@ -323,7 +332,7 @@ if paired and any(t == base for (t, _, _) in groups):
         ratios = [r["rps"] / plain[r["round"]]["rps"] - 1 for r in groups[(t, m, c)] if r["round"] in plain]
         total = lambda r: sum(r.get(k) or 0 for k in ("cpu_us", "pg_us", "redis_us"))
         cpu_ratio = mean(total(r) for r in groups[(t, m, c)]) / mean(total(r) for r in plain.values()) - 1
-        print(f"| {t} | {m} | {c} | {', '.join(f'{x:+.1%}' for x in ratios)} | {mean(ratios):+.1%} | {median(ratios):+.1%} | {cpu_ratio:+.1%} |")
+        print(f"| {t} | {m} | {c} | {', '.join(f'{x:+.1%}' for x in ratios)} | {mean(ratios):+.1%}{interval(ratios, mean)} | {median(ratios):+.1%}{interval(ratios, median)} | {cpu_ratio:+.1%} |")
 print()
 print(f"| target | idle RSS | RSS with {sys.argv[3]} open streams | peak RSS | log events dropped |")
 print("|---|---:|---:|---:|---:|")
