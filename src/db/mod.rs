@@ -6,6 +6,7 @@ pub mod entity;
 pub mod health;
 pub mod keys;
 pub mod log_partitions;
+pub mod log_rows;
 pub mod logs;
 pub mod pricing;
 pub mod rekey;

@@ -601,7 +601,7 @@ both!(
                 .await
                 .unwrap()
                 .unwrap_or_else(|| panic!("row {} was written", ev.service));
-            let meant = log_writer::row(ev).try_into_model().unwrap();
+            let meant = keygate::db::log_rows::row(ev).try_into_model().unwrap();
             assert_eq!(stored, meant);
         }
         // The cut path keeps 512 characters, and the largest counters saturate, not wrap.

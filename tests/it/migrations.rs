@@ -324,7 +324,7 @@ both!(
         for ago in [3, 0] {
             let mut ev = crate::sinks::event("m", ago);
             ev.ts = now - chrono::Duration::days(ago as i64);
-            keygate::db::entity::request_log::Entity::insert(keygate::events::log_writer::row(&ev))
+            keygate::db::entity::request_log::Entity::insert(keygate::db::log_rows::row(&ev))
                 .exec_without_returning(&db)
                 .await
                 .unwrap();

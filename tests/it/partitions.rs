@@ -22,7 +22,7 @@ async fn migrated(b: Backend) -> (Shared, DatabaseConnection) {
 async fn log_at(db: &DatabaseConnection, ts: DateTime<Utc>) -> uuid::Uuid {
     let mut ev = event("kept", 1);
     ev.ts = ts;
-    request_log::Entity::insert(keygate::events::log_writer::row(&ev))
+    request_log::Entity::insert(keygate::db::log_rows::row(&ev))
         .exec_without_returning(db)
         .await
         .unwrap();

@@ -290,7 +290,7 @@ both!(
             let (first, _) = spool.peek(200).unwrap();
             drop(spool);
             keygate::db::entity::request_log::Entity::insert_many(
-                first.iter().map(keygate::events::log_writer::row),
+                first.iter().map(keygate::db::log_rows::row),
             )
             .exec_without_returning(&db)
             .await
