@@ -273,15 +273,25 @@ fn nulls_or<T>(values: Vec<Option<T>>) -> Option<Vec<Option<T>>> {
     values.iter().any(Option::is_some).then_some(values)
 }
 
+/// Bodies can be large: a few per statement keeps each statement small.
+const BODIES_PER_STATEMENT: usize = 50;
+
+/// The events that carry captured bodies, each with its bodies.
+fn with_bodies<'a>(
+    events: impl Iterator<Item = &'a RequestEvent>,
+) -> Vec<(&'a RequestEvent, &'a crate::events::capture::Bodies)> {
+    events
+        .filter_map(|e| e.bodies.as_deref().map(|b| (e, b)))
+        .collect()
+}
+
 /// Captured bodies of the new rows, as in `insert_bodies`, a few rows a statement.
 async fn insert_bodies_pg<'a>(
     tx: &mut sea_orm::sqlx::PgConnection,
     events: impl Iterator<Item = &'a RequestEvent>,
 ) -> Result<(), DbErr> {
-    let rows: Vec<_> = events
-        .filter_map(|e| e.bodies.as_ref().map(|b| (e, b)))
-        .collect();
-    for chunk in rows.chunks(50) {
+    let rows = with_bodies(events);
+    for chunk in rows.chunks(BODIES_PER_STATEMENT) {
         sea_orm::sqlx::query(
             "INSERT INTO request_bodies (id, ts, request, response) \
              SELECT unnest($1::uuid[]), unnest($2::timestamptz[]), unnest($3::text[]), \
@@ -314,11 +324,8 @@ async fn insert_bodies<'a, C: ConnectionTrait>(
     events: impl Iterator<Item = &'a RequestEvent>,
 ) -> Result<(), DbErr> {
     use sea_orm::sea_query::{Alias, Query};
-    let rows: Vec<_> = events
-        .filter_map(|e| e.bodies.as_ref().map(|b| (e, b)))
-        .collect();
-    // Bodies can be large: a few per statement keeps each one small.
-    for chunk in rows.chunks(50) {
+    let rows = with_bodies(events);
+    for chunk in rows.chunks(BODIES_PER_STATEMENT) {
         let mut q = Query::insert();
         q.into_table(Alias::new("request_bodies")).columns([
             Alias::new("id"),
